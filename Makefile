@@ -1,0 +1,82 @@
+# ups: thin wrappers over the venv, dvc, ups and docker. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DVC    := $(VENV)/bin/dvc
+STAMP  := $(VENV)/.installed
+
+HOURS  ?= 100
+GPUS   ?= 1
+IMAGE  ?= ups:latest
+DATA   ?= $(CURDIR)/data
+DRY    ?=
+
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup test stress demo train repro push pull lint bench report du \
+        docker-build docker-train clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
+	  awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
+
+# The venv is rebuilt when missing or older than requirements.txt / pyproject.toml.
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install ups
+	@echo "ready: source $(VENV)/bin/activate"
+
+test: $(STAMP) ## Run the test suite (what CI runs)
+	$(PY) -m pytest -q -m "not stress"
+
+stress: $(STAMP) ## Run the full fault-injection suite, figures to bench/
+	$(PY) -m pytest -q -m stress
+
+demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
+	$(VENV)/bin/ups demo
+
+train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params)
+	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+
+repro: $(STAMP) ## dvc repro: rebuild only what changed
+	$(DVC) repro
+
+push: $(STAMP) ## dvc push: share artifacts through the DVC remote
+	$(DVC) push
+
+pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote
+	$(DVC) pull
+
+lint: $(STAMP) ## ruff and mypy on ups/
+	$(VENV)/bin/ruff check ups tests scripts bench
+	$(VENV)/bin/mypy ups
+
+bench: $(STAMP) ## Benchmarks, JSON results under bench/
+	$(PY) -m bench
+
+report: $(STAMP) ## One-page HTML report of the last run
+	$(VENV)/bin/ups report
+
+du: $(STAMP) ## Disk used by each stage, the tar cache, the DVC cache and remote
+	$(VENV)/bin/ups du
+
+docker-build: ## Build the CUDA image (DRY=1 prints the command)
+	$(if $(DRY),@echo) docker build -f docker/Dockerfile -t $(IMAGE) .
+
+docker-train: ## Train inside the image (DRY=1 prints the command)
+	$(if $(DRY),@echo) docker run --rm --gpus all --ipc=host -e HF_TOKEN \
+	  -v $(CURDIR):/workspace -w /workspace $(IMAGE) make train HOURS=$(HOURS) GPUS=$(GPUS)
+
+clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache runs/demo
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from ups.atomic import atomic_dir, atomic_write, is_done, mark_done, read_done, read_json, write_json
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as fh:
+            fh.write(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temp file left
+    with atomic_write(target) as fh:
+        fh.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_dir(tmp_path):
+    target = tmp_path / "d"
+    with atomic_dir(target) as d:
+        (d / "a").write_text("1")
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as d:
+            (d / "b").write_text("2")
+            raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert not (tmp_path / "d.partial").exists()
+    with atomic_dir(target) as d:
+        (d / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+
+
+def test_markers_and_json(tmp_path):
+    assert not is_done(tmp_path, "000001")
+    mark_done(tmp_path, "000001", {"n": 3})
+    assert is_done(tmp_path, "000001") and read_done(tmp_path, "000001") == {"unit": "000001", "n": 3}
+    (tmp_path / "000002.done.json").write_text("{trunc")
+    assert read_done(tmp_path, "000002") is None
+    write_json(tmp_path / "x.json", {"b": 1, "a": [1, 2]})
+    assert read_json(tmp_path / "x.json") == {"a": [1, 2], "b": 1}

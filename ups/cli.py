@@ -1,0 +1,193 @@
+"""The `ups` command: one sub-command per DVC stage, plus a few helpers (demo, du).
+
+Every stage sub-command loads its typed config from params.yaml (`--params`), takes its input
+and output paths from the command line that dvc.yaml spells out, and calls
+`ups.stages.<name>.run(...)`. Heavy libraries are imported inside the handlers so that
+`ups --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ups import __version__, logs
+from ups.config import ConfigError, load_section
+
+log = logging.getLogger("ups")
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _stage_parser(sub: Any, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.set_defaults(handler=handler)
+    return p
+
+
+# --- fetch-meta --------------------------------------------------------------------------------
+
+def _fetch_meta(args: argparse.Namespace) -> int:
+    from ups.config import DatasetConfig, FetchMetaConfig
+
+    cfg = load_section(FetchMetaConfig, "fetch_meta", args.params)
+    ds = load_section(DatasetConfig, "dataset", args.params)
+    from ups.stages import fetch_meta
+    fetch_meta.run(cfg, ds, out_dir=Path(args.out_dir))
+    return 0
+
+
+def _add_fetch_meta(sub: Any) -> None:
+    p = _stage_parser(sub, "fetch-meta", "Fetch vad_results.jsonl and lang_id_results.jsonl.",
+                      _fetch_meta)
+    p.add_argument("--out-dir", default="data/meta", help="where the two JSONL files go")
+
+
+# <<< issue-3 cli: index-vad, index-lang, select >>>
+
+def _index_vad(args: argparse.Namespace) -> int:
+    from ups.config import IndexVadConfig
+
+    cfg = load_section(IndexVadConfig, "index_vad", args.params)
+    from ups.stages import index_vad
+    index_vad.run(cfg, vad_jsonl=Path(args.vad), out_dir=Path(args.out_dir))
+    return 0
+
+
+def _add_index_vad(sub: Any) -> None:
+    p = _stage_parser(sub, "index-vad", "Index vad_results.jsonl into Parquet (per file, per tar).",
+                      _index_vad)
+    p.add_argument("--vad", default="data/meta/vad_results.jsonl")
+    p.add_argument("--out-dir", default="data/index")
+
+
+def _index_lang(args: argparse.Namespace) -> int:
+    from ups.config import IndexLangConfig
+
+    cfg = load_section(IndexLangConfig, "index_lang", args.params)
+    from ups.stages import index_lang
+    index_lang.run(cfg, lid_jsonl=Path(args.lid), out_dir=Path(args.out_dir))
+    return 0
+
+
+def _add_index_lang(sub: Any) -> None:
+    p = _stage_parser(sub, "index-lang", "Index lang_id_results.jsonl with a stratified LID split.",
+                      _index_lang)
+    p.add_argument("--lid", default="data/meta/lang_id_results.jsonl")
+    p.add_argument("--out-dir", default="data/index")
+
+
+def _select(args: argparse.Namespace) -> int:
+    from ups.config import SelectConfig
+
+    cfg = load_section(SelectConfig, "select", args.params)
+    from ups.stages import select
+    select.run(cfg, index_dir=Path(args.index_dir), out_dir=Path(args.out_dir))
+    return 0
+
+
+def _add_select(sub: Any) -> None:
+    p = _stage_parser(sub, "select", "Choose ~select.hours of 10 s chunks (VAD density, balance).",
+                      _select)
+    p.add_argument("--index-dir", default="data/index")
+    p.add_argument("--out-dir", default="data/select")
+
+# <<< end issue-3 cli >>>
+
+# <<< issue-4 cli: prepare-audio, fit-kmeans, assign-labels >>>
+
+def _not_yet(issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        log.error("this stage is not implemented yet (issue %d)", issue)
+        return 3
+    return handler
+
+
+def _add_prepare_audio(sub: Any) -> None:
+    _stage_parser(sub, "prepare-audio", "Decode selected chunks once into 16 kHz shards + features.",
+                  _not_yet(4))
+
+
+def _add_fit_kmeans(sub: Any) -> None:
+    _stage_parser(sub, "fit-kmeans", "Fit MiniBatchKMeans on a sample of training features.",
+                  _not_yet(4))
+
+
+def _add_assign_labels(sub: Any) -> None:
+    _stage_parser(sub, "assign-labels", "Label every chunk with the final k-means model.",
+                  _not_yet(4))
+
+# <<< end issue-4 cli >>>
+
+# <<< issue-5 cli: train >>>
+
+def _add_train(sub: Any) -> None:
+    _stage_parser(sub, "train", "Continue HuBERT masked pre-training on the labelled shards.",
+                  _not_yet(5))
+
+# <<< end issue-5 cli >>>
+
+# <<< issue-6 cli: evaluate >>>
+
+def _add_evaluate(sub: Any) -> None:
+    _stage_parser(sub, "evaluate", "Compare the initial and continued models on held-out data.",
+                  _not_yet(6))
+
+# <<< end issue-6 cli >>>
+
+
+# --- helpers that are not stages -------------------------------------------------------------
+
+def _demo(args: argparse.Namespace) -> int:
+    from ups import demo
+
+    return demo.run(Path(args.run_dir), dry_run=args.dry_run)
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="Run the pipeline on the bundled sample corpus (CPU).",
+                       description="Run every stage on the bundled sample corpus in its own "
+                       "DVC project under --run-dir; params.yaml is left untouched.")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--dry-run", action="store_true", help="set up the run directory only")
+    p.set_defaults(handler=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ups",
+        description="HuBERT continued pre-training on Unsupervised People's Speech. "
+        "Each sub-command is one DVC stage (see dvc.yaml).",
+    )
+    parser.add_argument("--version", action="version", version=f"ups {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select,
+        _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
+        _add_train, _add_evaluate, _add_demo,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
