@@ -39,6 +39,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import unicodedata
@@ -373,7 +374,10 @@ def load_vad():
     from silero_vad import load_silero_vad
 
     torch.set_num_threads(1)  # single thread: the same floats every run
-    return load_silero_vad()
+    model = load_silero_vad()
+    # torchaudio does not load with the project's torch; make sure nothing pulled it in.
+    assert "torchaudio" not in sys.modules, "silero-vad imported torchaudio"
+    return model
 
 
 def run_vad(model, audio: np.ndarray, rate: int) -> list[dict]:
@@ -650,7 +654,7 @@ def readme(m: dict) -> str:
         "## How it was generated",
         "",
         "```sh",
-        "apt-get install -y espeak-ng",
+        "apt-get update && apt-get install -y espeak-ng   # Debian: espeak-ng 1.51",
         "python3 -m venv /work/venv-corpus",
         "/work/venv-corpus/bin/pip install torch==2.13.0 numpy soundfile soxr onnxruntime",
         "/work/venv-corpus/bin/pip install --no-deps silero-vad   # no torchaudio",
@@ -664,14 +668,22 @@ def readme(m: dict) -> str:
         "```",
         "",
         "Another espeak-ng, LAME/libsndfile or Silero version changes the bytes (and the hashes in",
-        "`MANIFEST.json`), not the layout or the edge cases.",
+        "`MANIFEST.json`), not the layout or the edge cases. The corruption of the bad MP3 and",
+        "the past-the-end VAD segment are applied after the VAD ran on the intact audio.",
+        "",
+        "Check the committed corpus against its manifest (stdlib, numpy, soundfile, pytest):",
+        "",
+        "```sh",
+        "/work/venv-corpus/bin/python -m pytest tests/test_sample_corpus.py",
+        "# a fresh regeneration elsewhere: UPS_SAMPLE_DIR=/tmp/sample python -m pytest ...",
+        "```",
         "",
         "## License",
         "",
         "All speech is synthetic (espeak-ng, GPL-3.0 program; its output is not covered by the",
         "GPL) reading sentences written for this corpus; the non-speech signals are generated.",
-        "The corpus is free to redistribute and use for any purpose (CC0-1.0). It contains no",
-        "recordings from the real UPS dataset (whose audio is CC-BY / CC-BY-SA).",
+        "The corpus is free to redistribute and use for any purpose. It contains no recordings",
+        "from the real UPS dataset (whose audio is CC-BY / CC-BY-SA).",
         "",
     ]
     return "\n".join(lines)
