@@ -380,8 +380,8 @@ def load_vad():
     return model
 
 
-def run_vad(model, audio: np.ndarray, rate: int) -> list[dict]:
-    """Mix to mono, resample to 16 kHz with soxr and return Silero's sample timestamps."""
+def run_vad(model, audio: np.ndarray, rate: int) -> tuple[list[dict], int]:
+    """Mix to mono, resample to 16 kHz with soxr; return Silero's timestamps and length."""
     import torch
     from silero_vad import get_speech_timestamps
 
