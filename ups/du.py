@@ -100,6 +100,15 @@ def _local_remote_path(url: str) -> Path | None:
     return None
 
 
+def _stage_name(stage: Any, root: Path) -> str:
+    """`select` for a stage of the root dvc.yaml, `sub/dvc.yaml:name`, or `data.dvc`."""
+    dvcfile = _rel(Path(stage.path), root)
+    name = getattr(stage, "name", None)
+    if not name:
+        return dvcfile
+    return name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
+
+
 def collect(root: Path, params: Path) -> list[Usage]:
     """Measure every row for the DVC project at `root`; the last row is the deduplicated total."""
     from dvc.repo import Repo
@@ -112,7 +121,8 @@ def collect(root: Path, params: Path) -> list[Usage]:
         for stage in repo.index.stages:
             outs = [Path(out.fs_path) for out in stage.outs]
             if outs:
-                rows.append(measure(Usage(stage.addressing, "stage", [_rel(p, root) for p in outs]), outs))
+                rows.append(measure(Usage(_stage_name(stage, root), "stage",
+                                          [_rel(p, root) for p in outs]), outs))
         cache_dir = Path(repo.cache.local_cache_dir) if repo.cache.local_cache_dir else None
         remote_name = repo.config["core"].get("remote")
         remote_url = repo.config["remote"].get(remote_name, {}).get("url") if remote_name else None
