@@ -7,6 +7,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DVC    := $(VENV)/bin/dvc
 STAMP  := $(VENV)/.installed
+# The build backend for `pip install --no-build-isolation -e .`: Python 3.12+ venvs come without it,
+# and pip freeze leaves it out of requirements.txt. docker/Dockerfile uses the same version.
+SETUPTOOLS_VERSION := 84.2.1
 
 HOURS  ?= 100
 GPUS   ?= 1
@@ -37,6 +40,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q setuptools==$(SETUPTOOLS_VERSION)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)

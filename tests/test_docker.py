@@ -200,3 +200,9 @@ def test_docker_train_defaults_mount_the_repo_data_and_cache() -> None:
     assert f"{repo}/data:{repo}/data" in _mounts(cmd)
     assert f"{repo}/.dvc/cache:{repo}/.dvc/cache" in _mounts(cmd)
     assert cmd[cmd.index("--gpus") + 1] == "1"
+
+
+def test_setuptools_pin_matches_make_setup() -> None:
+    make = re.search(r"^SETUPTOOLS_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert make is not None
+    assert _args()["SETUPTOOLS_VERSION"] == make.group(1)
