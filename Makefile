@@ -7,12 +7,23 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DVC    := $(VENV)/bin/dvc
 STAMP  := $(VENV)/.installed
+# The build backend for `pip install --no-build-isolation -e .`: Python 3.12+ venvs come without it,
+# and pip freeze leaves it out of requirements.txt. docker/Dockerfile uses the same version.
+SETUPTOOLS_VERSION := 84.2.1
 
 HOURS  ?= 100
 GPUS   ?= 1
 IMAGE  ?= ups:latest
-DATA   ?= $(CURDIR)/data
 DRY    ?=
+# docker-train mounts (see README, Docker): the repo at its own path, so paths in .dvc/config and
+# params.yaml mean the same inside; data/ and the DVC cache may live on another disk.
+DATA        ?= $(CURDIR)/data
+DVC_CACHE   ?= $(CURDIR)/.dvc/cache
+HF_CACHE    ?= $(HOME)/.cache/huggingface
+DOCKER_GPUS ?= $(GPUS)
+DOCKER_USER ?= $(shell id -u):$(shell id -g)
+DOCKER_ARGS ?=
+CUDA_IMAGE  ?=
 
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -29,6 +40,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q setuptools==$(SETUPTOOLS_VERSION)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -58,7 +70,7 @@ pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote
 	$(DVC) pull
 
 lint: $(STAMP) ## ruff and mypy on ups/
-	$(VENV)/bin/ruff check ups tests scripts bench
+	$(VENV)/bin/ruff check $(wildcard ups tests scripts bench)
 	$(VENV)/bin/mypy ups
 
 bench: $(STAMP) ## Benchmarks, JSON results under bench/
@@ -67,16 +79,24 @@ bench: $(STAMP) ## Benchmarks, JSON results under bench/
 report: $(STAMP) ## One-page HTML report of the last run
 	$(VENV)/bin/ups report
 
-du: $(STAMP) ## Disk used by each stage, the tar cache, the DVC cache and remote
-	$(VENV)/bin/ups du
+du: $(STAMP) ## Disk used by each stage, the tar cache, the DVC cache and remote (JSON=1)
+	$(VENV)/bin/ups du $(if $(JSON),--json)
 
-docker-build: ## Build the CUDA image (DRY=1 prints the command)
-	$(if $(DRY),@echo) docker build -f docker/Dockerfile -t $(IMAGE) .
+docker-build: ## Build the CUDA image (DRY=1 prints the command; CUDA_IMAGE=tag@digest)
+	$(if $(DRY),@echo) docker build -f docker/Dockerfile -t $(IMAGE) \
+	  $(if $(CUDA_IMAGE),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) .
 
-docker-train: ## Train inside the image (DRY=1 prints the command)
-	$(if $(DRY),@echo) docker run --rm --gpus all --ipc=host -e HF_TOKEN \
-	  -v $(CURDIR):/workspace -w /workspace $(IMAGE) make train HOURS=$(HOURS) GPUS=$(GPUS)
+docker-train: ## Train in the image (HOURS, GPUS), repo/data/caches mounted (DRY=1 prints it)
+	$(if $(DRY),@echo) mkdir -p "$(DATA)" "$(DVC_CACHE)" "$(HF_CACHE)"
+	$(if $(DRY),@echo) docker run --rm --gpus $(DOCKER_GPUS) --ipc=host --user $(DOCKER_USER) \
+	  -e HF_TOKEN -e DVC_NO_ANALYTICS=1 \
+	  -v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" \
+	  -v "$(DATA):$(CURDIR)/data" \
+	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
+	  -v "$(HF_CACHE):/cache/huggingface" \
+	  $(DOCKER_ARGS) $(IMAGE) \
+	  dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache runs/demo
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

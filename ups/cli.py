@@ -158,6 +158,32 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(handler=_demo)
 
 
+def _du(args: argparse.Namespace) -> int:
+    import orjson
+
+    from ups import du
+
+    root = Path(args.repo)
+    params = Path(args.params) if args.params else root / "params.yaml"
+    rows = du.collect(root, params)
+    if args.json:
+        sys.stdout.write(orjson.dumps(du.to_json(rows), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(du.format_table(rows))
+    return 0
+
+
+def _add_du(sub: Any) -> None:
+    p = sub.add_parser("du", help="Disk used by each stage's outputs, the tar cache, the DVC cache "
+                       "and remote.", description="Apparent and on-disk size of each dvc.yaml "
+                       "stage's outputs, the tar cache, the DVC cache and the default remote (when "
+                       "it is a local directory); hard links are counted once.")
+    p.add_argument("--repo", default=".", help="the DVC project (default: .)")
+    p.add_argument("--params", default=None, help="parameter file (default: <repo>/params.yaml)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(handler=_du)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ups",
@@ -170,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select,
         _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
-        _add_train, _add_evaluate, _add_demo,
+        _add_train, _add_evaluate, _add_demo, _add_du,
     ):
         add(sub)
     return parser
