@@ -20,7 +20,10 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from ups.config import DatasetConfig
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -171,3 +174,28 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- helpers shared by the dataset tests --------------------------------------------------------
+
+REPO_ID = "MLCommons/unsupervised_peoples_speech"
+TOKEN = "hf_SENTINEL_abc123"
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    """n deterministic pseudo-random bytes."""
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:n])
+
+
+def hub_cfg(tmp_path: Path, **over) -> DatasetConfig:
+    """A hub DatasetConfig with a cache under tmp_path and fast retries."""
+    kw = dict(source="hub", local_root=str(tmp_path / "none"), repo_id=REPO_ID, revision=SHA,
+              tar_cache_dir=str(tmp_path / "cache"), cache_budget_gb=1.0, download_workers=2,
+              max_retries=3, retry_backoff_s=0.01, timeout_s=5.0)
+    kw.update(over)
+    return DatasetConfig(**kw)

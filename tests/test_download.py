@@ -8,32 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-from hub_server import SHA, HubServer, HubState
+from hub_server import REPO_ID, SHA, TOKEN, HubServer, HubState, hub_cfg, payload
 
-from ups.config import DatasetConfig
 from ups.dataset import DatasetError, HubDataset, open_dataset
 from ups.download import DownloadError, FileMeta, fetch, local_range
 
-REPO_ID = "MLCommons/unsupervised_peoples_speech"
-TOKEN = "hf_SENTINEL_abc123"
 VAD = "vad_results.jsonl"
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:n])
-
-
-def hub_cfg(tmp_path: Path, **over) -> DatasetConfig:
-    kw = dict(source="hub", local_root=str(tmp_path / "none"), repo_id=REPO_ID, revision=SHA,
-              tar_cache_dir=str(tmp_path / "cache"), cache_budget_gb=1.0, download_workers=2,
-              max_retries=3, retry_backoff_s=0.01, timeout_s=5.0)
-    kw.update(over)
-    return DatasetConfig(**kw)
 
 
 @pytest.fixture
