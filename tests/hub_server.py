@@ -6,10 +6,11 @@ It answers the three requests the dataset module makes:
 - `GET  /datasets/<repo>/resolve/<rev>/<path>` -> the bytes, with `Range: bytes=N-` support
 
 Faults are scripted per file path as a queue consumed one per GET: `("drop", n)` sends the
-headers of a full answer and then only n bytes before closing; `("status", code, retry_after)`
-answers an error; `("corrupt",)` flips one byte; `("redirect", url_prefix)` answers 302 to
-`url_prefix + path`. Every request is recorded with its Range and Authorization headers. Each
-handler times out after a few seconds and the server thread is a daemon: it stops by itself.
+headers of a full answer and then only n bytes before closing; `("stall", n, s)` sends n bytes
+and then hangs s seconds; `("status", code, retry_after)` answers an error; `("corrupt",)` flips
+one byte; `("redirect", url_prefix)` answers 302 to `url_prefix + path`. Every request is
+recorded with its Range and Authorization headers. Each handler times out after a few seconds
+and the server thread is a daemon: it stops by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -147,6 +149,12 @@ def make_handler(state: HubState):
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if action and action[0] == "stall":  # n bytes, then hang until the client is gone
+                self.wfile.write(body[:action[1]])
+                self.wfile.flush()
+                time.sleep(action[2])
+                self.close_connection = True
+                return
             if action and action[0] == "drop":
                 self.wfile.write(body[:action[1]])
                 self.wfile.flush()
