@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -231,14 +232,11 @@ class HubDataset(Dataset):
 
     def files_meta(self, paths: Iterable[str]) -> dict[str, FileMeta]:
         """Size and hashes of repo paths, from the hub's paths-info (cached per instance)."""
-        wanted = [p for p in dict.fromkeys(paths) if p not in self._meta]
+        paths = list(dict.fromkeys(paths))
+        wanted = [p for p in paths if p not in self._meta]
         for i in range(0, len(wanted), PATHS_INFO_BATCH):
-            batch = wanted[i:i + PATHS_INFO_BATCH]
-            infos = self._call(
-                f"reading file metadata of {self.cfg.repo_id}",
-                lambda b=batch: self._api().get_paths_info(self.cfg.repo_id, b, expand=True,
-                                                           revision=self.revision,
-                                                           repo_type="dataset"))
+            infos = self._call(f"reading file metadata of {self.cfg.repo_id}",
+                               functools.partial(self._paths_info, wanted[i:i + PATHS_INFO_BATCH]))
             for info in infos:
                 if not hasattr(info, "size"):
                     continue  # a folder
@@ -246,12 +244,16 @@ class HubDataset(Dataset):
                 self._meta[info.path] = FileMeta(
                     info.path, int(info.size), lfs.sha256 if lfs is not None else None,
                     None if lfs is not None else info.blob_id)
-        missing = [p for p in dict.fromkeys(paths) if p not in self._meta]
+        missing = [p for p in paths if p not in self._meta]
         if missing:
             raise DatasetError(f"{missing[0]} not found in {self.cfg.repo_id} at revision "
                                f"{self.revision}" + (f" (and {len(missing) - 1} more)"
                                                      if len(missing) > 1 else ""))
         return {p: self._meta[p] for p in paths}
+
+    def _paths_info(self, batch: list[str]) -> Any:
+        return self._api().get_paths_info(self.cfg.repo_id, batch, expand=True,
+                                          revision=self.revision, repo_type="dataset")
 
     def file_meta(self, name: str) -> FileMeta:
         return self.files_meta([_root_name(name)])[name]

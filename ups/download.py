@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 from ups.atomic import _fsync_dir
 from ups.progress import bar
@@ -254,7 +255,7 @@ def local_range(src: Path) -> RangeOpener:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are followed by hand so the token can be dropped when the host changes."""
 
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 

@@ -37,9 +37,10 @@ def run(cfg: FetchMetaConfig, ds: DatasetConfig, out_dir: Path, *,
         meta = source.fetch_file(name, out_dir / name)
         files[name] = {"size": meta.size, "sha256": meta.sha256}
         log.info("fetch-meta: %s: %d bytes, sha256 %s", name, meta.size, meta.sha256)
-    body = {"dataset": where, "files": files}
+    body: dict[str, Any] = {"dataset": where, "files": files}
     write_report(out_dir / REPORT_NAME, stage="fetch-meta",
-                 config={"fetch_meta": asdict(cfg), "dataset": asdict(ds)}, **body)
+                 config={"fetch_meta": asdict(cfg), "dataset": asdict(ds)},
+                 dataset=where, files=files)
     log.info("fetch-meta: done (%d files, %.1f MB)", len(files),
              sum(f["size"] for f in files.values()) / 1e6)
     return body
