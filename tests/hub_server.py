@@ -107,6 +107,12 @@ def make_handler(state: HubState):
             if path != f"/api/datasets/{state.repo_id}/paths-info/{state.sha}":
                 self._json({"error": "not found"}, 404)
                 return
+            with state.lock:
+                queue = state.faults.get("@paths-info")  # faults for the metadata call
+                action = queue.popleft() if queue else None
+            if action and action[0] == "status":
+                self._json({"error": "scripted"}, action[1])
+                return
             self._json([_info(p, state.files[p], state.lfs) for p in form.get("paths", [])
                         if p in state.files])
 

@@ -187,3 +187,28 @@ def test_token_sent_as_header_only_and_never_leaked(hub, tmp_path, caplog):
 def hub_url_as_localhost() -> str:
     # The same server under another host name: a redirect there leaves the token's host.
     return os.environ["HF_ENDPOINT"].replace("127.0.0.1", "localhost")
+
+
+def test_metadata_call_retries_transient_errors(hub, tmp_path):
+    hub.fault("@paths-info", ("status", 503), ("status", 500))
+    ds, sleeps = make(tmp_path)
+    ds.fetch_file(VAD, tmp_path / VAD)
+    assert sum("/paths-info/" in r.path for r in hub.requests) == 3
+    assert sleeps == pytest.approx([0.01, 0.02])
+
+
+def test_metadata_call_fails_fast_on_401(hub, tmp_path):
+    hub.fault("@paths-info", ("status", 401))
+    ds, sleeps = make(tmp_path)
+    with pytest.raises(DatasetError, match="HTTP 401.*HF_TOKEN"):
+        ds.fetch_file(VAD, tmp_path / VAD)
+    assert sleeps == [] and sum("/paths-info/" in r.path for r in hub.requests) == 1
+
+
+def test_stalled_transfer_times_out_and_resumes(hub, tmp_path):
+    hub.fault(VAD, ("stall", 50_000, 2.0))
+    ds, sleeps = make(tmp_path, timeout_s=0.3)
+    ds.fetch_file(VAD, tmp_path / VAD)
+    assert (tmp_path / VAD).read_bytes() == hub.files[VAD]
+    assert [r.range for r in hub.gets(VAD)] == [None, "bytes=50000-"]
+    assert len(sleeps) == 1
