@@ -42,6 +42,8 @@ def test_local_source_yields_the_mirrors_paths(mirror):
         with ds.tar(n) as p:
             assert p == mirror / rel  # in place, no copy
         assert ds.tar_size(n) == (mirror / rel).stat().st_size
+    assert ds.tar_sizes([7, 1]) == {7: (mirror / TARS[7]).stat().st_size,
+                                    1: (mirror / TARS[1]).stat().st_size}
     assert ds.describe() == {"source": "local", "local_root": str(mirror)}
 
 
@@ -115,6 +117,7 @@ def test_same_tar_from_two_threads_downloads_once(hub, tmp_path):
 
 def test_prefetch_with_workers(hub, tmp_path):
     ds = hub_ds(tmp_path, download_workers=3)
+    assert ds.tar_sizes([1, 5001, 7]) == {1: 1000, 5001: 1000, 7: 1000}
     paths = ds.prefetch([1, 5001, 7, 1])
     assert sorted(paths) == [1, 7, 5001]
     for n, p in paths.items():

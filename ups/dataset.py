@@ -82,6 +82,10 @@ class Dataset(abc.ABC):
     def tar_size(self, tar_number: int) -> int:
         """Size in bytes of tar `tar_number` (no download)."""
 
+    def tar_sizes(self, tar_numbers: Iterable[int]) -> dict[int, int]:
+        """Sizes in bytes of many tars (the hub answers them in batches of 50)."""
+        return {n: self.tar_size(n) for n in dict.fromkeys(tar_numbers)}
+
     @abc.abstractmethod
     def tar(self, tar_number: int) -> contextlib.AbstractContextManager[Path]:
         """Context manager yielding a local path of the tar, valid (not evicted) while inside."""
@@ -275,7 +279,6 @@ class HubDataset(Dataset):
         return self.files_meta([rel])[rel]
 
     def tar_sizes(self, tar_numbers: Iterable[int]) -> dict[int, int]:
-        """Sizes of many tars with few metadata requests."""
         rels = {n: tar_path(n) for n in tar_numbers}
         meta = self.files_meta(rels.values())
         return {n: meta[rel].size for n, rel in rels.items()}
