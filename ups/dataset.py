@@ -34,12 +34,12 @@ from ups.config import DatasetConfig
 from ups.download import DownloadError, FileMeta, fetch, file_sha256, http_range, local_range
 from ups.keys import tar_path
 from ups.progress import bar
-from ups.tar_cache import GB, TarCache
+from ups.tar_cache import GB, CacheFullError, TarCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "DatasetError", "DownloadError", "FileMeta", "HubDataset", "LocalDataset",
-           "open_dataset", "is_commit_sha"]
+__all__ = ["CacheFullError", "Dataset", "DatasetError", "DownloadError", "FileMeta", "HubDataset",
+           "LocalDataset", "open_dataset", "is_commit_sha"]
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 PATHS_INFO_BATCH = 50  # the hub answers at most 50 expanded paths per request
@@ -113,7 +113,7 @@ class Dataset(abc.ABC):
                 n = futures[fut]
                 try:
                     out[n] = fut.result()
-                except (DatasetError, DownloadError, OSError) as exc:
+                except (DatasetError, DownloadError, CacheFullError, OSError) as exc:
                     errors[n] = str(exc)
         if errors:
             first = min(errors)
