@@ -45,7 +45,8 @@ def _fetch_meta(args: argparse.Namespace) -> int:
 def _add_fetch_meta(sub: Any) -> None:
     p = _stage_parser(sub, "fetch-meta", "Fetch vad_results.jsonl and lang_id_results.jsonl.",
                       _fetch_meta)
-    p.add_argument("--out-dir", default="data/meta", help="where the two JSONL files go")
+    p.add_argument("--out-dir", default="data/meta",
+                   help="where the two JSONL files and fetch_meta.json (sizes, sha256, revision) go")
 
 
 # <<< issue-3 cli: index-vad, index-lang, select >>>

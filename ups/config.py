@@ -170,6 +170,13 @@ class FetchMetaConfig:
     vad_file: str = "vad_results.jsonl"
     lid_file: str = "lang_id_results.jsonl"
 
+    def __post_init__(self) -> None:
+        for name in ("vad_file", "lid_file"):
+            value = getattr(self, name)
+            require(bool(value) and "/" not in value and "\\" not in value
+                    and value not in (".", "..", "fetch_meta.json"),
+                    f"fetch_meta.{name}", "must be a file name at the dataset root", value)
+
 
 # <<< issue-3 configs: index_vad, index_lang, select >>>
 

@@ -1,0 +1,215 @@
+"""A tiny stand-in for the Hugging Face hub on 127.0.0.1, for download and dataset tests.
+
+It answers the three requests the dataset module makes:
+- `GET  /api/datasets/<repo>/revision/<rev>`   -> {"id", "sha"}   (revision resolution)
+- `POST /api/datasets/<repo>/paths-info/<rev>` -> [{type, path, size, oid, lfs}] (expand=True)
+- `GET  /datasets/<repo>/resolve/<rev>/<path>` -> the bytes, with `Range: bytes=N-` support
+
+Faults are scripted per file path as a queue consumed one per GET: `("drop", n)` sends the
+headers of a full answer and then only n bytes before closing; `("stall", n, s)` sends n bytes
+and then hangs s seconds; `("status", code, retry_after)` answers an error; `("corrupt",)` flips
+one byte; `("redirect", url_prefix)` answers 302 to `url_prefix + path`. Every request is
+recorded with its Range and Authorization headers. Each handler times out after a few seconds
+and the server thread is a daemon: it stops by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ups.config import DatasetConfig
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    range: str | None
+    authorization: str | None
+
+
+@dataclass
+class HubState:
+    repo_id: str
+    files: dict[str, bytes]
+    sha: str = SHA
+    lfs: bool = True  # report files as LFS (sha256) or as plain git blobs (sha1 blob id)
+    faults: dict[str, deque] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fault(self, path: str, *actions: tuple) -> None:
+        self.faults.setdefault(path, deque()).extend(actions)
+
+    def gets(self, path: str) -> list[Request]:
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
+
+
+def _info(path: str, data: bytes, lfs: bool) -> dict:
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324
+    out = {"type": "file", "path": path, "size": len(data), "oid": blob}
+    if lfs:
+        out["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+                      "pointerSize": 134}
+    return out
+
+
+def make_handler(state: HubState):
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def _record(self) -> None:
+            with state.lock:
+                state.requests.append(Request(self.command, unquote(urlsplit(self.path).path),
+                                              self.headers.get("Range"),
+                                              self.headers.get("Authorization")))
+
+        def _json(self, obj, status: int = 200) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._record()
+            path = unquote(urlsplit(self.path).path)
+            api = f"/api/datasets/{state.repo_id}/revision/"
+            if path.startswith(api):
+                self._json({"id": state.repo_id, "sha": state.sha})
+                return
+            for prefix in (f"/datasets/{state.repo_id}/resolve/{state.sha}/", "/cdn/"):
+                if path.startswith(prefix):
+                    self._serve(path[len(prefix):], cdn=prefix == "/cdn/")
+                    return
+            self._json({"error": "not found"}, 404)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._record()
+            n = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(n).decode())
+            path = unquote(urlsplit(self.path).path)
+            if path != f"/api/datasets/{state.repo_id}/paths-info/{state.sha}":
+                self._json({"error": "not found"}, 404)
+                return
+            with state.lock:
+                queue = state.faults.get("@paths-info")  # faults for the metadata call
+                action = queue.popleft() if queue else None
+            if action and action[0] == "status":
+                self._json({"error": "scripted"}, action[1])
+                return
+            self._json([_info(p, state.files[p], state.lfs) for p in form.get("paths", [])
+                        if p in state.files])
+
+        def _serve(self, rel: str, cdn: bool) -> None:
+            if rel not in state.files:
+                self._json({"error": "not found"}, 404)
+                return
+            data = state.files[rel]
+            with state.lock:
+                queue = state.faults.get(rel)
+                action = queue.popleft() if queue and not cdn else None
+            if action and action[0] == "status":
+                self.send_response(action[1])
+                if len(action) > 2 and action[2] is not None:
+                    self.send_header("Retry-After", str(action[2]))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if action and action[0] == "redirect":
+                self.send_response(302)
+                self.send_header("Location", action[1] + rel)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and rng.startswith("bytes="):
+                start = int(rng[len("bytes="):].split("-")[0])
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            if action and action[0] == "corrupt" and body:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if action and action[0] == "stall":  # n bytes, then hang until the client is gone
+                self.wfile.write(body[:action[1]])
+                self.wfile.flush()
+                time.sleep(action[2])
+                self.close_connection = True
+                return
+            if action and action[0] == "drop":
+                self.wfile.write(body[:action[1]])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    return Handler
+
+
+class HubServer:
+    """Context manager: `with HubServer(state) as url:` serves `state` on 127.0.0.1."""
+
+    def __init__(self, state: HubState) -> None:
+        self.state = state
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- helpers shared by the dataset tests --------------------------------------------------------
+
+REPO_ID = "MLCommons/unsupervised_peoples_speech"
+TOKEN = "hf_SENTINEL_abc123"
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    """n deterministic pseudo-random bytes."""
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:n])
+
+
+def hub_cfg(tmp_path: Path, **over) -> DatasetConfig:
+    """A hub DatasetConfig with a cache under tmp_path and fast retries."""
+    kw = dict(source="hub", local_root=str(tmp_path / "none"), repo_id=REPO_ID, revision=SHA,
+              tar_cache_dir=str(tmp_path / "cache"), cache_budget_gb=1.0, download_workers=2,
+              max_retries=3, retry_backoff_s=0.01, timeout_s=5.0)
+    kw.update(over)
+    return DatasetConfig(**kw)

@@ -1,0 +1,204 @@
+"""The dataset interface over a local mirror and the (local stand-in) hub; the tar cache budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+from hub_server import REPO_ID, TOKEN, HubServer, HubState, hub_cfg, payload
+
+from ups.config import DatasetConfig
+from ups.dataset import DatasetError, HubDataset, LocalDataset, open_dataset
+from ups.tar_cache import CacheFullError, TarCache
+
+TARS = {1: "audio/000001.tar", 5000: "audio/005000.tar", 5001: "audio2/005001.tar",
+        7: "audio/000007.tar"}
+
+
+def local_cfg(root: Path) -> DatasetConfig:
+    return DatasetConfig(source="local", local_root=str(root), repo_id=REPO_ID, revision="main",
+                         tar_cache_dir=str(root / "unused-cache"), cache_budget_gb=1.0,
+                         download_workers=1, max_retries=0, retry_backoff_s=0.0, timeout_s=1.0)
+
+
+@pytest.fixture
+def mirror(tmp_path, tar_factory) -> Path:
+    root = tmp_path / "mirror"
+    for n, rel in TARS.items():
+        tar_factory(f"mirror/{rel}", {f"item{n}/a.mp3": payload(100 + n, n)})
+    (root / "vad_results.jsonl").write_bytes(payload(3000, 9))
+    return root
+
+
+def test_local_source_yields_the_mirrors_paths(mirror):
+    ds = open_dataset(local_cfg(mirror))
+    assert isinstance(ds, LocalDataset)
+    for n, rel in TARS.items():
+        with ds.tar(n) as p:
+            assert p == mirror / rel  # in place, no copy
+        assert ds.tar_size(n) == (mirror / rel).stat().st_size
+    assert ds.tar_sizes([7, 1]) == {7: (mirror / TARS[7]).stat().st_size,
+                                    1: (mirror / TARS[1]).stat().st_size}
+    assert ds.describe() == {"source": "local", "local_root": str(mirror)}
+
+
+def test_local_source_missing_tar_and_root(mirror, tmp_path):
+    ds = open_dataset(local_cfg(mirror))
+    with pytest.raises(DatasetError, match="audio2/005002.tar is not in the local mirror"):
+        with ds.tar(5002):
+            pass
+    with pytest.raises(DatasetError, match="dataset.local_root"):
+        open_dataset(local_cfg(tmp_path / "absent"))
+
+
+def test_local_fetch_file_resumes_a_partial_copy(mirror, tmp_path):
+    ds = open_dataset(local_cfg(mirror))
+    dest = tmp_path / "out" / "vad_results.jsonl"
+    dest.parent.mkdir()
+    src = (mirror / "vad_results.jsonl").read_bytes()
+    Path(str(dest) + ".partial").write_bytes(src[:1234])
+    meta = ds.fetch_file("vad_results.jsonl", dest)
+    assert dest.read_bytes() == src and meta.size == len(src)
+    assert not Path(str(dest) + ".partial").exists()
+
+
+# --- hub tars ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    files = {rel: payload(1000, n) for n, rel in TARS.items()}
+    state = HubState(REPO_ID, files)
+    with HubServer(state) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield state
+
+
+def hub_ds(tmp_path, **over) -> HubDataset:
+    ds = open_dataset(hub_cfg(tmp_path, **over), sleep=lambda s: None)
+    assert isinstance(ds, HubDataset)
+    return ds
+
+
+def test_hub_tar_is_downloaded_once_into_the_cache(hub, tmp_path):
+    ds = hub_ds(tmp_path)
+    for n, rel in TARS.items():
+        assert ds.tar_size(n) == 1000
+        with ds.tar(n) as p:
+            assert p == tmp_path / "cache" / rel
+            assert p.read_bytes() == hub.files[rel]
+    with ds.tar(5001) as p:
+        assert p.read_bytes() == hub.files["audio2/005001.tar"]
+    assert len(hub.gets("audio2/005001.tar")) == 1
+
+
+def test_same_tar_from_two_threads_downloads_once(hub, tmp_path):
+    ds = hub_ds(tmp_path)
+    ds.tar_sizes([1])
+    seen: list[bytes] = []
+
+    def use() -> None:
+        with ds.tar(1) as p:
+            seen.append(p.read_bytes())
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [hub.files["audio/000001.tar"]] * 4
+    assert len(hub.gets("audio/000001.tar")) == 1
+
+
+def test_prefetch_with_workers(hub, tmp_path):
+    ds = hub_ds(tmp_path, download_workers=3)
+    assert ds.tar_sizes([1, 5001, 7]) == {1: 1000, 5001: 1000, 7: 1000}
+    paths = ds.prefetch([1, 5001, 7, 1])
+    assert sorted(paths) == [1, 7, 5001]
+    for n, p in paths.items():
+        assert p.read_bytes() == hub.files[TARS[n]]
+    assert sum("/paths-info/" in r.path for r in hub.requests) == 1  # one metadata batch
+
+
+def test_prefetch_reports_failed_tars(hub, tmp_path):
+    hub.fault("audio/000007.tar", *[("status", 500)] * 5)
+    ds = hub_ds(tmp_path, max_retries=1)
+    with pytest.raises(DatasetError, match=r"1 of 2 tar\(s\) failed; tar 7: .*HTTP 500"):
+        ds.prefetch([1, 7])
+    assert (tmp_path / "cache" / TARS[1]).is_file()
+    assert not (tmp_path / "cache" / TARS[7]).exists()
+
+
+def test_budget_evicts_lru_but_never_a_pinned_tar(hub, tmp_path, caplog):
+    # 2500 bytes: two 1000-byte tars fit, a third needs an eviction.
+    ds = hub_ds(tmp_path, cache_budget_gb=2500e-9)
+    cache = tmp_path / "cache"
+    with ds.tar(1):  # pinned throughout, and the least recently used
+        with ds.tar(5000):
+            pass
+        os.utime(cache / TARS[1], (1, 1))  # make tar 1 the oldest use by far
+        with caplog.at_level("INFO", logger="ups.tar_cache"):
+            with ds.tar(5001) as p:
+                assert p.read_bytes() == hub.files[TARS[5001]]
+        assert (cache / TARS[1]).is_file()  # pinned: kept although oldest
+        assert not (cache / TARS[5000]).exists()  # unpinned LRU: evicted
+        assert any("evicted audio/005000.tar" in r.getMessage() for r in caplog.records)
+        with ds.tar(7):  # evicts 5001 (unpinned), still not 1
+            pass
+        assert (cache / TARS[1]).is_file() and not (cache / TARS[5001]).exists()
+    with ds.tar(5000):  # tar 1 is unpinned now and the LRU: it goes
+        pass
+    assert not (cache / TARS[1]).exists() and (cache / TARS[7]).is_file()
+
+
+def test_budget_too_small_for_pinned_tars(hub, tmp_path):
+    ds = hub_ds(tmp_path, cache_budget_gb=1500e-9)
+    with ds.tar(1):
+        with pytest.raises(CacheFullError, match="cache_budget_gb"):
+            with ds.tar(7):
+                pass
+    assert (tmp_path / "cache" / TARS[1]).is_file()
+
+
+def test_pins_of_other_processes_count_and_dead_ones_do_not(tmp_path):
+    cache = TarCache(tmp_path / "c", budget_bytes=250)
+    for i, rel in enumerate(["audio/000001.tar", "audio/000002.tar"]):
+        p = cache.path(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (i + 1, i + 1))
+    cache.pins_dir.mkdir(parents=True)
+    alive = os.getppid()  # another live process (pytest's parent) holds tar 1
+    (cache.pins_dir / "a.pin").write_bytes(orjson.dumps(
+        {"pid": alive, "path": "audio/000001.tar", "reserve_bytes": 0}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    (cache.pins_dir / "b.pin").write_bytes(orjson.dumps(
+        {"pid": dead_pid, "path": "audio/000002.tar", "reserve_bytes": 0}))
+    assert cache.live_pins() == {"audio/000001.tar": 0}
+    assert not (cache.pins_dir / "b.pin").exists()  # the stale pin is cleaned up
+    evicted = cache.make_room("audio/000003.tar", 100)
+    assert evicted == ["audio/000002.tar"]
+
+
+def test_download_in_progress_reserves_its_full_size(tmp_path):
+    cache = TarCache(tmp_path / "c", budget_bytes=2000)
+    old = cache.path("audio/000001.tar")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x" * 500)
+    with cache.pinned("audio/000009.tar", reserve_bytes=1000):
+        (cache.path("audio/000009.tar.partial")).write_bytes(b"y" * 10)  # 10 bytes arrived
+        assert cache.used_bytes() == 1500
+        assert cache.make_room("audio/000002.tar", 600) == ["audio/000001.tar"]
+    assert cache.used_bytes() == 10  # an unpinned partial counts as what it holds
+
+
+def test_hub_config_through_open_dataset(hub, tmp_path):
+    ds = open_dataset(hub_cfg(tmp_path))
+    assert isinstance(ds, HubDataset) and ds.endpoint == os.environ["HF_ENDPOINT"]
