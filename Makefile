@@ -67,7 +67,7 @@ push: $(STAMP) ## dvc push: share artifacts through the DVC remote
 	$(DVC) push
 
 pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote
-	$(DVC) pull
+	$(DVC) pull --allow-missing
 
 lint: $(STAMP) ## ruff and mypy on ups/
 	$(VENV)/bin/ruff check $(wildcard ups tests scripts bench)
