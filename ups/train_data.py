@@ -280,8 +280,9 @@ class ShardBatches(IterableDataset):
         epoch = self.epoch if self.train else 0
         rng = np.random.default_rng([self.seed, epoch, stream, 0])
         shards = list(self.shards)
-        if self.train:
-            shards = [shards[i] for i in rng.permutation(len(shards))]
+        if self.train:  # one shard order per epoch, shared by every stream
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
+            shards = [shards[i] for i in order]
         skips: Counter[str] = Counter()
         if len(shards) >= n_streams:
             mine, stride = shards[stream::n_streams], 1
