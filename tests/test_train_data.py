@@ -5,9 +5,19 @@ from tests.train_fixtures import write_corpus
 from ups.frames import HOP_SAMPLES, n_frames
 from ups.train_data import END, BatchSpec, ShardBatches, bucketed, collate, count_clusters, shuffled
 
-SPEC = BatchSpec(batch_size=3, max_sample_seconds=10.0, min_sample_seconds=0.1, crop="shortest", mask_prob=0.8,
-                 mask_length=10, min_masks=2, normalize_audio=False, shuffle_buffer=5, open_shards=2,
-                 bucket_batches=2)
+SPEC = BatchSpec(
+    batch_size=3,
+    max_sample_seconds=10.0,
+    min_sample_seconds=0.1,
+    crop="shortest",
+    mask_prob=0.8,
+    mask_length=10,
+    min_masks=2,
+    normalize_audio=False,
+    shuffle_buffer=5,
+    open_shards=2,
+    bucket_batches=2,
+)
 
 
 def _ids(batches):
@@ -68,8 +78,12 @@ def _ramp(n):
 
 def test_crop_keeps_labels_aligned_and_shortest_has_no_padding():
     samples = [(i, *_ramp(n)) for i, n in enumerate([16000, 20000, 24000])]
-    b = collate(samples, SPEC.__class__(**{**SPEC.__dict__, "max_sample_seconds": 0.5}),
-                np.random.default_rng(0), random_crop=True)
+    b = collate(
+        samples,
+        SPEC.__class__(**{**SPEC.__dict__, "max_sample_seconds": 0.5}),
+        np.random.default_rng(0),
+        random_crop=True,
+    )
     assert b["input_values"].shape == (3, 8000) and b["attention_mask"] is None
     assert bool(b["valid"].all())
     for i in range(3):
@@ -91,7 +105,7 @@ def test_pad_mode_never_masks_or_scores_padding():
 def test_bad_samples_are_counted(tmp_path, corpus):
     lab = corpus["labels"] / "train"
     ids, offsets, labels = (np.load(lab / f"{n}.npy") for n in ("chunk_ids", "offsets", "labels"))
-    per_chunk = [labels[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
+    per_chunk = [labels[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
     # chunk 0 loses a label frame (length mismatch), chunk 1 disappears from the labels
     keep = [per_chunk[0][:-1]] + per_chunk[2:]
     np.save(lab / "chunk_ids.npy", np.r_[ids[:1], ids[2:]])

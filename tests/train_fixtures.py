@@ -37,8 +37,9 @@ def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def write_corpus(root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0),
-                 seed: int = 0) -> dict[str, Path]:
+def write_corpus(
+    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0
+) -> dict[str, Path]:
     """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs."""
     rng = np.random.default_rng(seed)
     chunk_id = 0
@@ -60,8 +61,16 @@ def write_corpus(root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: i
                     buf = io.BytesIO()
                     np.save(buf, pcm, allow_pickle=False)
                     _member(tf, f"{key}.pcm.npy", buf.getvalue())
-                    meta = {"chunk_id": chunk_id, "tar": k, "key": f"item/file{chunk_id}", "start_s": 0.0,
-                            "end_s": n_samples / 16000, "language": "xx", "split": split, "n_samples": n_samples}
+                    meta = {
+                        "chunk_id": chunk_id,
+                        "tar": k,
+                        "key": f"item/file{chunk_id}",
+                        "start_s": 0.0,
+                        "end_s": n_samples / 16000,
+                        "language": "xx",
+                        "split": split,
+                        "n_samples": n_samples,
+                    }
                     _member(tf, f"{key}.json", orjson.dumps(meta))
                     ids.append(chunk_id)
                     labels.append(lab)

@@ -21,33 +21,39 @@ from torch import nn
 
 from ups.pretraining import PretrainingHead
 
-AUGMENT_KEYS = ("apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks",
-                "mask_feature_prob", "mask_feature_length")
+AUGMENT_KEYS = (
+    "apply_spec_augment",
+    "mask_time_prob",
+    "mask_time_length",
+    "mask_time_min_masks",
+    "mask_feature_prob",
+    "mask_feature_length",
+)
 
 
 class _GradScale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
 
 
 class PretrainModel(nn.Module):
     """HubertModel + pretraining head; forward gives frame logits and the feature penalty."""
 
-    def __init__(self, hubert: nn.Module, head: PretrainingHead, feature_grad_scale: float = 1.0) -> None:
+    def __init__(self, hubert: Any, head: PretrainingHead, feature_grad_scale: float = 1.0) -> None:
         super().__init__()
-        self.hubert = hubert
+        self.hubert: Any = hubert
         self.head = head
         self.feature_grad_scale = feature_grad_scale
         self._features: torch.Tensor | None = None
         if feature_grad_scale == 0.0:
-            hubert.feature_extractor._freeze_parameters()  # type: ignore[union-attr,operator]
-        hubert.feature_extractor.register_forward_hook(self._on_features)  # type: ignore[union-attr]
+            hubert.feature_extractor._freeze_parameters()
+        hubert.feature_extractor.register_forward_hook(self._on_features)
 
     def _on_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if self.training and 0.0 < self.feature_grad_scale < 1.0:
@@ -55,8 +61,12 @@ class PretrainModel(nn.Module):
         self._features = output
         return output
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                mask_time_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.hubert(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices)
         logits = self.head(out.last_hidden_state)
         assert self._features is not None
@@ -75,7 +85,7 @@ class ModelSetup:
     attn_implementation: str
 
 
-def load_hubert(setup: ModelSetup) -> tuple[nn.Module, dict[str, Any]]:
+def load_hubert(setup: ModelSetup) -> tuple[Any, dict[str, Any]]:
     """HubertModel from a hub id or a local directory, configured for masked training.
 
     Returns the model and the initial config's SpecAugment settings (restored at export)."""
@@ -94,18 +104,20 @@ def load_hubert(setup: ModelSetup) -> tuple[nn.Module, dict[str, Any]]:
         overrides["layerdrop"] = setup.layerdrop
     for k, v in overrides.items():
         setattr(config, k, v)
-    model = HubertModel.from_pretrained(setup.init, config=config,
-                                        attn_implementation=setup.attn_implementation)
+    model = HubertModel.from_pretrained(
+        setup.init, config=config, attn_implementation=setup.attn_implementation
+    )
     return model, original
 
 
-def export(model: PretrainModel, original_augment: dict[str, Any], out_dir: Path,
-           info: dict[str, Any]) -> None:
+def export(
+    model: PretrainModel, original_augment: dict[str, Any], out_dir: Path, info: dict[str, Any]
+) -> None:
     """Write `save_pretrained` files (config.json + model.safetensors), the head and a JSON."""
     from safetensors.torch import save_file
     from transformers import Wav2Vec2FeatureExtractor
 
-    hubert = model.hubert
+    hubert: Any = model.hubert
     saved = {k: getattr(hubert.config, k) for k in AUGMENT_KEYS}
     for k, v in original_augment.items():
         setattr(hubert.config, k, v)
@@ -117,17 +129,27 @@ def export(model: PretrainModel, original_augment: dict[str, Any], out_dir: Path
     finally:
         for k, v in saved.items():
             setattr(hubert.config, k, v)
-    head = model.head
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(out_dir / "head.safetensors"))
-    head_info = {"kind": head.kind, "n_clusters": head.n_clusters, "temperature": head.temperature,
-                 "hidden_size": hubert.config.hidden_size}
+    head: Any = model.head
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+        str(out_dir / "head.safetensors"),
+    )
+    head_info = {
+        "kind": head.kind,
+        "n_clusters": head.n_clusters,
+        "temperature": head.temperature,
+        "hidden_size": hubert.config.hidden_size,
+    }
     if head.kind == "cosine":
         head_info["final_dim"] = head.final_proj.out_features
     (out_dir / "head.json").write_text(json.dumps(head_info, indent=2, sort_keys=True) + "\n")
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=bool(info.get("normalize_audio", False)),
-                             return_attention_mask=False).save_pretrained(out_dir)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=bool(info.get("normalize_audio", False)),
+        return_attention_mask=False,
+    ).save_pretrained(out_dir)
     (out_dir / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -136,8 +158,13 @@ def load_head(model_dir: Path) -> PretrainingHead:
     from safetensors.torch import load_file
 
     info = json.loads((Path(model_dir) / "head.json").read_text())
-    head = PretrainingHead(info["hidden_size"], info["n_clusters"], kind=info["kind"],
-                           final_dim=info.get("final_dim", 256), temperature=info["temperature"])
+    head = PretrainingHead(
+        info["hidden_size"],
+        info["n_clusters"],
+        kind=info["kind"],
+        final_dim=info.get("final_dim", 256),
+        temperature=info["temperature"],
+    )
     head.load_state_dict(load_file(str(Path(model_dir) / "head.safetensors")))
     return head
 
@@ -165,11 +192,21 @@ def flops_per_audio_second(config: Any, seconds: float = 10.0, training: bool = 
 
 def base_config_dict() -> dict[str, Any]:
     """HuBERT-base's architecture (facebook/hubert-base-ls960), for benches without the hub."""
-    return {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "intermediate_size": 3072, "conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-            "conv_stride": [5, 2, 2, 2, 2, 2, 2], "feat_extract_norm": "group", "do_stable_layer_norm": False,
-            "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "mask_time_prob": 0.05,
-            "layerdrop": 0.1}
+    return {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "conv_dim": [512] * 7,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "feat_extract_norm": "group",
+        "do_stable_layer_norm": False,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+        "mask_time_prob": 0.05,
+        "layerdrop": 0.1,
+    }
 
 
 _ = asdict

@@ -24,9 +24,13 @@ def command(argv: list[str], gpus: int, env: dict[str, str]) -> list[str]:
         endpoint = env.get("UPS_RDZV_ENDPOINT")
         if not endpoint:
             raise ConfigError("UPS_RDZV_ENDPOINT (host:port of node 0) is required when UPS_NNODES > 1")
-        launcher += [f"--nnodes={nnodes}", f"--node_rank={env.get('UPS_NODE_RANK', '0')}",
-                     "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
-                     f"--rdzv_id={env.get('UPS_RDZV_ID', 'ups-train')}"]
+        launcher += [
+            f"--nnodes={nnodes}",
+            f"--node_rank={env.get('UPS_NODE_RANK', '0')}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}",
+            f"--rdzv_id={env.get('UPS_RDZV_ID', 'ups-train')}",
+        ]
     else:
         launcher += ["--standalone", "--nnodes=1"]
     return [*launcher, "-m", "ups", *argv]

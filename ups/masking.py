@@ -34,7 +34,7 @@ def compute_mask(
         raise ValueError(f"lengths must be 1-D within [0, {n_cols}], got {lengths.tolist()}")
     mask = np.zeros((len(lengths), n_cols), dtype=bool)
     picked: list[np.ndarray] = []
-    for i, size in enumerate(lengths.tolist()):
+    for size in lengths.tolist():
         # fairseq draws u for every row, so the stream of draws does not depend on the lengths.
         n_spans = int(mask_prob * size / mask_length + rng.random())
         n_spans = max(min_masks, n_spans)

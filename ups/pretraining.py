@@ -23,8 +23,15 @@ from torch import nn
 class PretrainingHead(nn.Module):
     """Frame logits over `n_clusters` labels: `cosine` (HuBERT) or `linear`."""
 
-    def __init__(self, hidden_size: int, n_clusters: int, *, kind: str = "cosine", final_dim: int = 256,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        n_clusters: int,
+        *,
+        kind: str = "cosine",
+        final_dim: int = 256,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         if kind not in ("cosine", "linear"):
             raise ValueError(f"head kind must be cosine or linear, got {kind!r}")

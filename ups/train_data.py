@@ -62,6 +62,7 @@ class BatchSpec:
 
 # --- labels ----------------------------------------------------------------------------------
 
+
 class LabelIndex:
     """chunk_id -> frame labels, from `chunk_ids.npy`, `offsets.npy`, `labels.npy` (memory-mapped)."""
 
@@ -83,7 +84,7 @@ class LabelIndex:
         if i >= len(self._sorted) or int(self._sorted[i]) != chunk_id:
             return None
         row = int(self._order[i])
-        return np.asarray(self.labels[int(self.offsets[row]):int(self.offsets[row + 1])])
+        return np.asarray(self.labels[int(self.offsets[row]) : int(self.offsets[row + 1])])
 
     def max_label(self) -> int:
         return int(np.max(self.labels)) if len(self.labels) else -1
@@ -107,6 +108,7 @@ def count_clusters(labels_root: Path) -> int:
 
 
 # --- shards ----------------------------------------------------------------------------------
+
 
 def list_shards(split_dir: Path) -> list[Path]:
     return sorted(p for p in Path(split_dir).glob("*.tar") if p.is_file())
@@ -158,6 +160,7 @@ def read_shard(path: Path, skips: Counter[str]) -> Iterator[tuple[int, np.ndarra
 
 # --- pure batch shaping ----------------------------------------------------------------------
 
+
 def shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
     """A shuffle buffer of `size` items (size <= 1: pass through)."""
     if size <= 1:
@@ -176,8 +179,14 @@ def shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Itera
         yield buf[j]
 
 
-def bucketed(samples: Iterator[Any], length: Any, batch_size: int, pool_batches: int,
-             rng: np.random.Generator | None, drop_last: bool) -> Iterator[list[Any]]:
+def bucketed(
+    samples: Iterator[Any],
+    length: Any,
+    batch_size: int,
+    pool_batches: int,
+    rng: np.random.Generator | None,
+    drop_last: bool,
+) -> Iterator[list[Any]]:
     """Pools of `pool_batches * batch_size` samples sorted by length, cut into batches, the batch
     order shuffled by `rng` (None: kept). An incomplete last batch is dropped if `drop_last`."""
     pool_size = batch_size * max(1, pool_batches)
@@ -185,7 +194,7 @@ def bucketed(samples: Iterator[Any], length: Any, batch_size: int, pool_batches:
 
     def cut(pool: list[Any]) -> list[list[Any]]:
         pool = sorted(pool, key=length)
-        batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         if drop_last and batches and len(batches[-1]) < batch_size:
             batches.pop()
         if rng is not None:
@@ -201,8 +210,12 @@ def bucketed(samples: Iterator[Any], length: Any, batch_size: int, pool_batches:
         yield from cut(pool)
 
 
-def collate(samples: list[tuple[int, np.ndarray, np.ndarray]], spec: BatchSpec,
-            rng: np.random.Generator, random_crop: bool) -> dict[str, Any]:
+def collate(
+    samples: list[tuple[int, np.ndarray, np.ndarray]],
+    spec: BatchSpec,
+    rng: np.random.Generator,
+    random_crop: bool,
+) -> dict[str, Any]:
     """Crop, pad, normalise and mask one batch of (chunk_id, pcm int16, labels)."""
     max_len = int(round(spec.max_sample_seconds * SAMPLE_RATE))
     lens = np.array([len(s[1]) for s in samples])
@@ -218,13 +231,14 @@ def collate(samples: list[tuple[int, np.ndarray, np.ndarray]], spec: BatchSpec,
     for i, (_, pcm, lab) in enumerate(samples):
         spare_frames = (len(pcm) - int(target[i])) // HOP_SAMPLES
         f0 = int(rng.integers(spare_frames + 1)) if random_crop and spare_frames > 0 else 0
-        x = pcm[f0 * HOP_SAMPLES: f0 * HOP_SAMPLES + int(target[i])].astype(np.float32) / 32768.0
+        x = pcm[f0 * HOP_SAMPLES : f0 * HOP_SAMPLES + int(target[i])].astype(np.float32) / 32768.0
         if spec.normalize_audio:
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         audio[i, : len(x)] = x
-        labels[i, : frames[i]] = lab[f0: f0 + frames[i]]
-    mask = compute_mask(frames, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length,
-                        min_masks=spec.min_masks, rng=rng)
+        labels[i, : frames[i]] = lab[f0 : f0 + frames[i]]
+    mask = compute_mask(
+        frames, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length, min_masks=spec.min_masks, rng=rng
+    )
     out: dict[str, Any] = {
         "input_values": torch.from_numpy(audio),
         "attention_mask": None,
@@ -236,17 +250,28 @@ def collate(samples: list[tuple[int, np.ndarray, np.ndarray]], spec: BatchSpec,
     }
     if spec.crop == "pad" and (target != n_cols).any():
         out["attention_mask"] = torch.from_numpy(
-            (np.arange(n_cols)[None, :] < target[:, None]).astype(np.int64))
+            (np.arange(n_cols)[None, :] < target[:, None]).astype(np.int64)
+        )
     return out
 
 
 # --- the dataset -----------------------------------------------------------------------------
 
+
 class ShardBatches(IterableDataset):
     """Batches of one split for one rank; DataLoader workers split it further (see module doc)."""
 
-    def __init__(self, shard_dir: Path, label_dir: Path, spec: BatchSpec, *, seed: int, train: bool,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        shard_dir: Path,
+        label_dir: Path,
+        spec: BatchSpec,
+        *,
+        seed: int,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         super().__init__()
         self.shards = list_shards(shard_dir)
         self.label_dir = Path(label_dir)
@@ -291,8 +316,14 @@ class ShardBatches(IterableDataset):
         samples = self._samples(mine, stride, stream % stride if stride > 1 else 0, skips)
         if self.train:
             samples = shuffled(samples, spec.shuffle_buffer, rng)
-        batches = bucketed(samples, lambda s: (len(s[1]), s[0]), spec.batch_size, spec.bucket_batches,
-                           rng if self.train else None, drop_last=self.train)
+        batches = bucketed(
+            samples,
+            lambda s: (len(s[1]), s[0]),
+            spec.batch_size,
+            spec.bucket_batches,
+            rng if self.train else None,
+            drop_last=self.train,
+        )
         for b, batch in enumerate(batches):
             if b < skip:
                 continue
@@ -303,8 +334,9 @@ class ShardBatches(IterableDataset):
             yield out
         yield {END: True, "skips": dict(skips)}
 
-    def _samples(self, shards: list[Path], stride: int, offset: int,
-                 skips: Counter[str]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def _samples(
+        self, shards: list[Path], stride: int, offset: int, skips: Counter[str]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         assert self._labels is not None
         min_len = max(int(round(self.spec.min_sample_seconds * SAMPLE_RATE)), 400)
         k = 0

@@ -48,9 +48,16 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], groups: list[dict[str
     return {"state": state, "param_groups": fixed}
 
 
-def save_state(state_dir: Path, step: int, *, model: dict[str, torch.Tensor],
-               optimizer: dict[str, Any], rng: dict[str, torch.Tensor], info: dict[str, Any],
-               history: list[dict[str, Any]]) -> Path:
+def save_state(
+    state_dir: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    rng: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> Path:
     """Write one complete state for `step` and make it the latest; returns its directory."""
     state_dir = Path(state_dir)
     name = f"step-{step:09d}"
@@ -105,8 +112,9 @@ def load_state(path: Path) -> dict[str, Any]:
     info = read_json(path / "state.json")
     return {
         "model": load_file(str(path / "model.safetensors")),
-        "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
-                                          info.pop("optimizer_param_groups")),
+        "optimizer": optimizer_from_files(
+            load_file(str(path / "optimizer.safetensors")), info.pop("optimizer_param_groups")
+        ),
         "rng": load_file(str(path / "rng.safetensors")),
         "info": info,
         "history": read_json(path / "history.json"),

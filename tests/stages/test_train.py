@@ -21,9 +21,21 @@ from ups.train_state import latest_state
 
 REPO = Path(__file__).resolve().parents[2]
 
-BASE = {"device": "cpu", "batch_size": 4, "grad_accum": 1, "num_workers": 0, "learning_rate": 5e-3,
-        "warmup_steps": 2, "shuffle_buffer": 8, "bucket_batches": 2, "final_dim": 16, "min_sample_seconds": 0.5,
-        "log_every_steps": 2, "valid_every_steps": 4, "save_every_steps": 4}
+BASE = {
+    "device": "cpu",
+    "batch_size": 4,
+    "grad_accum": 1,
+    "num_workers": 0,
+    "learning_rate": 5e-3,
+    "warmup_steps": 2,
+    "shuffle_buffer": 8,
+    "bucket_batches": 2,
+    "final_dim": 16,
+    "min_sample_seconds": 0.5,
+    "log_every_steps": 2,
+    "valid_every_steps": 4,
+    "save_every_steps": 4,
+}
 
 
 def _cfg(init: str, **kw) -> TrainConfig:
@@ -31,8 +43,15 @@ def _cfg(init: str, **kw) -> TrainConfig:
 
 
 def _run(cfg: TrainConfig, corpus: dict[str, Path], out: Path, **kw) -> dict:
-    return train.run(cfg, audio_dir=corpus["audio"], labels_dir=corpus["labels"], model_dir=out / "model",
-                     state_dir=out / "state", live_dir=out / "live", **kw)
+    return train.run(
+        cfg,
+        audio_dir=corpus["audio"],
+        labels_dir=corpus["labels"],
+        model_dir=out / "model",
+        state_dir=out / "state",
+        live_dir=out / "live",
+        **kw,
+    )
 
 
 def _history(out: Path) -> list[dict]:
@@ -74,8 +93,9 @@ def test_loss_falls_and_outputs_land(tmp_path, corpus):
 @pytest.mark.slow
 def test_killed_and_resumed_run_is_bit_identical(tmp_path, corpus):
     # dropout and layerdrop on, so the restored RNG state matters; 2 workers, accumulation 2
-    init = write_tiny_hubert(tmp_path / "init", seed=1, hidden_dropout=0.1, attention_dropout=0.1,
-                             layerdrop=0.3)
+    init = write_tiny_hubert(
+        tmp_path / "init", seed=1, hidden_dropout=0.1, attention_dropout=0.1, layerdrop=0.3
+    )
     cfg = _cfg(str(init), epochs=3, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=4)
     _run(cfg, corpus, tmp_path / "whole")
     with pytest.raises(train.StopRequested):
@@ -114,10 +134,30 @@ def _launch(tmp_path: Path, corpus: dict[str, Path], name: str, env_extra: dict 
     out = tmp_path / name
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "ups.launch", "train", "--params", str(params),
-         "--audio-dir", str(corpus["audio"]), "--labels-dir", str(corpus["labels"]),
-         "--model-dir", str(out / "model"), "--state-dir", str(out / "state"), "--live-dir", str(out / "live")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "ups.launch",
+            "train",
+            "--params",
+            str(params),
+            "--audio-dir",
+            str(corpus["audio"]),
+            "--labels-dir",
+            str(corpus["labels"]),
+            "--model-dir",
+            str(out / "model"),
+            "--state-dir",
+            str(out / "state"),
+            "--live-dir",
+            str(out / "live"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -146,8 +186,9 @@ def test_nan_on_one_rank_skips_the_step_on_all(tmp_path, corpus):
     import json
 
     write_tiny_hubert(tmp_path / "init", seed=2)
-    out, proc = _launch(tmp_path, corpus, "nan", {"UPS_TEST_NAN_AT": "1:2"}, gpus=2, num_workers=0,
-                        max_steps=5, batch_size=2)
+    out, proc = _launch(
+        tmp_path, corpus, "nan", {"UPS_TEST_NAN_AT": "1:2"}, gpus=2, num_workers=0, max_steps=5, batch_size=2
+    )
     report = json.loads((out / "model" / "training.json").read_text())
     assert report["skipped_steps"] == 1 and report["steps"] == 5 and report["world_size"] == 2
     assert "step 2 skipped" in proc.stderr

@@ -45,11 +45,32 @@ from ups.train_state import latest_state, load_state, save_state
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resume without invalidating the state.
-RUNTIME_KEYS = ("gpus", "device", "num_workers", "log_every_steps", "valid_every_steps", "valid_max_batches",
-                "save_every_steps", "resume", "max_bad_steps", "compile", "epochs", "max_steps")
+RUNTIME_KEYS = (
+    "gpus",
+    "device",
+    "num_workers",
+    "log_every_steps",
+    "valid_every_steps",
+    "valid_max_batches",
+    "save_every_steps",
+    "resume",
+    "max_bad_steps",
+    "compile",
+    "epochs",
+    "max_steps",
+)
 # Sums kept per step and all-reduced at log time.
-SUMS = ("ce_masked", "n_masked", "correct_masked", "ce_unmasked", "n_unmasked", "correct_unmasked",
-        "penalty", "micro_batches", "audio_samples")
+SUMS = (
+    "ce_masked",
+    "n_masked",
+    "correct_masked",
+    "ce_unmasked",
+    "n_unmasked",
+    "correct_unmasked",
+    "penalty",
+    "micro_batches",
+    "audio_samples",
+)
 
 
 class StopRequested(Exception):
@@ -77,8 +98,9 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def fingerprint(cfg: TrainConfig, batch_size: int, grad_accum: int, n_clusters: int,
-                labels_dir: Path, shards: list[Path]) -> str:
+def fingerprint(
+    cfg: TrainConfig, batch_size: int, grad_accum: int, n_clusters: int, labels_dir: Path, shards: list[Path]
+) -> str:
     """What a state is valid for: the config (bar runtime keys), the labels and the shard names."""
     h = hashlib.sha256()
     conf = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
@@ -94,7 +116,8 @@ def fingerprint(cfg: TrainConfig, batch_size: int, grad_accum: int, n_clusters: 
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -146,8 +169,16 @@ class _Live:
             self.live.end()
 
 
-def run(cfg: TrainConfig, *, audio_dir: Path, labels_dir: Path, model_dir: Path, state_dir: Path,
-        live_dir: Path, stop_after_steps: int | None = None) -> dict[str, Any]:
+def run(
+    cfg: TrainConfig,
+    *,
+    audio_dir: Path,
+    labels_dir: Path,
+    model_dir: Path,
+    state_dir: Path,
+    live_dir: Path,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
     """Train, checkpoint, export; returns the final summary (also in `model_dir/report.json`)."""
     audio_dir, labels_dir = Path(audio_dir), Path(labels_dir)
     model_dir, state_dir, live_dir = Path(model_dir), Path(state_dir), Path(live_dir)
@@ -159,12 +190,21 @@ def run(cfg: TrainConfig, *, audio_dir: Path, labels_dir: Path, model_dir: Path,
         distributed.shutdown(d)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: Path, model_dir: Path,
-           state_dir: Path, live_dir: Path, stop_after_steps: int | None) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig,
+    d: distributed.Dist,
+    audio_dir: Path,
+    labels_dir: Path,
+    model_dir: Path,
+    state_dir: Path,
+    live_dir: Path,
+    stop_after_steps: int | None,
+) -> dict[str, Any]:
     device = _device(cfg, d)
     precision = _precision(cfg, device)
-    memory_gib = (torch.cuda.get_device_properties(device).total_memory / 2**30
-                  if device.type == "cuda" else None)
+    memory_gib = (
+        torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    )
     batch_size, grad_accum = resolve_batch(cfg.batch_size, cfg.grad_accum, memory_gib)
     table_row = auto_batch(memory_gib)[0]
     n_clusters = count_clusters(labels_dir)
@@ -173,8 +213,17 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
         raise FileNotFoundError(f"no training shards in {audio_dir / 'train'}")
     n_train = len(LabelIndex(labels_dir / "train"))
     fp = fingerprint(cfg, batch_size, grad_accum, n_clusters, labels_dir, train_shards)
-    log.info("train: %d processes on %s (%s), batch %d x accum %d (%s), %d clusters, %d chunks",
-             d.world_size, device, precision, batch_size, grad_accum, table_row, n_clusters, n_train)
+    log.info(
+        "train: %d processes on %s (%s), batch %d x accum %d (%s), %d clusters, %d chunks",
+        d.world_size,
+        device,
+        precision,
+        batch_size,
+        grad_accum,
+        table_row,
+        n_clusters,
+        n_train,
+    )
 
     # --- model, head, optimizer (identical on every rank; DDP also broadcasts from rank 0) ---
     torch.manual_seed(cfg.seed)
@@ -183,14 +232,26 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
         from ups.tiny_model import write_tiny_hubert
 
         init = str(write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed))
-    hubert, original_augment = load_hubert(ModelSetup(init, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
-                                                      cfg.layerdrop, cfg.attn_implementation))
-    head = PretrainingHead(hubert.config.hidden_size, n_clusters, kind=cfg.head, final_dim=cfg.final_dim,
-                           temperature=cfg.logit_temperature)
+    hubert, original_augment = load_hubert(
+        ModelSetup(
+            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation
+        )
+    )
+    head = PretrainingHead(
+        hubert.config.hidden_size,
+        n_clusters,
+        kind=cfg.head,
+        final_dim=cfg.final_dim,
+        temperature=cfg.logit_temperature,
+    )
     model = PretrainModel(hubert, head, cfg.feature_grad_scale).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_betas[0], cfg.adam_betas[1]), eps=cfg.adam_eps)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+        eps=cfg.adam_eps,
+    )
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -215,8 +276,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
             bad_in_row, skipped_steps = info["bad_in_row"], info["skipped_steps"]
             history = st["history"]
             if info["n_streams"] != n_streams and consumed > 0:
-                log.warning("train: data streams changed (%d -> %d); epoch %d restarts at its next epoch",
-                            info["n_streams"], n_streams, epoch)
+                log.warning(
+                    "train: data streams changed (%d -> %d); epoch %d restarts at its next epoch",
+                    info["n_streams"],
+                    n_streams,
+                    epoch,
+                )
                 epoch, consumed = epoch + 1, 0
             cpu_key, cuda_key = f"cpu.rank{d.rank}", f"cuda.rank{d.rank}"
             if cpu_key in st["rng"]:
@@ -228,28 +293,51 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
     if not rng_loaded:
         torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)  # dropout / layerdrop differ per rank
 
-    ddp: torch.nn.Module = model
+    ddp: Any = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         unused = (hubert.config.layerdrop or 0.0) > 0.0
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=unused)
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
     forward = torch.compile(ddp) if cfg.compile else ddp
 
     # --- data ---
-    spec = BatchSpec(batch_size=batch_size, max_sample_seconds=cfg.max_sample_seconds,
-                     min_sample_seconds=cfg.min_sample_seconds, crop=cfg.crop, mask_prob=cfg.mask_prob,
-                     mask_length=cfg.mask_length, min_masks=cfg.min_masks, normalize_audio=cfg.normalize_audio,
-                     shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
-                     bucket_batches=cfg.bucket_batches)
-    train_ds = ShardBatches(audio_dir / "train", labels_dir / "train", spec, seed=cfg.seed, train=True,
-                            rank=d.rank, world_size=d.world_size)
+    spec = BatchSpec(
+        batch_size=batch_size,
+        max_sample_seconds=cfg.max_sample_seconds,
+        min_sample_seconds=cfg.min_sample_seconds,
+        crop=cfg.crop,
+        mask_prob=cfg.mask_prob,
+        mask_length=cfg.mask_length,
+        min_masks=cfg.min_masks,
+        normalize_audio=cfg.normalize_audio,
+        shuffle_buffer=cfg.shuffle_buffer,
+        open_shards=cfg.open_shards,
+        bucket_batches=cfg.bucket_batches,
+    )
+    train_ds = ShardBatches(
+        audio_dir / "train",
+        labels_dir / "train",
+        spec,
+        seed=cfg.seed,
+        train=True,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
     loader = _loader(train_ds, cfg, device, cfg.seed)
     valid_loader = None
     if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
-        valid_ds = ShardBatches(audio_dir / "valid", labels_dir / "valid", spec, seed=cfg.seed, train=False,
-                                rank=d.rank, world_size=d.world_size)
+        valid_ds = ShardBatches(
+            audio_dir / "valid",
+            labels_dir / "valid",
+            spec,
+            seed=cfg.seed,
+            train=False,
+            rank=d.rank,
+            world_size=d.world_size,
+        )
         valid_loader = _loader(valid_ds, cfg, device, cfg.seed + 1)
 
     steps_per_epoch = max(1, n_train // (batch_size * grad_accum * d.world_size))
@@ -276,12 +364,25 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
             for r, s in enumerate(distributed.gather_rng(d, torch.cuda.get_rng_state(device), device)):
                 rng[f"cuda.rank{r}"] = s
         if d.is_main:
-            save_state(state_dir, step, model=model.state_dict(), optimizer=optimizer.state_dict(), rng=rng,
-                       info={"epoch": epoch, "batches_in_epoch": consumed, "n_streams": n_streams,
-                             "bad_in_row": bad_in_row, "skipped_steps": skipped_steps,
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "fingerprint": fp, "config": asdict(cfg), "world_size": d.world_size},
-                       history=history)
+            save_state(
+                state_dir,
+                step,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                rng=rng,
+                info={
+                    "epoch": epoch,
+                    "batches_in_epoch": consumed,
+                    "n_streams": n_streams,
+                    "bad_in_row": bad_in_row,
+                    "skipped_steps": skipped_steps,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "fingerprint": fp,
+                    "config": asdict(cfg),
+                    "world_size": d.world_size,
+                },
+                history=history,
+            )
         distributed.barrier(d)
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -321,7 +422,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
                     labels = b["labels"].to(device)
                     with autocast():
                         logits, penalty = forward(x, am, mask)
-                    s = masked_prediction_sums(logits, labels, mask, valid, unmasked_weight=cfg.unmasked_weight)
+                    s = masked_prediction_sums(
+                        logits, labels, mask, valid, unmasked_weight=cfg.unmasked_weight
+                    )
                     loss = s.objective * (d.world_size / max(total_weight, 1.0))
                     if cfg.feature_penalty > 0:
                         loss = loss + cfg.feature_penalty * penalty / len(micro)
@@ -329,28 +432,53 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
                         loss = loss * float("nan")
                     local_bad = local_bad or not bool(torch.isfinite(loss))
                     (scaler.scale(loss) if scaler is not None else loss).backward()
-                sums += torch.tensor([float(s.ce_masked), float(s.n_masked), float(s.correct_masked),
-                                      float(s.ce_unmasked), float(s.n_unmasked), float(s.correct_unmasked),
-                                      float(penalty.detach()), 1.0, float(b["n_samples"])], dtype=torch.float64)
+                sums += torch.tensor(
+                    [
+                        float(s.ce_masked),
+                        float(s.n_masked),
+                        float(s.correct_masked),
+                        float(s.ce_unmasked),
+                        float(s.n_unmasked),
+                        float(s.correct_unmasked),
+                        float(penalty.detach()),
+                        1.0,
+                        float(b["n_samples"]),
+                    ],
+                    dtype=torch.float64,
+                )
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            bad = distributed.all_max(d, torch.tensor(
-                [float(local_bad or not bool(torch.isfinite(grad_norm)))], dtype=torch.float64))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            )
+            bad = distributed.all_max(
+                d,
+                torch.tensor([float(local_bad or not bool(torch.isfinite(grad_norm)))], dtype=torch.float64),
+            )
             if bad[0] > 0:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
                 bad_in_row += 1
                 skipped_steps += 1
-                log.warning("train: step %d skipped: loss or gradient not finite on some rank (%d in a row)",
-                            step, bad_in_row)
+                log.warning(
+                    "train: step %d skipped: loss or gradient not finite on some rank (%d in a row)",
+                    step,
+                    bad_in_row,
+                )
                 if bad_in_row >= cfg.max_bad_steps:
-                    raise RuntimeError(f"train: {bad_in_row} non-finite steps in a row; every rank stops "
-                                       f"(lower train.learning_rate or check the data)")
+                    raise RuntimeError(
+                        f"train: {bad_in_row} non-finite steps in a row; every rank stops "
+                        f"(lower train.learning_rate or check the data)"
+                    )
             else:
-                lr = lr_at(step, peak=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-                           total_steps=total_steps, kind=cfg.lr_schedule)
+                lr = lr_at(
+                    step,
+                    peak=cfg.learning_rate,
+                    warmup_steps=cfg.warmup_steps,
+                    total_steps=total_steps,
+                    kind=cfg.lr_schedule,
+                )
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 if scaler is not None:
@@ -367,14 +495,27 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 tot = distributed.all_sum(d, sums)
                 now = time.perf_counter()
-                rec = _train_record(tot, step, epoch, optimizer.param_groups[0]["lr"], last_grad_norm,
-                                    skipped_steps, now - t_log, flops)
+                rec = _train_record(
+                    tot,
+                    step,
+                    epoch,
+                    optimizer.param_groups[0]["lr"],
+                    last_grad_norm,
+                    skipped_steps,
+                    now - t_log,
+                    flops,
+                )
                 t_log, sums = now, torch.zeros_like(sums)
                 history.append(rec)
                 live.log(rec)
                 live.flush()
-                log.info("train: step %d loss %.4f acc_masked %.3f %.0f audio-s/s", step, rec["train/loss"],
-                         rec["train/acc_masked"], rec["train/audio_s_per_s"])
+                log.info(
+                    "train: step %d loss %.4f acc_masked %.3f %.0f audio-s/s",
+                    step,
+                    rec["train/loss"],
+                    rec["train/acc_masked"],
+                    rec["train/audio_s_per_s"],
+                )
             if valid_loader is not None and step % cfg.valid_every_steps == 0:
                 rec = {"step": step, **_validate(model, valid_loader, cfg, d, device, autocast)}
                 history.append(rec)
@@ -401,14 +542,31 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
             live.log(final)
     save_now()
     skips.log_summary()
-    summary = {"steps": step, "epoch": epoch, "skipped_steps": skipped_steps, "world_size": d.world_size,
-               "batch_size": batch_size, "grad_accum": grad_accum, "batch_table_row": table_row,
-               "precision": precision, "device": str(device), "n_clusters": n_clusters,
-               "total_steps": total_steps, "last": history[-1] if history else {},
-               "flops_per_audio_second": flops}
+    summary = {
+        "steps": step,
+        "epoch": epoch,
+        "skipped_steps": skipped_steps,
+        "world_size": d.world_size,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "batch_table_row": table_row,
+        "precision": precision,
+        "device": str(device),
+        "n_clusters": n_clusters,
+        "total_steps": total_steps,
+        "last": history[-1] if history else {},
+        "flops_per_audio_second": flops,
+    }
     if d.is_main:
-        info = {**summary, "config": asdict(cfg), "init": cfg.init, "normalize_audio": cfg.normalize_audio,
-                "sample_rate": 16000, "frame_rate_hz": 50, "skipped": skips.to_dict()}
+        info = {
+            **summary,
+            "config": asdict(cfg),
+            "init": cfg.init,
+            "normalize_audio": cfg.normalize_audio,
+            "sample_rate": 16000,
+            "frame_rate_hz": 50,
+            "skipped": skips.to_dict(),
+        }
         with atomic_dir(model_dir) as tmp:
             export(model, original_augment, tmp, info)
         live.flush()
@@ -420,9 +578,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: P
 
 def _loader(ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int) -> DataLoader[Any]:
     # A private generator: creating an iterator must not consume the global RNG (resume equality).
-    return DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                      generator=torch.Generator().manual_seed(seed),
-                      prefetch_factor=4 if cfg.num_workers > 0 else None)
+    return DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
 
 
 def _merge(skips: Skips, counts: dict[str, int]) -> None:
@@ -430,13 +593,25 @@ def _merge(skips: Skips, counts: dict[str, int]) -> None:
         skips.add(reason, n=n)
 
 
-def _train_record(tot: torch.Tensor, step: int, epoch: int, lr: float, grad_norm: float, skipped: int,
-                  seconds: float, flops: float) -> dict[str, Any]:
+def _train_record(
+    tot: torch.Tensor,
+    step: int,
+    epoch: int,
+    lr: float,
+    grad_norm: float,
+    skipped: int,
+    seconds: float,
+    flops: float,
+) -> dict[str, Any]:
     v = dict(zip(SUMS, tot.tolist(), strict=True))
     audio_s = v["audio_samples"] / 16000.0
     rate = audio_s / max(seconds, 1e-9)
     return {
-        "step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped,
+        "step": step,
+        "epoch": epoch,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "skipped_steps": skipped,
         "train/loss": v["ce_masked"] / max(v["n_masked"], 1.0),
         "train/loss_unmasked": v["ce_unmasked"] / max(v["n_unmasked"], 1.0),
         "train/acc_masked": v["correct_masked"] / max(v["n_masked"], 1.0),
@@ -449,8 +624,14 @@ def _train_record(tot: torch.Tensor, step: int, epoch: int, lr: float, grad_norm
 
 
 @torch.no_grad()
-def _validate(model: PretrainModel, loader: DataLoader[Any], cfg: TrainConfig, d: distributed.Dist,
-              device: torch.device, autocast: Any) -> dict[str, float]:
+def _validate(
+    model: PretrainModel,
+    loader: DataLoader[Any],
+    cfg: TrainConfig,
+    d: distributed.Dist,
+    device: torch.device,
+    autocast: Any,
+) -> dict[str, float]:
     """Loss and accuracy on the validation shards (fixed masks), summed over ranks."""
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64)
@@ -466,11 +647,22 @@ def _validate(model: PretrainModel, loader: DataLoader[Any], cfg: TrainConfig, d
         with autocast():
             logits, _ = model(b["input_values"].to(device), am, mask)
         s = masked_prediction_sums(logits, b["labels"].to(device), mask, b["valid"].to(device))
-        sums += torch.tensor([float(s.ce_masked), float(s.n_masked), float(s.correct_masked),
-                              float(s.ce_unmasked), float(s.n_unmasked), float(s.correct_unmasked)],
-                             dtype=torch.float64)
+        sums += torch.tensor(
+            [
+                float(s.ce_masked),
+                float(s.n_masked),
+                float(s.correct_masked),
+                float(s.ce_unmasked),
+                float(s.n_unmasked),
+                float(s.correct_unmasked),
+            ],
+            dtype=torch.float64,
+        )
     model.train()
     t = distributed.all_sum(d, sums).tolist()
-    return {"valid/loss": t[0] / max(t[1], 1.0), "valid/acc_masked": t[2] / max(t[1], 1.0),
-            "valid/loss_unmasked": t[3] / max(t[4], 1.0), "valid/acc_unmasked": t[5] / max(t[4], 1.0)}
-
+    return {
+        "valid/loss": t[0] / max(t[1], 1.0),
+        "valid/acc_masked": t[2] / max(t[1], 1.0),
+        "valid/loss_unmasked": t[3] / max(t[4], 1.0),
+        "valid/acc_unmasked": t[5] / max(t[4], 1.0),
+    }
