@@ -127,9 +127,24 @@ def _add_assign_labels(sub: Any) -> None:
 
 # <<< issue-5 cli: train >>>
 
+def _train(args: argparse.Namespace) -> int:
+    from ups.config import TrainConfig
+
+    cfg = load_section(TrainConfig, "train", args.params)
+    from ups.stages import train
+    train.run(cfg, audio_dir=Path(args.audio_dir), labels_dir=Path(args.labels_dir),
+              model_dir=Path(args.model_dir), state_dir=Path(args.state_dir), live_dir=Path(args.live_dir))
+    return 0
+
+
 def _add_train(sub: Any) -> None:
-    _stage_parser(sub, "train", "Continue HuBERT masked pre-training on the labelled shards.",
-                  _not_yet(5))
+    p = _stage_parser(sub, "train", "Continue HuBERT masked pre-training on the labelled shards "
+                      "(one process; `python -m ups.launch train` starts train.gpus of them).", _train)
+    p.add_argument("--audio-dir", default="data/audio", help="shards: <dir>/{train,valid}/*.tar")
+    p.add_argument("--labels-dir", default="data/labels", help="labels: <dir>/{train,valid}/*.npy")
+    p.add_argument("--model-dir", default="models/hubert-cpt", help="export (save_pretrained + head)")
+    p.add_argument("--state-dir", default="data/train/state", help="resumable training state")
+    p.add_argument("--live-dir", default="dvclive", help="dvclive metrics and plots")
 
 # <<< end issue-5 cli >>>
 

@@ -216,6 +216,94 @@ class SelectConfig:
 # <<< end issue-4 configs >>>
 
 # <<< issue-5 configs: train >>>
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Section `train`: HuBERT continued pre-training (ups/stages/train.py). See params.yaml."""
+
+    init: str = "facebook/hubert-base-ls960"  # hub id or local directory of a HubertModel
+    gpus: int = 1  # processes (torchrun --nproc_per_node) on this node
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    epochs: int = 4
+    max_steps: int | None = None  # optimizer steps; null: epochs decide
+    learning_rate: float = 5e-5
+    warmup_steps: int = 500
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-6
+    grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
+    batch_size: int | Literal["auto"] = "auto"  # per process, chunks
+    grad_accum: int | Literal["auto"] = "auto"
+    max_sample_seconds: float = 10.0
+    min_sample_seconds: float = 1.0
+    crop: Literal["shortest", "pad"] = "shortest"
+    normalize_audio: bool = False
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    min_masks: int = 2
+    unmasked_weight: float = 0.0
+    feature_penalty: float = 0.0
+    feature_grad_scale: float = 0.1  # 0 freezes the CNN feature encoder
+    layerdrop: float | None = None  # null: keep the initial model's
+    head: Literal["cosine", "linear"] = "cosine"
+    final_dim: int = 256
+    logit_temperature: float = 0.1
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    open_shards: int = 8
+    bucket_batches: int = 32
+    log_every_steps: int = 10
+    valid_every_steps: int = 500
+    valid_max_batches: int | None = None
+    save_every_steps: int = 500
+    resume: bool = True
+    max_bad_steps: int = 20  # consecutive non-finite steps before every rank stops
+
+    def __post_init__(self) -> None:
+        require(self.gpus >= 1, "train.gpus", "must be >= 1", self.gpus)
+        require(bool(self.init), "train.init", "must not be empty", self.init)
+        require(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
+        require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null",
+                self.max_steps)
+        require(self.learning_rate > 0, "train.learning_rate", "must be > 0", self.learning_rate)
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0", self.weight_decay)
+        require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+                "train.adam_betas", "must be two numbers in [0, 1)", self.adam_betas)
+        require(self.adam_eps > 0, "train.adam_eps", "must be > 0", self.adam_eps)
+        require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0", self.grad_clip)
+        for name in ("batch_size", "grad_accum"):
+            v = getattr(self, name)
+            require(v == "auto" or v >= 1, f"train.{name}", "must be >= 1 or auto", v)
+        require(self.max_sample_seconds >= 0.1, "train.max_sample_seconds", "must be >= 0.1",
+                self.max_sample_seconds)
+        require(0.025 <= self.min_sample_seconds <= self.max_sample_seconds, "train.min_sample_seconds",
+                "must be in [0.025, max_sample_seconds]", self.min_sample_seconds)
+        require(0 < self.mask_prob <= 1, "train.mask_prob", "must be in (0, 1]", self.mask_prob)
+        require(self.mask_length >= 1, "train.mask_length", "must be >= 1", self.mask_length)
+        require(self.min_masks >= 0, "train.min_masks", "must be >= 0", self.min_masks)
+        require(self.unmasked_weight >= 0, "train.unmasked_weight", "must be >= 0", self.unmasked_weight)
+        require(self.feature_penalty >= 0, "train.feature_penalty", "must be >= 0", self.feature_penalty)
+        require(0 <= self.feature_grad_scale <= 1, "train.feature_grad_scale", "must be in [0, 1]",
+                self.feature_grad_scale)
+        require(self.layerdrop is None or 0 <= self.layerdrop < 1, "train.layerdrop",
+                "must be in [0, 1) or null", self.layerdrop)
+        require(self.final_dim >= 1, "train.final_dim", "must be >= 1", self.final_dim)
+        require(self.logit_temperature > 0, "train.logit_temperature", "must be > 0", self.logit_temperature)
+        require(self.num_workers >= 0, "train.num_workers", "must be >= 0", self.num_workers)
+        require(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
+        require(self.open_shards >= 1, "train.open_shards", "must be >= 1", self.open_shards)
+        require(self.bucket_batches >= 1, "train.bucket_batches", "must be >= 1", self.bucket_batches)
+        for name in ("log_every_steps", "valid_every_steps", "save_every_steps", "max_bad_steps"):
+            require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1", getattr(self, name))
+        require(self.valid_max_batches is None or self.valid_max_batches >= 1, "train.valid_max_batches",
+                "must be >= 1 or null", self.valid_max_batches)
+
 # <<< end issue-5 configs >>>
 
 # <<< issue-6 configs: evaluate >>>

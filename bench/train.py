@@ -1,0 +1,261 @@
+"""Training throughput (audio-seconds per second) and model FLOP utilisation.
+
+CPU (default): the trainer (length-bucketed batches cropped to their shortest, DataLoader
+worker) against a plain fp32 loop without bucketing (random batches zero-padded to their
+longest, data preloaded in memory) on the same synthetic corpus of 2-10 s chunks, same model,
+same batch size, in the same run. Throughput counts real audio only (padding is not audio).
+MFU = achieved model FLOP/s / peak, with the CPU's peak taken as the best fp32 matmul rate
+measured in the same run.
+
+GPU: `python -m bench.train --device cuda --model base` times HuBERT-base (random weights,
+bf16) through the trainer with the auto batch table, plus the data loader alone, and reports
+MFU against the GPU's dense bf16 peak (H100 SXM 989 TFLOP/s, H200 989, A100 312).
+
+Results: bench/results/train_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.train_fixtures import write_corpus  # noqa: E402
+from ups.config import TrainConfig, from_dict  # noqa: E402
+from ups.hubert_model import base_config_dict, flops_per_audio_second  # noqa: E402
+from ups.tiny_model import write_tiny_hubert  # noqa: E402
+
+SMALL = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "conv_dim": [128] * 7,
+    "num_conv_pos_embeddings": 64,
+    "num_conv_pos_embedding_groups": 8,
+}
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def cpu_peak_flops() -> float:
+    best = 0.0
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = max(best, 10 * 2 * 1024**3 / (time.perf_counter() - t))
+    return best
+
+
+def trainer_rate(cfg: TrainConfig, corpus: dict, work: Path) -> float:
+    from ups.stages import train
+
+    train.run(
+        cfg,
+        audio_dir=corpus["audio"],
+        labels_dir=corpus["labels"],
+        model_dir=work / "model",
+        state_dir=work / "state",
+        live_dir=work / "live",
+    )
+    hist = json.loads((sorted((work / "state").glob("step-*"))[-1] / "history.json").read_text())
+    rates = [r["train/audio_s_per_s"] for r in hist if "train/audio_s_per_s" in r][1:]  # first: warm-up
+    return statistics.median(rates)
+
+
+def plain_rate(init: Path, corpus: dict, batch_size: int, steps: int, n_clusters: int) -> float:
+    """A plain loop: preloaded data, random batches padded to their longest, fp32, no bucketing."""
+    from collections import Counter
+
+    from ups.frames import n_frames
+    from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
+    from ups.masking import compute_mask, frame_valid
+    from ups.pretraining import PretrainingHead, masked_prediction_sums
+    from ups.train_data import LabelIndex, list_shards, read_shard
+
+    labels = LabelIndex(corpus["labels"] / "train")
+    data = [
+        (pcm, labels.get(c))
+        for p in list_shards(corpus["audio"] / "train")
+        for c, pcm in read_shard(p, Counter())
+    ]
+    torch.manual_seed(0)
+    hubert, _ = load_hubert(ModelSetup(str(init), 0.8, 10, 2, None, "sdpa"))
+    model = PretrainModel(hubert, PretrainingHead(hubert.config.hidden_size, n_clusters, final_dim=256), 0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    rng = np.random.default_rng(0)
+    audio_s, elapsed = 0.0, 0.0
+    for step in range(steps):
+        idx = rng.choice(len(data), batch_size, replace=False)
+        batch = [data[i] for i in idx]
+        n = max(len(b[0]) for b in batch)
+        x = np.zeros((batch_size, n), dtype=np.float32)
+        frames = [n_frames(len(b[0])) for b in batch]
+        lab = np.zeros((batch_size, n_frames(n)), dtype=np.int64)
+        for i, (pcm, lb) in enumerate(batch):
+            x[i, : len(pcm)] = pcm / 32768.0
+            lab[i, : len(lb)] = lb
+        mask = torch.from_numpy(compute_mask(frames, n_frames(n), mask_prob=0.8, mask_length=10, rng=rng))
+        valid = torch.from_numpy(frame_valid(frames, n_frames(n)))
+        t = time.perf_counter()
+        logits, _ = model(torch.from_numpy(x), None, mask)
+        s = masked_prediction_sums(logits, torch.from_numpy(lab), mask, valid)
+        (s.objective / s.n_masked).backward()
+        opt.step()
+        opt.zero_grad()
+        if step > 0:  # first step: warm-up
+            elapsed += time.perf_counter() - t
+            audio_s += sum(len(b[0]) for b in batch) / 16000
+    return audio_s / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default="small", choices=["small", "base"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--chunks", type=int, default=96)
+    p.add_argument("--batch-size", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    work = Path(
+        tempfile.mkdtemp(prefix="bench-train-", dir=ROOT / "bench" if (ROOT / "bench").is_dir() else None)
+    )
+    try:
+        corpus = write_corpus(
+            work / "corpus", n_train=args.chunks, n_valid=4, n_shards=8, seconds=(2.0, 10.0)
+        )
+        arch = SMALL if args.model == "small" else base_config_dict()
+        init = write_tiny_hubert(work / "init", seed=0, **arch)
+        from transformers import HubertConfig
+
+        flops = flops_per_audio_second(HubertConfig.from_pretrained(init), 10.0)
+        if args.device == "cpu":
+            bs = int(args.batch_size or 4)
+            cfg = from_dict(
+                TrainConfig,
+                {
+                    "init": str(init),
+                    "device": "cpu",
+                    "batch_size": bs,
+                    "grad_accum": 1,
+                    "num_workers": 1,
+                    "max_steps": args.steps,
+                    "warmup_steps": 1,
+                    "log_every_steps": 5,
+                    "valid_every_steps": 10**6,
+                    "save_every_steps": 10**6,
+                    "shuffle_buffer": 32,
+                    "bucket_batches": 8,
+                    "max_sample_seconds": 10.0,
+                },
+                "train",
+            )
+            rate = trainer_rate(cfg, corpus, work / "run")
+            base = plain_rate(init, corpus, bs, args.steps, 5)
+            peak = cpu_peak_flops()
+            result = {
+                "device": f"cpu: {platform.machine()}, {torch.get_num_threads()} threads",
+                "model": args.model,
+                "params_model": arch,
+                "batch_size": bs,
+                "steps": args.steps,
+                "chunk_seconds": [2.0, 10.0],
+                "flops_per_audio_second": flops,
+                "trainer_audio_s_per_s": rate,
+                "plain_fp32_unbucketed_audio_s_per_s": base,
+                "speedup_vs_plain": rate / base,
+                "cpu_peak_fp32_flops_measured": peak,
+                "trainer_mfu_vs_measured_peak": rate * flops / peak,
+                "plain_mfu_vs_measured_peak": base * flops / peak,
+            }
+        else:
+            name = torch.cuda.get_device_name(0)
+            cfg = from_dict(
+                TrainConfig,
+                {
+                    "init": str(init),
+                    "device": "cuda",
+                    "batch_size": int(args.batch_size) if args.batch_size else "auto",
+                    "grad_accum": 1,
+                    "num_workers": 6,
+                    "max_steps": args.steps,
+                    "warmup_steps": 1,
+                    "log_every_steps": 5,
+                    "valid_every_steps": 10**6,
+                    "save_every_steps": 10**6,
+                    "shuffle_buffer": 64,
+                    "bucket_batches": 8,
+                    "compile": False,
+                },
+                "train",
+            )
+            rate = trainer_rate(cfg, corpus, work / "run")
+            loader = loader_rate(cfg, corpus)
+            peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+            result = {
+                "device": name,
+                "model": args.model,
+                "steps": args.steps,
+                "flops_per_audio_second": flops,
+                "trainer_audio_s_per_s": rate,
+                "loader_audio_s_per_s": loader,
+                "loader_over_gpu": loader / rate,
+                "peak_bf16_flops": peak,
+                "mfu": rate * flops / peak if peak else None,
+            }
+        out = Path(args.out or ROOT / "bench" / "results" / f"train_{args.device}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(json.dumps(result, indent=2, sort_keys=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def loader_rate(cfg: TrainConfig, corpus: dict) -> float:
+    """Audio-seconds per second the DataLoader delivers on its own (CPU side of the pipeline)."""
+    from ups.batch_table import resolve_batch
+    from ups.stages.train import _loader
+    from ups.train_data import END, BatchSpec, ShardBatches
+
+    mem = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    bs, _ = resolve_batch(cfg.batch_size, 1, mem)
+    spec = BatchSpec(
+        bs,
+        cfg.max_sample_seconds,
+        cfg.min_sample_seconds,
+        cfg.crop,
+        cfg.mask_prob,
+        cfg.mask_length,
+        cfg.min_masks,
+        cfg.normalize_audio,
+        cfg.shuffle_buffer,
+        cfg.open_shards,
+        cfg.bucket_batches,
+    )
+    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
+    audio, t = 0.0, time.perf_counter()
+    for epoch in range(3):
+        ds.set_position(epoch, [])
+        for b in _loader(ds, cfg, torch.device("cpu"), 0):
+            if END not in b:
+                audio += b["n_samples"] / 16000
+    return audio / (time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""A tiny labelled corpus in the issue-4 formats: WebDataset shards + frame labels.
+
+Each chunk is a tone whose frequency changes every 0.5 s; the label of a frame is
+the index of its tone, so a model can learn it and the loss can fall.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ups.frames import HOP_SAMPLES, n_frames
+
+FREQS = np.array([220.0, 440.0, 880.0, 1760.0, 3000.0])
+SEGMENT_FRAMES = 25  # a tone lasts 0.5 s: masked frames can be inferred from their neighbours
+
+
+def chunk_audio(rng: np.random.Generator, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """int16 pcm and its per-frame labels (the tone playing at each frame's centre)."""
+    t_frames = n_frames(n_samples)
+    seg = rng.integers(0, len(FREQS), size=t_frames // SEGMENT_FRAMES + 2)
+    per_sample = np.repeat(seg, SEGMENT_FRAMES * HOP_SAMPLES)[:n_samples]
+    phase = np.cumsum(2 * np.pi * FREQS[per_sample] / 16000)
+    x = 0.3 * np.sin(phase) + 0.01 * rng.standard_normal(n_samples)
+    centres = np.arange(t_frames) * HOP_SAMPLES + 200
+    labels = per_sample[centres].astype(np.int16)
+    return (x * 32767).astype(np.int16), labels
+
+
+def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_corpus(
+    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0
+) -> dict[str, Path]:
+    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs."""
+    rng = np.random.default_rng(seed)
+    chunk_id = 0
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        shard_dir = root / "audio" / split
+        label_dir = root / "labels" / split
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        ids, labels = [], []
+        per_shard = int(np.ceil(n / n_shards))
+        for k in range(n_shards):
+            with tarfile.open(shard_dir / f"{k:06d}-000.tar", "w") as tf:
+                for _ in range(per_shard):
+                    if len(ids) == n:
+                        break
+                    n_samples = int(rng.uniform(*seconds) * 16000)
+                    pcm, lab = chunk_audio(rng, n_samples)
+                    key = f"{chunk_id:09d}"
+                    buf = io.BytesIO()
+                    np.save(buf, pcm, allow_pickle=False)
+                    _member(tf, f"{key}.pcm.npy", buf.getvalue())
+                    meta = {
+                        "chunk_id": chunk_id,
+                        "tar": k,
+                        "key": f"item/file{chunk_id}",
+                        "start_s": 0.0,
+                        "end_s": n_samples / 16000,
+                        "language": "xx",
+                        "split": split,
+                        "n_samples": n_samples,
+                    }
+                    _member(tf, f"{key}.json", orjson.dumps(meta))
+                    ids.append(chunk_id)
+                    labels.append(lab)
+                    chunk_id += 1
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in labels])]).astype(np.int64)
+        np.save(label_dir / "chunk_ids.npy", np.array(ids, dtype=np.int64))
+        np.save(label_dir / "offsets.npy", offsets)
+        np.save(label_dir / "labels.npy", np.concatenate(labels).astype(np.int16))
+    return {"audio": root / "audio", "labels": root / "labels"}

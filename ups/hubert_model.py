@@ -1,0 +1,212 @@
+"""transformers' HubertModel set up for masked pre-training, its head, export and FLOP count.
+
+Masking goes through the model's own mask embedding (`masked_spec_embed`): transformers applies
+`mask_time_indices` only when `config.apply_spec_augment` is True, and creates the embedding only
+when `mask_time_prob > 0`. So training sets `apply_spec_augment=True`, `mask_time_prob` to
+`train.mask_prob` (which also documents it) and `mask_feature_prob=0`, and always passes
+`mask_time_indices` while training, so the model never draws masks of its own. Evaluation
+passes no mask and runs in eval mode: nothing is masked. The export restores the initial
+model's SpecAugment settings so that downstream fine-tuning behaves as with the original.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ups.pretraining import PretrainingHead
+
+AUGMENT_KEYS = (
+    "apply_spec_augment",
+    "mask_time_prob",
+    "mask_time_length",
+    "mask_time_min_masks",
+    "mask_feature_prob",
+    "mask_feature_length",
+)
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class PretrainModel(nn.Module):
+    """HubertModel + pretraining head; forward gives frame logits and the feature penalty."""
+
+    def __init__(self, hubert: Any, head: PretrainingHead, feature_grad_scale: float = 1.0) -> None:
+        super().__init__()
+        self.hubert: Any = hubert
+        self.head = head
+        self.feature_grad_scale = feature_grad_scale
+        self._features: torch.Tensor | None = None
+        if feature_grad_scale == 0.0:
+            hubert.feature_extractor._freeze_parameters()
+        hubert.feature_extractor.register_forward_hook(self._on_features)
+
+    def _on_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if self.training and 0.0 < self.feature_grad_scale < 1.0:
+            output = _GradScale.apply(output, self.feature_grad_scale)
+        self._features = output
+        return output
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.hubert(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices)
+        logits = self.head(out.last_hidden_state)
+        assert self._features is not None
+        penalty = self._features.float().pow(2).mean()
+        self._features = None
+        return logits, penalty
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    init: str
+    mask_prob: float
+    mask_length: int
+    min_masks: int
+    layerdrop: float | None
+    attn_implementation: str
+
+
+def load_hubert(setup: ModelSetup) -> tuple[Any, dict[str, Any]]:
+    """HubertModel from a hub id or a local directory, configured for masked training.
+
+    Returns the model and the initial config's SpecAugment settings (restored at export)."""
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig.from_pretrained(setup.init)
+    original = {k: getattr(config, k) for k in AUGMENT_KEYS}
+    overrides: dict[str, Any] = {
+        "apply_spec_augment": True,
+        "mask_time_prob": setup.mask_prob,
+        "mask_time_length": setup.mask_length,
+        "mask_time_min_masks": setup.min_masks,
+        "mask_feature_prob": 0.0,
+    }
+    if setup.layerdrop is not None:
+        overrides["layerdrop"] = setup.layerdrop
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    model = HubertModel.from_pretrained(
+        setup.init, config=config, attn_implementation=setup.attn_implementation
+    )
+    return model, original
+
+
+def export(
+    model: PretrainModel, original_augment: dict[str, Any], out_dir: Path, info: dict[str, Any]
+) -> None:
+    """Write `save_pretrained` files (config.json + model.safetensors), the head and a JSON."""
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2FeatureExtractor
+
+    hubert: Any = model.hubert
+    saved = {k: getattr(hubert.config, k) for k in AUGMENT_KEYS}
+    for k, v in original_augment.items():
+        setattr(hubert.config, k, v)
+    try:
+        state = {k: v for k, v in hubert.state_dict().items()}
+        if not (original_augment["mask_time_prob"] > 0 or original_augment["mask_feature_prob"] > 0):
+            state.pop("masked_spec_embed", None)  # the model would not create it on load
+        hubert.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    finally:
+        for k, v in saved.items():
+            setattr(hubert.config, k, v)
+    head: Any = model.head
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+        str(out_dir / "head.safetensors"),
+    )
+    head_info = {
+        "kind": head.kind,
+        "n_clusters": head.n_clusters,
+        "temperature": head.temperature,
+        "hidden_size": hubert.config.hidden_size,
+    }
+    if head.kind == "cosine":
+        head_info["final_dim"] = head.final_proj.out_features
+    (out_dir / "head.json").write_text(json.dumps(head_info, indent=2, sort_keys=True) + "\n")
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=bool(info.get("normalize_audio", False)),
+        return_attention_mask=False,
+    ).save_pretrained(out_dir)
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_head(model_dir: Path) -> PretrainingHead:
+    """The pretraining head saved beside an export."""
+    from safetensors.torch import load_file
+
+    info = json.loads((Path(model_dir) / "head.json").read_text())
+    head = PretrainingHead(
+        info["hidden_size"],
+        info["n_clusters"],
+        kind=info["kind"],
+        final_dim=info.get("final_dim", 256),
+        temperature=info["temperature"],
+    )
+    head.load_state_dict(load_file(str(Path(model_dir) / "head.safetensors")))
+    return head
+
+
+def flops_per_audio_second(config: Any, seconds: float = 10.0, training: bool = True) -> float:
+    """Model FLOPs per second of 16 kHz audio (multiply-add = 2 FLOPs), on `seconds`-long inputs;
+    training = 3 x forward. HuBERT-base: about 14.8 GFLOP forward, 44 GFLOP training."""
+    n = int(seconds * 16000)
+    flops = 0.0
+    length = n
+    c_in = 1
+    for dim, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
+        length = (length - k) // s + 1
+        flops += 2.0 * c_in * dim * k * length
+        c_in = dim
+    t = length
+    d = config.hidden_size
+    flops += 2.0 * c_in * d * t  # feature projection
+    groups = config.num_conv_pos_embedding_groups
+    flops += 2.0 * d * (d // groups) * config.num_conv_pos_embeddings * t
+    per_layer = 2.0 * t * (4 * d * d + 2 * d * config.intermediate_size) + 4.0 * t * t * d
+    flops += config.num_hidden_layers * per_layer
+    return (3.0 if training else 1.0) * flops / seconds
+
+
+def base_config_dict() -> dict[str, Any]:
+    """HuBERT-base's architecture (facebook/hubert-base-ls960), for benches without the hub."""
+    return {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "conv_dim": [512] * 7,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "feat_extract_norm": "group",
+        "do_stable_layer_norm": False,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+        "mask_time_prob": 0.05,
+        "layerdrop": 0.1,
+    }
+
+
+_ = asdict

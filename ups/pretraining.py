@@ -1,0 +1,109 @@
+"""HuBERT's masked-prediction objective: a pretraining head over cluster labels, its loss, its accuracy.
+
+The cosine head follows the HuBERT paper (and fairseq's `HubertModel`): project the encoder
+output to `final_dim`, then logits are the cosine similarity with one learned embedding per
+cluster, divided by a temperature (0.1). The linear head is a plain `Linear(hidden, n_clusters)`.
+The head is always new: its label set is this run's k-means clusters.
+
+The loss is cross-entropy summed over the scored frames: masked frames, plus unmasked frames
+weighted by `unmasked_weight` when that is > 0; padding is never scored. Sums (not means) are
+returned so that a caller can normalise by the number of scored frames across micro-batches
+and ranks, which makes gradient accumulation and DDP give the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PretrainingHead(nn.Module):
+    """Frame logits over `n_clusters` labels: `cosine` (HuBERT) or `linear`."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        n_clusters: int,
+        *,
+        kind: str = "cosine",
+        final_dim: int = 256,
+        temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if kind not in ("cosine", "linear"):
+            raise ValueError(f"head kind must be cosine or linear, got {kind!r}")
+        self.kind = kind
+        self.n_clusters = n_clusters
+        self.temperature = temperature
+        if kind == "cosine":
+            self.final_proj = nn.Linear(hidden_size, final_dim)
+            self.label_embs = nn.Parameter(torch.empty(n_clusters, final_dim).uniform_())
+        else:
+            self.final_proj = nn.Linear(hidden_size, n_clusters)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.final_proj(hidden)
+        if self.kind == "linear":
+            return x
+        x = F.normalize(x.float(), dim=-1, eps=1e-8)
+        e = F.normalize(self.label_embs.float(), dim=-1, eps=1e-8)
+        return x @ e.t() / self.temperature
+
+
+@dataclass
+class LossSums:
+    """Summed loss terms and counts of one micro-batch (tensors, detached except `objective`)."""
+
+    objective: torch.Tensor  # differentiable sum to normalise and back-propagate
+    ce_masked: torch.Tensor
+    ce_unmasked: torch.Tensor
+    n_masked: torch.Tensor
+    n_unmasked: torch.Tensor
+    correct_masked: torch.Tensor
+    correct_unmasked: torch.Tensor
+
+
+def masked_prediction_sums(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    unmasked_weight: float = 0.0,
+) -> LossSums:
+    """Cross-entropy and accuracy sums over masked / unmasked real frames.
+
+    logits (B, T, C); labels (B, T) int; mask, valid (B, T) bool. Frames where `valid` is False
+    (padding) are excluded from everything, masked or not.
+    """
+    masked = mask & valid
+    unmasked = ~mask & valid
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    flat_labels = labels.reshape(-1).long()
+    ce = torch.zeros(flat_labels.shape, dtype=flat_logits.dtype, device=flat_logits.device)
+    # CE only where something is counted (metrics for unmasked frames are computed without grad).
+    sel = (masked | unmasked).reshape(-1)
+    ce[sel] = F.cross_entropy(flat_logits[sel], flat_labels[sel], reduction="none")
+    ce = ce.reshape(labels.shape)
+    weights = masked.float() + unmasked_weight * unmasked.float()
+    objective = (ce * weights).sum()
+    with torch.no_grad():
+        pred = logits.argmax(-1)
+        hit = pred == labels
+        return LossSums(
+            objective=objective,
+            ce_masked=(ce.detach() * masked).sum(),
+            ce_unmasked=(ce.detach() * unmasked).sum(),
+            n_masked=masked.sum(),
+            n_unmasked=unmasked.sum(),
+            correct_masked=(hit & masked).sum(),
+            correct_unmasked=(hit & unmasked).sum(),
+        )
+
+
+def scored_weight(mask: torch.Tensor, valid: torch.Tensor, unmasked_weight: float) -> torch.Tensor:
+    """The normaliser of one micro-batch: masked frames + unmasked_weight * unmasked frames."""
+    return (mask & valid).sum().float() + unmasked_weight * (~mask & valid).sum().float()

@@ -1,0 +1,121 @@
+"""The whole training state on disk, without pickle: safetensors for tensors, JSON for the rest.
+
+`<state_dir>/step-<N>/` holds model.safetensors (HuBERT + head), optimizer.safetensors plus the
+param groups in state.json, rng.safetensors (every rank's torch CPU/CUDA generator state),
+state.json (step, epoch, data position, scaler, counters, config) and history.json (the logged
+metrics so far); `done.json` is written last. A state is built in `step-<N>.partial` and renamed,
+then `latest.json` is pointed at it, then older states beyond the previous good one are removed,
+so a kill at any point leaves at least one complete state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ups.atomic import _fsync_dir, read_json, write_json
+
+KEEP = 2
+_DIR = re.compile(r"^step-(\d{9})$")
+
+
+def _tensors(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in d.items()}
+
+
+def optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{idx}.{name}"] = t
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return _tensors(tensors), groups
+
+
+def optimizer_from_files(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    fixed = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    return {"state": state, "param_groups": fixed}
+
+
+def save_state(
+    state_dir: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    rng: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> Path:
+    """Write one complete state for `step` and make it the latest; returns its directory."""
+    state_dir = Path(state_dir)
+    name = f"step-{step:09d}"
+    final = state_dir / name
+    partial = state_dir / (name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    save_file(_tensors(model), str(partial / "model.safetensors"))
+    opt_tensors, groups = optimizer_to_files(optimizer)
+    save_file(opt_tensors, str(partial / "optimizer.safetensors"))
+    save_file(_tensors(rng), str(partial / "rng.safetensors"))
+    write_json(partial / "state.json", {**info, "step": step, "optimizer_param_groups": groups})
+    write_json(partial / "history.json", history)
+    write_json(partial / "done.json", {"step": step})
+    for f in partial.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    _fsync_dir(state_dir)
+    write_json(state_dir / "latest.json", {"step": step, "dir": name})
+    for old in complete_states(state_dir)[:-KEEP]:
+        shutil.rmtree(old)
+    return final
+
+
+def complete_states(state_dir: Path) -> list[Path]:
+    """Complete state directories (done.json present), oldest first."""
+    if not Path(state_dir).is_dir():
+        return []
+    found = []
+    for p in Path(state_dir).iterdir():
+        m = _DIR.match(p.name)
+        if m and p.is_dir() and (p / "done.json").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_state(state_dir: Path) -> Path | None:
+    states = complete_states(state_dir)
+    return states[-1] if states else None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Everything `save_state` wrote, as tensors and plain values."""
+    path = Path(path)
+    info = read_json(path / "state.json")
+    return {
+        "model": load_file(str(path / "model.safetensors")),
+        "optimizer": optimizer_from_files(
+            load_file(str(path / "optimizer.safetensors")), info.pop("optimizer_param_groups")
+        ),
+        "rng": load_file(str(path / "rng.safetensors")),
+        "info": info,
+        "history": read_json(path / "history.json"),
+    }
