@@ -175,9 +175,16 @@ class FetchMetaConfig:
 
 @dataclass(frozen=True)
 class IndexVadConfig:
-    """Section `index_vad`."""
+    """Section `index_vad`: parse vad_results.jsonl into files.parquet and tars.parquet."""
 
-    vad_sample_rate: int = 16000  # unit of the VAD timestamps
+    vad_sample_rate: int = 16000  # unit of the VAD timestamps (samples per second)
+    block_mb: int = 16  # read and parse the JSONL in blocks of this many MiB (memory vs. speed)
+
+    def __post_init__(self) -> None:
+        require(self.vad_sample_rate > 0, "index_vad.vad_sample_rate", "must be > 0",
+                self.vad_sample_rate)
+        require(1 <= self.block_mb <= 1024, "index_vad.block_mb", "must be in [1, 1024]",
+                self.block_mb)
 
 
 @dataclass(frozen=True)
