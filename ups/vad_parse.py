@@ -33,25 +33,20 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 
-_WS = r"[ \t\r]*"
 _KEY_BODY = r'(?:[^"\\\x00-\x1f]|\\.)*'
-_NUM_DUR = r"[0-9]{1,9}(?:\.[0-9]{1,17})?(?:[eE][-+]?[0-9]{1,3})?"
-_SEG = rf'\{{{_WS}"start"{_WS}:{_WS}[0-9]{{1,15}}{_WS},{_WS}"end"{_WS}:{_WS}[0-9]{{1,15}}{_WS}\}}'
-_HEAD = (rf'{_WS}\{{{_WS}"@KEY@"{_WS}:{_WS}\{{{_WS}"tar_number"{_WS}:{_WS}"@TAR@"{_WS},'
-         rf'{_WS}"duration"{_WS}:{_WS}@DUR@{_WS},{_WS}"timestamps"{_WS}:{_WS}\[')
-
-
-def _head(key: str, tar: str, dur: str) -> str:
-    return _HEAD.replace("@KEY@", key).replace("@TAR@", tar).replace("@DUR@", dur)
-
-
 # Each line in the Arrow array starts with the previous line's "\n" (except the first one).
-FULL_LINE = ("^\n?" + _head(_KEY_BODY, "[0-9]{1,9}", _NUM_DUR)
-             + rf"{_WS}(?:{_SEG}(?:{_WS},{_WS}{_SEG})*)?{_WS}\]{_WS}\}}{_WS}\}}{_WS}$")
-HEAD = ("^(?P<head>\n?" + _head(f"(?P<key>{_KEY_BODY})", "(?P<tar>[0-9]{1,9})",
-                                  f"(?P<dur>{_NUM_DUR})") + ")")
+HEAD = r'^(?P<pre>\n?[ \t\r]*\{[ \t\r]*")(?P<key>' + _KEY_BODY + r')"[ \t\r]*:'
 _BLANK = b" \t\r\n"
+_SPACE, _K, _QUOTE = ord(" "), ord("k"), ord('"')
+ARROW_SCHEMA = pa.schema([("k", pa.struct([
+    ("tar_number", pa.string()), ("duration", pa.float64()),
+    ("timestamps", pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64())]))),
+]))])
+_ARROW_PARSE = pajson.ParseOptions(explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="error",
+                                   newlines_in_values=False)
+_MIN_GROUP = 64  # below this many lines a failing group is parsed line by line
 
 
 @dataclass
@@ -68,18 +63,16 @@ class ParsedBlock:
     n_fast: int  # lines that took the vectorised path
 
 
-def _decode_keys(keys: pa.Array, counts: Counter[str]) -> list[str | None]:
+def _decode_keys(keys: list[bytes]) -> list[str | None]:
     """JSON string bodies -> str; None where the body is not valid JSON/UTF-8."""
-    raw = keys.to_pylist()  # bytes
     out: list[str | None] = []
-    for b in raw:
+    for b in keys:
         if b"\\" not in b:
             try:
                 out.append(b.decode("utf-8"))
-                continue
             except UnicodeDecodeError:
                 out.append(None)
-                continue
+            continue
         try:
             out.append(orjson.loads(b'"' + b + b'"'))
         except orjson.JSONDecodeError:
@@ -87,103 +80,165 @@ def _decode_keys(keys: pa.Array, counts: Counter[str]) -> list[str | None]:
     return out
 
 
-def _digit_runs(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start offset and integer value of every run of ASCII digits in `buf` (uint8)."""
-    pad = np.zeros(len(buf) + 2, dtype=bool)
-    np.less(buf - np.uint8(48), 10, out=pad[1:-1])
-    edges = np.flatnonzero(pad[1:] != pad[:-1])
-    starts, ends = edges[0::2], edges[1::2]
-    if len(starts) == 0:
-        return starts, np.zeros(0, np.int64)
-    digits = buf[pad[1:-1]]
-    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(ends - starts, out=offsets[1:])
-    # Runs longer than 18 digits cannot be int64; they only occur outside the timestamps (a
-    # fast-path line allows at most 15 digits there), so they are read as 0 and ignored.
-    too_long = (ends - starts) > 18
-    strings = pa.Array.from_buffers(pa.large_utf8(), len(starts),
-                                    [None, pa.py_buffer(offsets), pa.py_buffer(digits)])
-    if too_long.any():
-        strings = pc.if_else(pa.array(too_long), pa.scalar("0", pa.large_utf8()), strings)
-    values = pc.cast(strings, pa.int64()).to_numpy()
-    return starts, values
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    idx = np.ones(total, dtype=np.int64)
+    nz = lengths > 0
+    s, e, n = starts[nz], ends[nz], lengths[nz]
+    idx[0] = s[0]
+    idx[e[:-1]] = s[1:] - (s[:-1] + n[:-1] - 1)
+    return np.cumsum(idx)
+
+
+def _arrow_parse(buf: np.ndarray, line_off: np.ndarray, line_end: np.ndarray) -> pa.Table | None:
+    """Parse the rewritten lines [line_off, line_end) with Arrow's JSON reader; None on error."""
+    pieces = buf[_ranges(line_off, line_end - line_off)] if len(line_off) else buf[:0]
+    try:
+        return pajson.read_json(pa.BufferReader(pa.py_buffer(pieces.tobytes() + b"\n")),
+                                read_options=pajson.ReadOptions(use_threads=False,
+                                                                block_size=max(len(pieces) + 16, 1 << 20)),
+                                parse_options=_ARROW_PARSE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _arrow_parse_all(buf: np.ndarray, line_off: np.ndarray, line_end: np.ndarray,
+                     whole: bool) -> tuple[list[pa.Table], list[np.ndarray], np.ndarray]:
+    """Parse groups of lines with Arrow, halving any group that fails; return parsed tables, the
+    line numbers they hold, and the line numbers left for the slow path."""
+    done: list[pa.Table] = []
+    done_idx: list[np.ndarray] = []
+    slow: list[np.ndarray] = []
+    stack = [np.arange(len(line_off))]
+    while stack:
+        grp = stack.pop()
+        if len(grp) == 0:
+            continue
+        if whole and len(grp) == len(line_off):
+            # one contiguous region: no gather needed
+            table = _arrow_parse_region(buf, int(line_off[0]), int(line_end[-1]), len(grp))
+        else:
+            table = _arrow_parse(buf, line_off[grp], line_end[grp])
+        if table is not None and table.num_rows == len(grp):
+            done.append(table)
+            done_idx.append(grp)
+        elif len(grp) <= _MIN_GROUP:
+            slow.append(grp)
+        else:
+            half = len(grp) // 2
+            stack.extend([grp[half:], grp[:half]])
+    return done, done_idx, (np.concatenate(slow) if slow else np.zeros(0, np.int64))
+
+
+def _arrow_parse_region(buf: np.ndarray, a: int, b: int, n: int) -> pa.Table | None:
+    try:
+        return pajson.read_json(pa.BufferReader(pa.py_buffer(buf[a:b + 1])),  # with its "\n"
+                                read_options=pajson.ReadOptions(use_threads=False,
+                                                                block_size=max(b - a + 16, 1 << 20)),
+                                parse_options=_ARROW_PARSE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str]]) -> ParsedBlock:
     """Parse whole lines (`block` ends with b"\\n"); count dropped lines by reason in `counts`."""
     if block and not block.endswith(b"\n"):
         block += b"\n"
-    buf = np.frombuffer(block, dtype=np.uint8)
-    nl = np.flatnonzero(buf == 10)
+    view = np.frombuffer(block, dtype=np.uint8)
+    nl = np.flatnonzero(view == 10)
     offsets = np.zeros(len(nl) + 1, dtype=np.int64)
     offsets[1:] = nl
     lines = pa.Array.from_buffers(pa.large_binary(), len(nl),
                                   [None, pa.py_buffer(offsets), pa.py_buffer(block)])
-    ok = pc.match_substring_regex(lines, FULL_LINE).to_numpy(zero_copy_only=False)
-    fast_idx = np.flatnonzero(ok)
+    head = pc.extract_regex(lines, HEAD)
+    has_head = head.is_valid().to_numpy(zero_copy_only=False)
+    fast_idx = np.flatnonzero(has_head)
+    slow_lines: list[int] = np.flatnonzero(~has_head).tolist()
 
-    tars: list[np.ndarray] = []
     keys: list[str] = []
+    tars: list[np.ndarray] = []
     durs: list[np.ndarray] = []
     seg_counts: list[np.ndarray] = []
     seg_starts: list[np.ndarray] = []
     seg_ends: list[np.ndarray] = []
-
     n_fast = 0
     if len(fast_idx):
-        fast_lines = lines if len(fast_idx) == len(lines) else lines.take(pa.array(fast_idx))
-        head = pc.extract_regex(fast_lines, HEAD)
-        head_len = pc.binary_length(head.field("head")).to_numpy().astype(np.int64)
-        ts_begin = offsets[fast_idx] + head_len  # first byte of the timestamps list
+        fh = head.filter(pa.array(has_head)) if len(fast_idx) < len(nl) else head
+        pre_len = pc.binary_length(fh.field("pre")).to_numpy().astype(np.int64)
+        key_bytes = fh.field("key")
+        key_len = pc.binary_length(key_bytes).to_numpy().astype(np.int64)
+        key_str = _decode_keys(key_bytes.to_pylist())
+        # Rewrite `"<key>"` as `"k"` plus spaces, so that every line has one schema for Arrow.
+        # An empty key is left alone: Arrow rejects it and the line takes the slow path.
+        buf = view.copy()
+        q = (offsets[fast_idx] + pre_len)[key_len >= 1]  # first byte of each key body
+        ql = key_len[key_len >= 1]
+        buf[q] = _K
+        buf[q + 1] = _QUOTE
+        buf[_ranges(q + 2, ql - 1)] = _SPACE
+        line_off = offsets[fast_idx]
         line_end = offsets[fast_idx + 1]
-        run_pos, run_val = _digit_runs(buf)
-        # keep the digit runs inside some fast line's timestamps
-        slot = np.searchsorted(ts_begin, run_pos, side="right") - 1
-        inside = slot >= 0
-        inside[inside] &= run_pos[inside] < line_end[slot[inside]]
-        slot, run_val = slot[inside], run_val[inside]
-        n_runs = np.bincount(slot, minlength=len(fast_idx))
-        key_str = _decode_keys(head.field("key"), counts)
-        good = np.array([k is not None and k.strip() != "" for k in key_str], dtype=bool)
-        if not good.all():
-            for i in np.flatnonzero(~good):
-                counts["bad_key"] += 1
-                examples.setdefault("bad_key", []).append(
-                    bytes(block[offsets[fast_idx[i]]:offsets[fast_idx[i] + 1]]).strip()[:120]
-                    .decode("utf-8", "replace"))
-            seg_keep = np.repeat(good, n_runs)
-            run_val = run_val[seg_keep]
-            n_runs = n_runs[good]
-        tar = pc.cast(head.field("tar").cast(pa.string()), pa.int64()).to_numpy()[good]
-        dur = pc.cast(head.field("dur").cast(pa.string()), pa.float64()).to_numpy()[good]
-        tars.append(tar.astype(np.int32))
-        keys.extend(k for k in key_str if k is not None and k.strip() != "")
-        durs.append(dur)
-        seg_counts.append(n_runs // 2)
-        vals = run_val.astype(np.float64)
-        seg_starts.append(vals[0::2])
-        seg_ends.append(vals[1::2])
-        n_fast = int(good.sum())
+        whole = len(fast_idx) == len(nl)
+        parts, part_idx, failed = _arrow_parse_all(buf, line_off, line_end, whole)
+        slow_lines.extend(fast_idx[failed].tolist())
+        for table, gi in zip(parts, part_idx, strict=True):
+            k = table.column("k").combine_chunks()
+            tar_s = k.field("tar_number")
+            dur = k.field("duration").to_numpy(zero_copy_only=False)
+            ts = k.field("timestamps")
+            tar_ok = pc.fill_null(pc.match_substring_regex(tar_s, r"^[ ]*[0-9]{1,9}[ ]*$"), False)
+            tar_ok = tar_ok.to_numpy(zero_copy_only=False)
+            kk = [key_str[i] for i in gi]
+            key_ok = np.array([x is not None and x.strip() != "" for x in kk], dtype=bool)
+            dur_ok = np.isfinite(dur) & (dur > 0)
+            good = tar_ok & key_ok & dur_ok
+            for reason, bad in (("bad_key", ~key_ok), ("bad_tar_number", key_ok & ~tar_ok),
+                                ("bad_duration", key_ok & tar_ok & ~dur_ok)):
+                for i in np.flatnonzero(bad):
+                    _drop(counts, examples, reason, bytes(view[line_off[gi[i]]:line_end[gi[i]]]))
+            ts = pc.if_else(ts.is_null(), pa.scalar([], ts.type), ts)
+            n_seg = pc.list_value_length(ts).to_numpy(zero_copy_only=False).astype(np.int64)
+            flat = ts.flatten()  # list offsets respected
+            st = flat.field("start").to_numpy(zero_copy_only=False)
+            en = flat.field("end").to_numpy(zero_copy_only=False)
+            st_ok = ~np.isnan(st.astype(np.float64)) if st.dtype.kind == "f" else np.ones(len(st), bool)
+            en_ok = ~np.isnan(en.astype(np.float64)) if en.dtype.kind == "f" else np.ones(len(en), bool)
+            seg_line = np.repeat(np.arange(len(n_seg)), n_seg)
+            seg_ok = st_ok & en_ok & np.repeat(good, n_seg)
+            bad_seg = ~(st_ok & en_ok)
+            if bad_seg.any():
+                counts["segment_malformed_dropped"] += int((bad_seg & np.repeat(good, n_seg)).sum())
+            tars.append(pc.cast(pc.utf8_trim_whitespace(tar_s.filter(pa.array(good))),
+                                pa.int64()).to_numpy().astype(np.int32))
+            keys.extend(x for x, g in zip(kk, good, strict=True) if g)
+            durs.append(dur[good])
+            seg_counts.append(np.bincount(seg_line[seg_ok], minlength=len(n_seg))[good])
+            seg_starts.append(st[seg_ok].astype(np.float64))
+            seg_ends.append(en[seg_ok].astype(np.float64))
+            n_fast += int(good.sum())
 
-    slow_idx = np.flatnonzero(~ok)
     n_blank = 0
-    if len(slow_idx):
+    if slow_lines:
         s_tar, s_dur, s_cnt, s_st, s_en = [], [], [], [], []
-        for i in slow_idx:
-            line = bytes(block[offsets[i]:offsets[i + 1]]).strip(_BLANK)
+        for i in sorted(slow_lines):
+            line = bytes(view[offsets[i]:offsets[i + 1]]).strip(_BLANK)
             if not line:
                 n_blank += 1
                 continue
             rec = parse_line_slow(line, counts, examples)
             if rec is None:
                 continue
-            key, tar_n, dur_s, st, en = rec
+            key, tar_n, dur_s, st_l, en_l = rec
             keys.append(key)
             s_tar.append(tar_n)
             s_dur.append(dur_s)
-            s_cnt.append(len(st))
-            s_st.extend(st)
-            s_en.extend(en)
+            s_cnt.append(len(st_l))
+            s_st.extend(st_l)
+            s_en.extend(en_l)
         tars.append(np.asarray(s_tar, dtype=np.int32))
         durs.append(np.asarray(s_dur, dtype=np.float64))
         seg_counts.append(np.asarray(s_cnt, dtype=np.int64))
@@ -200,6 +255,13 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
     )
 
 
+def _drop(counts: Counter[str], examples: dict[str, list[str]], reason: str, line: bytes) -> None:
+    counts[reason] += 1
+    ex = examples.setdefault(reason, [])
+    if len(ex) < 5:
+        ex.append(line.strip()[:120].decode("utf-8", "replace"))
+
+
 def _is_num(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -208,10 +270,7 @@ def parse_line_slow(line: bytes, counts: Counter[str], examples: dict[str, list[
                     ) -> tuple[str, int, float, list[float], list[float]] | None:
     """One line through orjson with every check; None (and a counted reason) if it is dropped."""
     def drop(reason: str) -> None:
-        counts[reason] += 1
-        ex = examples.setdefault(reason, [])
-        if len(ex) < 5:
-            ex.append(line[:120].decode("utf-8", "replace"))
+        _drop(counts, examples, reason, line)
 
     try:
         obj = orjson.loads(line)
