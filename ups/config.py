@@ -182,33 +182,62 @@ class FetchMetaConfig:
 
 @dataclass(frozen=True)
 class IndexVadConfig:
-    """Section `index_vad`."""
+    """Section `index_vad`: parse vad_results.jsonl into files.parquet and tars.parquet."""
 
-    vad_sample_rate: int = 16000  # unit of the VAD timestamps
+    vad_sample_rate: int = 16000  # unit of the VAD timestamps (samples per second)
+    block_mb: int = 16  # read and parse the JSONL in blocks of this many MiB (memory vs. speed)
+
+    def __post_init__(self) -> None:
+        require(self.vad_sample_rate > 0, "index_vad.vad_sample_rate", "must be > 0",
+                self.vad_sample_rate)
+        require(1 <= self.block_mb <= 1024, "index_vad.block_mb", "must be in [1, 1024]",
+                self.block_mb)
 
 
 @dataclass(frozen=True)
 class IndexLangConfig:
-    """Section `index_lang`."""
+    """Section `index_lang`: lang_id_results.jsonl -> lid.parquet with a stratified LID split."""
 
-    test_fraction: float = 0.2
-    seed: int = 42
+    test_fraction: float = 0.2  # share of each label's files in the LID test split
+    seed: int = 42  # seed of the split (the challenge baseline uses 42)
+
+    def __post_init__(self) -> None:
+        require(0 <= self.test_fraction < 1, "index_lang.test_fraction", "must be in [0, 1)",
+                self.test_fraction)
 
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """Section `select`."""
+    """Section `select`: choose about `hours` of fixed-length chunks (policy: ups/selection.py)."""
 
-    hours: float = 100.0
+    hours: float = 100.0  # target hours (train + valid)
     chunk_seconds: float = 10.0
-    min_speech_ratio: float = 0.8
+    min_speech_ratio: float = 0.8  # VAD speech share a chunk needs
     seed: int = 0
+    alpha: float = 0.5  # temperature: p_l ~ n_l^alpha (1 = as available, 0 = uniform)
+    hours_table: Literal["shipped", "computed"] = "shipped"  # n_l from the package or the indices
+    unlisted_language: Literal["indices", "exclude"] = "indices"  # n_l of a language not in the table
+    max_tars: int = 200  # at most this many tars to download (0 = no limit)
+    max_file_fraction: float = 0.01  # one file gives at most this share of `hours` (>= 1 chunk)
+    max_tar_fraction: float = 0.05  # one tar gives at most this share of `hours` (>= 1 chunk)
+    valid_fraction: float = 0.05  # share of each language's hours held out by file
+    mp3_bytes_per_second: float = 16000.0  # estimate of tar bytes per second of audio (128 kbit/s)
 
     def __post_init__(self) -> None:
         require(self.hours > 0, "select.hours", "must be > 0", self.hours)
         require(self.chunk_seconds > 0, "select.chunk_seconds", "must be > 0", self.chunk_seconds)
         require(0 <= self.min_speech_ratio <= 1, "select.min_speech_ratio", "must be in [0, 1]",
                 self.min_speech_ratio)
+        require(0 <= self.alpha <= 1, "select.alpha", "must be in [0, 1]", self.alpha)
+        require(self.max_tars >= 0, "select.max_tars", "must be >= 0", self.max_tars)
+        require(0 < self.max_file_fraction <= 1, "select.max_file_fraction", "must be in (0, 1]",
+                self.max_file_fraction)
+        require(0 < self.max_tar_fraction <= 1, "select.max_tar_fraction", "must be in (0, 1]",
+                self.max_tar_fraction)
+        require(0 <= self.valid_fraction < 1, "select.valid_fraction", "must be in [0, 1)",
+                self.valid_fraction)
+        require(self.mp3_bytes_per_second > 0, "select.mp3_bytes_per_second", "must be > 0",
+                self.mp3_bytes_per_second)
 
 # <<< end issue-3 configs >>>
 

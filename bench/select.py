@@ -1,0 +1,79 @@
+"""Benchmark select on full-size synthetic indices; results -> bench/results/select.json.
+
+    python -m bench.select [--files 2500000] [--data-dir bench/data] [--hours 100]
+
+Uses the synthetic metadata of `bench.index_vad` (same --data-dir/--files; generated if missing),
+builds the VAD and LID indices with the stages, then times `ups.stages.select.run` in a
+subprocess pinned to one CPU (wall time, peak RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import synth_meta
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+_SELECT = r"""
+import json, os, resource, sys, time
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import pyarrow as pa
+pa.set_cpu_count(1); pa.set_io_thread_count(1)
+from pathlib import Path
+from ups.config import SelectConfig
+from ups.stages import select
+t = time.perf_counter()
+r = select.run(SelectConfig(hours=float(sys.argv[3]), max_tars=int(sys.argv[4])),
+               index_dir=Path(sys.argv[1]), out_dir=Path(sys.argv[2]))
+print(json.dumps({"wall_s": time.perf_counter() - t, **{k: r[k] for k in ("n_chunks", "hours", "n_tars")},
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", type=int, default=2_500_000)
+    ap.add_argument("--data-dir", default="bench/data")
+    ap.add_argument("--hours", type=float, default=100.0)
+    ap.add_argument("--max-tars", type=int, default=200)
+    ap.add_argument("--out", default=str(RESULTS / "select.json"))
+    args = ap.parse_args()
+    data_dir = Path(args.data_dir) / f"synth_{args.files}"
+    if not (data_dir / "vad_results.jsonl").is_file():
+        synth_meta.write(data_dir, args.files)
+    from ups.config import IndexLangConfig, IndexVadConfig
+    from ups.stages import index_lang, index_vad
+
+    idx = data_dir / "index"
+    t = time.perf_counter()
+    if not (idx / "vad" / "files.parquet").is_file():
+        index_vad.run(IndexVadConfig(), vad_jsonl=data_dir / "vad_results.jsonl", out_dir=idx / "vad")
+    if not (idx / "lang" / "lid.parquet").is_file():
+        index_lang.run(IndexLangConfig(), lid_jsonl=data_dir / "lang_id_results.jsonl",
+                       out_dir=idx / "lang")
+    index_s = time.perf_counter() - t
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "UPS_PROGRESS": "0"}
+    out = subprocess.run([sys.executable, "-c", _SELECT, str(idx), str(data_dir / "select_out"),
+                          str(args.hours), str(args.max_tars)],
+                         check=True, capture_output=True, text=True, env=env)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    rep = json.loads((data_dir / "select_out" / "report.json").read_text())
+    result = {"benchmark": "select", "n_files": args.files, "full_size": args.files >= 2_500_000,
+              "hours": args.hours, "max_tars": args.max_tars, "select_wall_s": round(r["wall_s"], 2),
+              "peak_rss_mb": round(r["peak_rss_mb"], 1), "n_chunks": r["n_chunks"],
+              "selected_hours": r["hours"], "n_tars": r["n_tars"],
+              "n_candidates": rep["n_candidates"], "index_build_s_if_built": round(index_s, 1),
+              "within_60_s": r["wall_s"] <= 60.0, "cpus_pinned": 1}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""vad_parse: fast path and orjson fallback agree; repair rules; malformed lines counted."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ups.key_batch import normalize_keys
+from ups.keys import normalize_key
+from ups.vad_parse import parse_block, repair_segments
+
+
+def line(key: str, tar: str = "000001", dur: float = 30.0, ts=((0, 16000),)) -> bytes:
+    body = {"tar_number": tar, "duration": dur,
+            "timestamps": [{"start": s, "end": e} for s, e in ts]}
+    return (json.dumps({key: body}) + "\n").encode()
+
+
+def test_fast_path_reads_keys_numbers_and_escapes():
+    block = line("a/x.v1.final", ts=((16000, 32000), (48000, 64000))) + line("b/gravaci\u00f3n", "000002")
+    c: Counter = Counter()
+    pb = parse_block(block, c, {})
+    assert pb.n_fast == 2 and pb.n_lines == 2 and not c
+    assert pb.raw_key == ["a/x.v1.final", "b/gravaci\u00f3n"]
+    assert pb.tar.tolist() == [1, 2]
+    assert pb.seg_count.tolist() == [2, 1]
+    assert pb.seg_start.tolist() == [16000, 48000, 0] and pb.seg_end.tolist() == [32000, 64000, 16000]
+
+
+def test_malformed_lines_are_counted_and_valid_lines_kept():
+    good = [line(f"i/f{i}") for i in range(100)]
+    bad = [b'{"i/x": {"tar_number": "000001", "duration": 3.0, "timestamps": [\n',
+           b'not json\n',
+           b'{"i/y": {"tar_number": "abc", "duration": 3.0, "timestamps": []}}\n',
+           b'{"i/z": {"tar_number": "000001", "duration": -1, "timestamps": []}}\n',
+           b'{"i/w": [1, 2]}\n', b'{"a": {}, "b": {}}\n', b'\n',
+           b'{"i/v": {"tar_number": "000001", "duration": 5, "timestamps": [{"start": 1.5, "end": 9}]}}\n']
+    block = b"".join(good[:50] + bad + good[50:])
+    c: Counter = Counter()
+    pb = parse_block(block, c, {})
+    assert c["malformed_json"] == 2 and c["bad_tar_number"] == 1 and c["bad_duration"] == 1
+    assert c["bad_schema"] == 2
+    assert len(pb.raw_key) == 101  # 100 good + i/v (float timestamps are accepted by the slow path)
+    assert "i/v" in pb.raw_key and pb.n_lines == len(good) + len(bad) - 1
+
+
+def test_fast_and_slow_paths_agree():
+    rng = np.random.default_rng(0)
+    lines = [line(f"it/f{i}", f"{i % 7:06d}", float(rng.integers(10, 100)),
+                  ts=[(int(a), int(a) + int(b)) for a, b in rng.integers(0, 10**6, (5, 2))])
+             for i in range(50)]
+    fast = parse_block(b"".join(lines), Counter(), {})
+    # an extra field forces every line through orjson (Arrow's reader rejects unknown fields)
+    slow_lines = [json.dumps({k: {"timestamps": v["timestamps"], "duration": v["duration"],
+                                  "tar_number": v["tar_number"], "extra": 1}}).encode() + b"\n"
+                  for k, v in (next(iter(json.loads(x).items())) for x in lines)]
+    slow = parse_block(b"".join(slow_lines), Counter(), {})
+    assert fast.n_fast == 50 and slow.n_fast == 0
+    assert fast.raw_key == slow.raw_key
+    np.testing.assert_array_equal(fast.seg_start, slow.seg_start)
+    np.testing.assert_array_equal(fast.duration_s, slow.duration_s)
+
+
+def test_repair_rules():
+    c: Counter = Counter()
+    # file 0: past end, overlap, unsorted; file 1: empty, negative; file 2: no segments
+    count = np.array([4, 2, 0])
+    sr = 10
+    start = np.array([50, 0, 20, 300, 40, -5]) * 1.0
+    end = np.array([150, 30, 60, 400, 40, 10]) * 1.0
+    seg = repair_segments(count, start, end, np.array([10.0, 5.0, 3.0]), sr, c)
+    assert seg.count.tolist() == [1, 1, 0]
+    assert seg.start_s.tolist() == [0.0, 0.0] and seg.end_s.tolist() == [10.0, 1.0]
+    assert seg.speech_s.tolist() == [10.0, 1.0, 0.0]
+    assert c["segment_past_end_clipped"] == 1 and c["segment_past_end_dropped"] == 1
+    assert c["segment_empty_dropped"] == 1 and c["segment_negative_clipped"] == 1
+    assert c["segment_overlap_merged"] == 2 and c["files_unsorted_segments"] == 1
+
+
+@pytest.mark.parametrize("key", ["a/b", "/data/a/b.mp3", "a/b.MP3", " a/b ", "a/100%20b", "a/100% live",
+                                 "a/caf\u0065\u0301", "a/\u65e5\u672c", "a/x.y.z", "a/b\t", "/a"])
+def test_batch_normalisation_equals_normalize_key(key):
+    assert normalize_keys([key, "x/y"]) == [normalize_key(key), "x/y"]

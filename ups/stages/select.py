@@ -1,0 +1,226 @@
+"""select: choose about select.hours of fixed-length chunks from the VAD and LID indices.
+
+Reads `<index-dir>/vad/files.parquet`, `vad/tars.parquet` and `lang/lid.parquet`; writes
+`chunks.parquet`, `report.json` and `hours_per_language.png` under `--out-dir`. The policy is in
+`ups/selection.py`. Eligibility (counted in the report): a file needs a LID entry with the same
+(tar, normalised key) (`no_language_label`), a real language (`nospeech`, `unknown_language`
+excluded), and a language with hours in the table or covered by select.unlisted_language
+(`unlisted_language_excluded`). The report also gives the VAD/LID join coverage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ups import selection as sel
+from ups.atomic import atomic_dir
+from ups.config import SelectConfig
+from ups.lang_hours import compute_hours, load_shipped
+from ups.languages import NOSPEECH, is_language
+from ups.report import Skips, write_report
+
+log = logging.getLogger(__name__)
+
+CHUNKS_SCHEMA = pa.schema([
+    ("chunk_id", pa.int64()), ("tar", pa.int32()), ("key", pa.string()), ("start_s", pa.float64()),
+    ("end_s", pa.float64()), ("language", pa.string()), ("split", pa.string()),
+    ("speech_ratio", pa.float64()),
+])
+_BATCH_FILES = 200_000
+
+
+def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
+    """Language per VAD file (None if no LID row) joined on (tar, key), plus coverage numbers."""
+    left = files.select(["tar", "key"]).append_column("_i", pa.array(np.arange(len(files))))
+    right = lid.select(["tar", "key", "language"])
+    j = left.join(right, keys=["tar", "key"], join_type="left outer")
+    lang = np.full(len(files), None, dtype=object)
+    lang[j["_i"].to_numpy()] = np.asarray(j["language"].to_pylist(), dtype=object)
+    matched = int(np.sum(lang != None))  # noqa: E711
+    key_only = files.select(["key"]).join(lid.select(["key"]).group_by("key").aggregate([]),
+                                          keys="key", join_type="inner")
+    coverage = {
+        "vad_files": len(files), "lid_files": len(lid), "joined": matched,
+        "vad_without_lid": len(files) - matched, "lid_without_vad": len(lid) - matched,
+        "vad_with_lid_fraction": matched / max(len(files), 1),
+        "vad_keys_matching_lid_key_in_another_tar": len(key_only) - matched,
+    }
+    return lang, coverage
+
+
+def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
+    t0 = time.perf_counter()
+    index_dir, out_dir = Path(index_dir), Path(out_dir)
+    files = pq.read_table(index_dir / "vad" / "files.parquet")
+    tars_tbl = pq.read_table(index_dir / "vad" / "tars.parquet")
+    lid = pq.read_table(index_dir / "lang" / "lid.parquet")
+    log.info("select: %d VAD files, %d LID rows, target %.2f h", len(files), len(lid), cfg.hours)
+    skips = Skips("select")
+    lang, coverage = join_language(files, lid)
+    speech_s = files["speech_s"].to_numpy()
+    duration_s = files["duration_s"].to_numpy()
+    tar = files["tar"].to_numpy().astype(np.int64)
+
+    computed = compute_hours(speech_s, lang)
+    table = dict(computed) if cfg.hours_table == "computed" else load_shipped()
+    eligible = np.zeros(len(files), dtype=bool)
+    reasons = np.full(len(files), "", dtype=object)
+    for i, lab in enumerate(lang.tolist()):
+        if lab is None:
+            reasons[i] = "no_language_label"
+        elif lab == NOSPEECH:
+            reasons[i] = "nospeech"
+        elif not is_language(lab):
+            reasons[i] = "unknown_language"
+        elif lab not in table and cfg.unlisted_language == "exclude":
+            reasons[i] = "unlisted_language_excluded"
+        elif speech_s[i] <= 0:
+            reasons[i] = "no_speech"
+        else:
+            eligible[i] = True
+    for r in sorted(set(reasons.tolist()) - {""}):
+        skips.add(r, n=int((reasons == r).sum()))
+    unlisted = sorted({x for x in lang[eligible].tolist() if x not in table})
+    for x in unlisted:  # rule `indices`: the language's speech hours in the indices
+        table[x] = computed.get(x, 0.0)
+    languages = sorted(set(lang[eligible].tolist()))
+    lang_id = {x: k for k, x in enumerate(languages)}
+
+    # 1. candidates, in batches of files
+    elig_idx = np.flatnonzero(eligible)
+    starts_col, ends_col = files["seg_start_s"], files["seg_end_s"]
+    parts = []
+    for b in range(0, len(elig_idx), _BATCH_FILES):
+        ids = elig_idx[b:b + _BATCH_FILES]
+        sub_s = starts_col.take(pa.array(ids)).combine_chunks()
+        sub_e = ends_col.take(pa.array(ids)).combine_chunks()
+        counts = pc.list_value_length(sub_s).to_numpy(zero_copy_only=False).astype(np.int64)
+        parts.append(sel.chunk_candidates(duration_s[ids], counts, sub_s.flatten().to_numpy(),
+                                          sub_e.flatten().to_numpy(), cfg.chunk_seconds,
+                                          cfg.min_speech_ratio, file_ids=ids))
+    cand = sel.Candidates(
+        file=np.concatenate([p.file for p in parts]) if parts else np.zeros(0, np.int64),
+        start_s=np.concatenate([p.start_s for p in parts]) if parts else np.zeros(0),
+        ratio=np.concatenate([p.ratio for p in parts]) if parts else np.zeros(0))
+    n_candidates = len(cand.file)
+
+    # 2. caps per file and per tar (best ratio first, then file density, then seeded random key)
+    chunk_h = cfg.chunk_seconds / 3600.0
+    max_file = max(1, int(cfg.max_file_fraction * cfg.hours / chunk_h))
+    max_tar = max(1, int(cfg.max_tar_fraction * cfg.hours / chunk_h))
+    rng = np.random.default_rng(cfg.seed)
+    density = np.where(duration_s > 0, speech_s / np.maximum(duration_s, 1e-9), 0.0)
+    score = cand.ratio + 1e-3 * density[cand.file] + 1e-6 * rng.random(n_candidates)
+    keep = sel.rank_within(cand.file, score) < max_file
+    keep &= sel.rank_within(np.where(keep, tar[cand.file], -1), np.where(keep, score, -1)) < max_tar
+    cf, cs, cr, sc = cand.file[keep], cand.start_s[keep], cand.ratio[keep], score[keep]
+    cl = np.array([lang_id[x] for x in lang[cf].tolist()], dtype=np.int64)
+
+    # 3. temperature shares and quotas over all tars
+    n_l = np.array([table.get(x, 0.0) for x in languages])
+    shares = sel.temperature_shares(n_l, cfg.alpha)
+    tar_rows, tar_of_cand = np.unique(tar[cf], return_inverse=True)
+    avail = np.zeros((len(tar_rows), len(languages)))
+    np.add.at(avail, (tar_of_cand, cl), chunk_h)
+    quota_all = sel.water_fill(shares, avail.sum(axis=0), cfg.hours)
+
+    # 4. tars
+    tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
+    tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
+    chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
+                             tolerance=0.005 * cfg.hours)
+    in_chosen = np.isin(tar_of_cand, chosen)
+    avail_chosen = avail[chosen].sum(axis=0)
+    quota = sel.water_fill(shares, avail_chosen, cfg.hours)
+
+    # 5. chunks per language (largest remainder), best-scored first
+    cap = np.round(avail_chosen / chunk_h).astype(np.int64)
+    target_chunks = int(round(cfg.hours / chunk_h))
+    n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
+    pick = np.zeros(len(cf), dtype=bool)
+    for k in range(len(languages)):
+        rows = np.flatnonzero(in_chosen & (cl == k))
+        if n_chunks[k] and len(rows):
+            best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
+            pick[best] = True
+    pf, ps, pr = cf[pick], cs[pick], cr[pick]
+    plang = lang[pf]
+
+    # 6. validation by file
+    valid = sel.split_valid(pf, plang, np.full(len(pf), chunk_h), cfg.valid_fraction,
+                            np.random.default_rng([cfg.seed, 1]))
+    keys = files["key"].take(pa.array(pf)) if len(pf) else pa.array([], pa.string())
+    out = pa.table({
+        "tar": pa.array(tar[pf].astype(np.int32)), "key": keys, "start_s": pa.array(ps),
+        "end_s": pa.array(ps + cfg.chunk_seconds), "language": pa.array(plang.tolist(), pa.string()),
+        "split": pa.array(np.where(valid, "valid", "train").tolist(), pa.string()),
+        "speech_ratio": pa.array(pr),
+    })
+    out = out.take(pc.sort_indices(out, sort_keys=[("tar", "ascending"), ("key", "ascending"),
+                                                   ("start_s", "ascending")]))
+    out = out.add_column(0, "chunk_id", pa.array(np.arange(len(out), dtype=np.int64))).cast(CHUNKS_SCHEMA)
+
+    sel_tars = np.unique(tar[pf])
+    tar_dur = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["duration_s"].to_pylist(), strict=True))
+    dl_seconds = float(sum(tar_dur.get(int(t), 0.0) for t in sel_tars))
+    hours_sel = len(pf) * chunk_h
+    per_lang_before = {x: float(speech_s[eligible & (lang == x)].sum() / 3600) for x in languages}
+    per_lang_after = {x: float((plang == x).sum() * chunk_h) for x in languages}
+    reached = abs(hours_sel - cfg.hours) <= 0.01 * cfg.hours
+    if not reached:
+        log.warning("select: %.3f h selected of %.3f h asked: all that is eligible under the caps "
+                    "and max_tars", hours_sel, cfg.hours)
+    elapsed = time.perf_counter() - t0
+    with atomic_dir(out_dir) as tmp:
+        pq.write_table(out, tmp / "chunks.parquet")
+        _chart(tmp / "hours_per_language.png", languages, per_lang_before, per_lang_after)
+        write_report(
+            tmp / "report.json", stage="select", config=cfg, skips=skips,
+            target_hours=cfg.hours, selected_hours=hours_sel, n_chunks=len(out),
+            target_reached_within_1pct=bool(reached),
+            shortfall_reason=None if reached else "took all eligible chunks under caps/max_tars",
+            valid_hours=float(valid.sum() * chunk_h), n_files=int(len(np.unique(pf))),
+            n_tars=int(len(sel_tars)), tars=[int(t) for t in sel_tars],
+            download_audio_hours=dl_seconds / 3600,
+            download_bytes_estimate=int(dl_seconds * cfg.mp3_bytes_per_second),
+            n_candidates=n_candidates, n_candidates_after_caps=int(len(cf)),
+            max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
+            language_shares=dict(zip(languages, shares.tolist(), strict=True)),
+            language_hours_table=dict(zip(languages, n_l.tolist(), strict=True)),
+            unlisted_languages=unlisted, language_hours_computed=computed,
+            hours_before=per_lang_before, hours_after=per_lang_after,
+            join_coverage=coverage, elapsed_s=round(elapsed, 3),
+        )
+    skips.log_summary()
+    log.info("select: %d chunks, %.2f h, %d tars, %.1f s", len(out), hours_sel, len(sel_tars), elapsed)
+    return {"n_chunks": len(out), "hours": hours_sel, "n_tars": int(len(sel_tars)),
+            "elapsed_s": elapsed}
+
+
+def _chart(path: Path, languages: list[str], before: dict, after: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ups.atomic import atomic_write
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(languages) + 2), 4))
+    x = np.arange(len(languages))
+    ax.bar(x - 0.2, [before[k] for k in languages], 0.4, label="eligible speech (before)")
+    ax.bar(x + 0.2, [after[k] for k in languages], 0.4, label="selected chunks (after)")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xticks(x, languages, rotation=90)
+    ax.set_ylabel("hours")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=80)
+    plt.close(fig)
