@@ -1,0 +1,140 @@
+"""MFCC features as in the HuBERT recipe, in numpy, aligned to the 50 Hz CNN frames.
+
+fairseq's `dump_mfcc_feature.py` computes `torchaudio.compliance.kaldi.mfcc(x, use_energy=False)`
+(13 coefficients, 23 mel bins, 25 ms povey window, 10 ms shift, pre-emphasis 0.97, DC removal,
+lifter 22, no dither) on float audio in [-1, 1], then `compute_deltas` twice (window 2, edge frames
+replicated): 39 dims at 100 Hz. Here the same arithmetic is written in numpy (kaldi-native-fbank
+is the independent reference in the tests), then every second frame is kept so that frame j covers
+samples [320 j, 320 j + 400), exactly the CNN frame j (see `ups.frames`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn_frames
+
+FFT_SIZE = 512
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class MfccSpec:
+    """The few knobs of the Kaldi MFCC; the defaults are the HuBERT recipe's."""
+
+    num_ceps: int = 13
+    num_mel_bins: int = 23
+    low_freq_hz: float = 20.0
+    high_freq_hz: float = 8000.0
+    cepstral_lifter: float = 22.0
+    preemph_coeff: float = 0.97
+    delta_window: int = 2
+
+    @property
+    def dim(self) -> int:
+        return 3 * self.num_ceps
+
+
+def _mel(f: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+@lru_cache(maxsize=8)
+def mel_banks(num_bins: int, low_hz: float, high_hz: float) -> np.ndarray:
+    """Kaldi's triangular mel filters on the power spectrum, shape (FFT_SIZE // 2 + 1, num_bins).
+
+    Kaldi weighs FFT bins 0 .. FFT_SIZE/2 - 1 only; the Nyquist row stays zero.
+    """
+    n_fft_bins = FFT_SIZE // 2
+    mel_low, mel_high = _mel(low_hz), _mel(high_hz)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    mels = _mel(np.arange(n_fft_bins) * (SAMPLE_RATE / FFT_SIZE))
+    w = np.zeros((n_fft_bins + 1, num_bins), dtype=np.float64)
+    for b in range(num_bins):
+        left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
+        up = (mels - left) / (center - left)
+        down = (right - mels) / (right - center)
+        inside = (mels > left) & (mels < right)
+        w[:n_fft_bins, b] = np.where(inside, np.where(mels <= center, up, down), 0.0)
+    w.setflags(write=False)
+    return w
+
+
+@lru_cache(maxsize=8)
+def dct_lifter(num_ceps: int, num_bins: int, lifter: float) -> np.ndarray:
+    """Kaldi's orthonormal DCT-II rows 0..num_ceps-1 with the cepstral lifter, shape (bins, ceps)."""
+    n = np.arange(num_bins)
+    k = np.arange(num_ceps)[:, None]
+    d = np.sqrt(2.0 / num_bins) * np.cos(np.pi / num_bins * (n + 0.5) * k)
+    d[0] = np.sqrt(1.0 / num_bins)
+    if lifter != 0:
+        d *= (1.0 + 0.5 * lifter * np.sin(np.pi * np.arange(num_ceps) / lifter))[:, None]
+    out = np.ascontiguousarray(d.T)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=1)
+def povey_window() -> np.ndarray:
+    i = np.arange(MFCC_WINDOW_SAMPLES)
+    w = (0.5 - 0.5 * np.cos(2 * np.pi * i / (MFCC_WINDOW_SAMPLES - 1))) ** 0.85
+    w.setflags(write=False)
+    return w
+
+
+def frame_signal(x: np.ndarray, hop: int = MFCC_HOP_SAMPLES) -> np.ndarray:
+    """Kaldi frames with snip_edges: view of shape (n_frames, 400)."""
+    n = 0 if len(x) < MFCC_WINDOW_SAMPLES else (len(x) - MFCC_WINDOW_SAMPLES) // hop + 1
+    if n == 0:
+        return np.zeros((0, MFCC_WINDOW_SAMPLES), dtype=x.dtype)
+    return np.lib.stride_tricks.as_strided(
+        x, shape=(n, MFCC_WINDOW_SAMPLES), strides=(x.strides[0] * hop, x.strides[0]), writeable=False
+    )
+
+
+def kaldi_mfcc(x: np.ndarray, spec: MfccSpec = MfccSpec(), hop: int = MFCC_HOP_SAMPLES) -> np.ndarray:
+    """Kaldi MFCC (no energy, no dither) of 16 kHz float audio: (n_frames, num_ceps) float32."""
+    frames = frame_signal(np.ascontiguousarray(x, dtype=np.float64), hop)
+    if len(frames) == 0:
+        return np.zeros((0, spec.num_ceps), dtype=np.float32)
+    f = frames - frames.mean(axis=1, keepdims=True)
+    pre = np.empty_like(f)
+    pre[:, 1:] = f[:, 1:] - spec.preemph_coeff * f[:, :-1]
+    pre[:, 0] = f[:, 0] - spec.preemph_coeff * f[:, 0]
+    pre *= povey_window()
+    spectrum = np.fft.rfft(pre, n=FFT_SIZE, axis=1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = power @ mel_banks(spec.num_mel_bins, spec.low_freq_hz, spec.high_freq_hz)
+    np.maximum(mel, _FLT_EPSILON, out=mel)
+    ceps = np.log(mel) @ dct_lifter(spec.num_ceps, spec.num_mel_bins, spec.cepstral_lifter)
+    return ceps.astype(np.float32)
+
+
+def deltas(feats: np.ndarray, window: int = 2) -> np.ndarray:
+    """Regression deltas along time (axis 0), edge frames replicated (torchaudio compute_deltas)."""
+    n = len(feats)
+    if n == 0:
+        return feats.copy()
+    denom = 2.0 * sum(j * j for j in range(1, window + 1))
+    padded = np.concatenate([np.repeat(feats[:1], window, 0), feats, np.repeat(feats[-1:], window, 0)])
+    out = np.zeros(feats.shape, dtype=np.float64)
+    for j in range(1, window + 1):
+        out += j * (padded[window + j: window + j + n].astype(np.float64)
+                    - padded[window - j: window - j + n])
+    return (out / denom).astype(feats.dtype)
+
+
+def hubert_mfcc(x: np.ndarray, spec: MfccSpec = MfccSpec()) -> np.ndarray:
+    """39-dim MFCC + deltas + delta-deltas at 50 Hz: shape (n_cnn_frames(len(x)), 39) float32.
+
+    Deltas are taken at 100 Hz (as in the recipe), then frames 0, 2, 4, ... are kept.
+    """
+    c = kaldi_mfcc(x, spec)
+    d = deltas(c, spec.delta_window)
+    dd = deltas(d, spec.delta_window)
+    out = np.concatenate([c, d, dd], axis=1)[::2]
+    assert len(out) == n_cnn_frames(len(x)), (len(out), len(x))
+    return np.ascontiguousarray(out, dtype=np.float32)
