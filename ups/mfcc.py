@@ -10,33 +10,16 @@ samples [320 j, 320 j + 400), exactly the CNN frame j (see `ups.frames`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import scipy.fft
 
+from ups.config import MfccParams
 from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn_frames
 
 FFT_SIZE = 512
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
-
-
-@dataclass(frozen=True)
-class MfccSpec:
-    """The few knobs of the Kaldi MFCC; the defaults are the HuBERT recipe's."""
-
-    num_ceps: int = 13
-    num_mel_bins: int = 23
-    low_freq_hz: float = 20.0
-    high_freq_hz: float = 8000.0
-    cepstral_lifter: float = 22.0
-    preemph_coeff: float = 0.97
-    delta_window: int = 2
-
-    @property
-    def dim(self) -> int:
-        return 3 * self.num_ceps
 
 
 def _mel(f: np.ndarray | float) -> np.ndarray:
@@ -86,7 +69,7 @@ def povey_window() -> np.ndarray:
     return w
 
 
-def kaldi_mfcc(x: np.ndarray, spec: MfccSpec = MfccSpec()) -> np.ndarray:
+def kaldi_mfcc(x: np.ndarray, spec: MfccParams = MfccParams()) -> np.ndarray:
     """Kaldi MFCC (snip_edges, no energy, no dither) of 16 kHz float audio: (n_frames, num_ceps).
 
     Per frame Kaldi removes the DC offset, applies pre-emphasis with the frame's first sample
@@ -146,7 +129,7 @@ def deltas(feats: np.ndarray, window: int = 2) -> np.ndarray:
     return (out / denom).astype(feats.dtype)
 
 
-def hubert_mfcc(x: np.ndarray, spec: MfccSpec = MfccSpec()) -> np.ndarray:
+def hubert_mfcc(x: np.ndarray, spec: MfccParams = MfccParams()) -> np.ndarray:
     """39-dim MFCC + deltas + delta-deltas at 50 Hz: shape (n_cnn_frames(len(x)), 39) float32.
 
     Deltas are taken at 100 Hz (as in the recipe), then frames 0, 2, 4, ... are kept.
