@@ -52,7 +52,8 @@ def decode_mono_16k(data: bytes, need_samples: int | None = None, quality: str =
                 frames = int(np.ceil((need_samples / SAMPLE_RATE + MARGIN_S) * sr))
             x = f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise CorruptAudio(str(exc)) from exc
+        # error_string has no object address, so reports stay byte-identical across runs
+        raise CorruptAudio(getattr(exc, "error_string", None) or str(exc)) from exc
     if x.shape[1] == 1:
         mono = x[:, 0]
     else:
