@@ -80,7 +80,7 @@ def plain_rate(init: Path, corpus: dict, batch_size: int, steps: int, n_clusters
     """A plain loop: preloaded data, random batches padded to their longest, fp32, no bucketing."""
     from collections import Counter
 
-    from ups.frames import n_frames
+    from ups.frames import n_cnn_frames
     from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
     from ups.masking import compute_mask, frame_valid
     from ups.pretraining import PretrainingHead, masked_prediction_sums
@@ -103,13 +103,13 @@ def plain_rate(init: Path, corpus: dict, batch_size: int, steps: int, n_clusters
         batch = [data[i] for i in idx]
         n = max(len(b[0]) for b in batch)
         x = np.zeros((batch_size, n), dtype=np.float32)
-        frames = [n_frames(len(b[0])) for b in batch]
-        lab = np.zeros((batch_size, n_frames(n)), dtype=np.int64)
+        frames = [n_cnn_frames(len(b[0])) for b in batch]
+        lab = np.zeros((batch_size, n_cnn_frames(n)), dtype=np.int64)
         for i, (pcm, lb) in enumerate(batch):
             x[i, : len(pcm)] = pcm / 32768.0
             lab[i, : len(lb)] = lb
-        mask = torch.from_numpy(compute_mask(frames, n_frames(n), mask_prob=0.8, mask_length=10, rng=rng))
-        valid = torch.from_numpy(frame_valid(frames, n_frames(n)))
+        mask = torch.from_numpy(compute_mask(frames, n_cnn_frames(n), mask_prob=0.8, mask_length=10, rng=rng))
+        valid = torch.from_numpy(frame_valid(frames, n_cnn_frames(n)))
         t = time.perf_counter()
         logits, _ = model(torch.from_numpy(x), None, mask)
         s = masked_prediction_sums(logits, torch.from_numpy(lab), mask, valid)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import write_corpus
-from ups.frames import HOP_SAMPLES, n_frames
+from ups.frames import CNN_HOP_SAMPLES, n_cnn_frames
 from ups.train_data import END, BatchSpec, ShardBatches, bucketed, collate, count_clusters, shuffled
 
 SPEC = BatchSpec(
@@ -72,8 +72,8 @@ def test_shuffle_buffer_keeps_every_item():
 
 def _ramp(n):
     """pcm value = frame index of each sample; labels = frame index."""
-    pcm = (np.arange(n) // HOP_SAMPLES).astype(np.int16)
-    return pcm, np.arange(n_frames(n)).astype(np.int16)
+    pcm = (np.arange(n) // CNN_HOP_SAMPLES).astype(np.int16)
+    return pcm, np.arange(n_cnn_frames(n)).astype(np.int16)
 
 
 def test_crop_keeps_labels_aligned_and_shortest_has_no_padding():
@@ -88,14 +88,14 @@ def test_crop_keeps_labels_aligned_and_shortest_has_no_padding():
     assert bool(b["valid"].all())
     for i in range(3):
         first_frame = round(float(b["input_values"][i, 0]) * 32768)
-        assert b["labels"][i].tolist() == list(range(first_frame, first_frame + n_frames(8000)))
+        assert b["labels"][i].tolist() == list(range(first_frame, first_frame + n_cnn_frames(8000)))
 
 
 def test_pad_mode_never_masks_or_scores_padding():
     spec = SPEC.__class__(**{**SPEC.__dict__, "crop": "pad"})
     samples = [(i, *_ramp(n)) for i, n in enumerate([4000, 16000, 9000])]
     b = collate(samples, spec, np.random.default_rng(0), random_crop=False)
-    lengths = [n_frames(n) for n in (4000, 16000, 9000)]
+    lengths = [n_cnn_frames(n) for n in (4000, 16000, 9000)]
     assert b["valid"].sum(1).tolist() == lengths
     assert not (b["mask"] & ~b["valid"]).any()
     assert b["attention_mask"].sum(1).tolist() == [4000, 16000, 9000]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ups.frames import HOP_SAMPLES, n_frames
+from ups.frames import CNN_HOP_SAMPLES, n_cnn_frames
 
 FREQS = np.array([220.0, 440.0, 880.0, 1760.0, 3000.0])
 SEGMENT_FRAMES = 25  # a tone lasts 0.5 s: masked frames can be inferred from their neighbours
@@ -21,12 +21,12 @@ SEGMENT_FRAMES = 25  # a tone lasts 0.5 s: masked frames can be inferred from th
 
 def chunk_audio(rng: np.random.Generator, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """int16 pcm and its per-frame labels (the tone playing at each frame's centre)."""
-    t_frames = n_frames(n_samples)
+    t_frames = n_cnn_frames(n_samples)
     seg = rng.integers(0, len(FREQS), size=t_frames // SEGMENT_FRAMES + 2)
-    per_sample = np.repeat(seg, SEGMENT_FRAMES * HOP_SAMPLES)[:n_samples]
+    per_sample = np.repeat(seg, SEGMENT_FRAMES * CNN_HOP_SAMPLES)[:n_samples]
     phase = np.cumsum(2 * np.pi * FREQS[per_sample] / 16000)
     x = 0.3 * np.sin(phase) + 0.01 * rng.standard_normal(n_samples)
-    centres = np.arange(t_frames) * HOP_SAMPLES + 200
+    centres = np.arange(t_frames) * CNN_HOP_SAMPLES + 200
     labels = per_sample[centres].astype(np.int16)
     return (x * 32767).astype(np.int16), labels
 

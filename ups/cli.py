@@ -109,19 +109,67 @@ def _not_yet(issue: int) -> Handler:
     return handler
 
 
+def _prepare_audio(args: argparse.Namespace) -> int:
+    from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig
+
+    cfg = load_section(PrepareAudioConfig, "prepare_audio", args.params)
+    features = load_section(FeaturesConfig, "features", args.params)
+    ds = load_section(DatasetConfig, "dataset", args.params)
+    from ups.stages import prepare_audio
+    prepare_audio.run(cfg, features.mfcc, ds, chunks=Path(args.chunks), audio_dir=Path(args.audio_dir),
+                      features_dir=Path(args.features_dir),
+                      report=Path(args.report or Path(args.audio_dir) / "report.json"))
+    return 0
+
+
 def _add_prepare_audio(sub: Any) -> None:
-    _stage_parser(sub, "prepare-audio", "Decode selected chunks once into 16 kHz shards + features.",
-                  _not_yet(4))
+    p = _stage_parser(sub, "prepare-audio", "Decode selected chunks once into 16 kHz shards + features.",
+                      _prepare_audio)
+    p.add_argument("--chunks", default="data/select/chunks.parquet")
+    p.add_argument("--audio-dir", default="data/audio")
+    p.add_argument("--features-dir", default="data/features")
+    p.add_argument("--report", default=None, help="default: <audio-dir>/report.json")
+
+
+def _fit_kmeans(args: argparse.Namespace) -> int:
+    from ups.config import FeaturesConfig, KmeansConfig
+
+    cfg = load_section(KmeansConfig, "kmeans", args.params)
+    features = load_section(FeaturesConfig, "features", args.params)
+    from ups.stages import fit_kmeans
+    fit_kmeans.run(cfg, features, features_dir=Path(args.features_dir), audio_dir=Path(args.audio_dir),
+                   out_dir=Path(args.out_dir))
+    return 0
 
 
 def _add_fit_kmeans(sub: Any) -> None:
-    _stage_parser(sub, "fit-kmeans", "Fit MiniBatchKMeans on a sample of training features.",
-                  _not_yet(4))
+    p = _stage_parser(sub, "fit-kmeans", "Fit MiniBatchKMeans on a sample of training features.",
+                      _fit_kmeans)
+    p.add_argument("--features-dir", default="data/features")
+    p.add_argument("--audio-dir", default="data/audio", help="PCM shards (features.kind: hubert)")
+    p.add_argument("--out-dir", default="data/kmeans")
+
+
+def _assign_labels(args: argparse.Namespace) -> int:
+    from ups.config import AssignLabelsConfig, FeaturesConfig
+
+    cfg = load_section(AssignLabelsConfig, "assign_labels", args.params)
+    features = load_section(FeaturesConfig, "features", args.params)
+    from ups.stages import assign_labels
+    assign_labels.run(cfg, features, model=Path(args.model), features_dir=Path(args.features_dir),
+                      audio_dir=Path(args.audio_dir), chunks=Path(args.chunks),
+                      out_dir=Path(args.out_dir))
+    return 0
 
 
 def _add_assign_labels(sub: Any) -> None:
-    _stage_parser(sub, "assign-labels", "Label every chunk with the final k-means model.",
-                  _not_yet(4))
+    p = _stage_parser(sub, "assign-labels", "Label every chunk with the final k-means model.",
+                      _assign_labels)
+    p.add_argument("--model", default="data/kmeans/model.npz")
+    p.add_argument("--features-dir", default="data/features")
+    p.add_argument("--audio-dir", default="data/audio", help="PCM shards (features.kind: hubert)")
+    p.add_argument("--chunks", default="data/select/chunks.parquet", help="languages for the report")
+    p.add_argument("--out-dir", default="data/labels")
 
 # <<< end issue-4 cli >>>
 

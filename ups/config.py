@@ -242,6 +242,101 @@ class SelectConfig:
 # <<< end issue-3 configs >>>
 
 # <<< issue-4 configs: features, prepare_audio, kmeans, assign_labels >>>
+
+@dataclass(frozen=True)
+class MfccParams:
+    """Section `features.mfcc`: the Kaldi MFCC computed by prepare-audio (HuBERT recipe defaults)."""
+
+    num_ceps: int = 13
+    num_mel_bins: int = 23
+    low_freq_hz: float = 20.0
+    high_freq_hz: float = 8000.0
+    cepstral_lifter: float = 22.0
+    preemph_coeff: float = 0.97
+    delta_window: int = 2
+
+    def __post_init__(self) -> None:
+        require(self.num_ceps >= 1, "features.mfcc.num_ceps", "must be >= 1", self.num_ceps)
+        require(self.num_mel_bins >= self.num_ceps, "features.mfcc.num_mel_bins",
+                "must be >= num_ceps", self.num_mel_bins)
+        require(0 <= self.low_freq_hz < self.high_freq_hz <= 8000, "features.mfcc.low_freq_hz",
+                "must satisfy 0 <= low_freq_hz < high_freq_hz <= 8000", (self.low_freq_hz,
+                                                                         self.high_freq_hz))
+        require(0 <= self.preemph_coeff < 1, "features.mfcc.preemph_coeff", "must be in [0, 1)",
+                self.preemph_coeff)
+        require(self.delta_window >= 1, "features.mfcc.delta_window", "must be >= 1", self.delta_window)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Section `features`: what k-means clusters. prepare-audio reads only `features.mfcc`."""
+
+    kind: Literal["mfcc", "hubert"] = "mfcc"
+    layer: int = 6  # HuBERT transformer layer (kind: hubert), 1-based as in fairseq's recipe
+    hubert_model: str = "facebook/hubert-base-ls960"  # hub id or local directory
+    batch_chunks: int = 8  # chunks per forward pass (kind: hubert)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    mfcc: MfccParams = field(default_factory=MfccParams)
+
+    def __post_init__(self) -> None:
+        require(self.layer >= 1, "features.layer", "must be >= 1", self.layer)
+        require(self.batch_chunks >= 1, "features.batch_chunks", "must be >= 1", self.batch_chunks)
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                "features.device", "must be auto, cpu, cuda or cuda:N", self.device)
+
+
+@dataclass(frozen=True)
+class PrepareAudioConfig:
+    """Section `prepare_audio`."""
+
+    workers: int = 2  # processes per rank; does not change the output
+    shard_max_chunks: int = 1000  # chunks per shard (10 s int16 chunk = 320 kB)
+    resample_quality: Literal["QQ", "LQ", "MQ", "HQ", "VHQ"] = "HQ"
+
+    def __post_init__(self) -> None:
+        require(self.workers >= 1, "prepare_audio.workers", "must be >= 1", self.workers)
+        require(self.shard_max_chunks >= 1, "prepare_audio.shard_max_chunks", "must be >= 1",
+                self.shard_max_chunks)
+
+
+@dataclass(frozen=True)
+class KmeansConfig:
+    """Section `kmeans`: MiniBatchKMeans with fairseq's settings as defaults."""
+
+    n_clusters: int = 100
+    sample_hours: float = 50.0  # training audio sampled (uniformly over frames) for the fit
+    batch_size: int = 10000
+    max_no_improvement: int = 100
+    n_init: int = 20
+    max_iter: int = 100
+    tol: float = 0.0
+    reassignment_ratio: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.n_clusters >= 2, "kmeans.n_clusters", "must be >= 2", self.n_clusters)
+        require(self.n_clusters <= 32767, "kmeans.n_clusters", "must fit int16 labels (<= 32767)",
+                self.n_clusters)
+        require(self.sample_hours > 0, "kmeans.sample_hours", "must be > 0", self.sample_hours)
+        require(self.batch_size >= 1, "kmeans.batch_size", "must be >= 1", self.batch_size)
+        require(self.max_no_improvement >= 1, "kmeans.max_no_improvement", "must be >= 1",
+                self.max_no_improvement)
+        require(self.n_init >= 1, "kmeans.n_init", "must be >= 1", self.n_init)
+        require(self.max_iter >= 1, "kmeans.max_iter", "must be >= 1", self.max_iter)
+        require(self.tol >= 0, "kmeans.tol", "must be >= 0", self.tol)
+        require(self.reassignment_ratio >= 0, "kmeans.reassignment_ratio", "must be >= 0",
+                self.reassignment_ratio)
+
+
+@dataclass(frozen=True)
+class AssignLabelsConfig:
+    """Section `assign_labels`."""
+
+    block_frames: int = 65536  # frames per distance block (memory: block * n_clusters * 4 B)
+
+    def __post_init__(self) -> None:
+        require(self.block_frames >= 1, "assign_labels.block_frames", "must be >= 1", self.block_frames)
+
 # <<< end issue-4 configs >>>
 
 # <<< issue-5 configs: train >>>

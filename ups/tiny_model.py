@@ -2,7 +2,7 @@
 
 `python -m ups.tiny_model DIR [--seed N]` writes config.json + model.safetensors, identical for
 the same seed. The CNN keeps HuBERT's kernels and strides (320-sample hop, 400-sample window) so
-labels line up with `ups.frames.n_frames`; only the widths and depth shrink.
+labels line up with `ups.frames.n_cnn_frames`; only the widths and depth shrink.
 """
 
 from __future__ import annotations

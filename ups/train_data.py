@@ -35,7 +35,7 @@ import orjson
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ups.frames import HOP_SAMPLES, SAMPLE_RATE, n_frames
+from ups.frames import CNN_HOP_SAMPLES, SAMPLE_RATE, n_cnn_frames
 from ups.masking import compute_mask, frame_valid
 
 log = logging.getLogger(__name__)
@@ -225,13 +225,13 @@ def collate(
         target = np.minimum(lens, max_len)
     n_cols = int(target.max())
     audio = np.zeros((len(samples), n_cols), dtype=np.float32)
-    frames = np.array([n_frames(int(t)) for t in target])
+    frames = np.array([n_cnn_frames(int(t)) for t in target])
     n_t = int(frames.max())
     labels = np.zeros((len(samples), n_t), dtype=np.int64)
     for i, (_, pcm, lab) in enumerate(samples):
-        spare_frames = (len(pcm) - int(target[i])) // HOP_SAMPLES
+        spare_frames = (len(pcm) - int(target[i])) // CNN_HOP_SAMPLES
         f0 = int(rng.integers(spare_frames + 1)) if random_crop and spare_frames > 0 else 0
-        x = pcm[f0 * HOP_SAMPLES : f0 * HOP_SAMPLES + int(target[i])].astype(np.float32) / 32768.0
+        x = pcm[f0 * CNN_HOP_SAMPLES : f0 * CNN_HOP_SAMPLES + int(target[i])].astype(np.float32) / 32768.0
         if spec.normalize_audio:
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         audio[i, : len(x)] = x
@@ -348,7 +348,7 @@ class ShardBatches(IterableDataset):
             if labels is None:
                 skips["no_labels"] += 1
                 continue
-            if len(labels) != n_frames(len(pcm)):
+            if len(labels) != n_cnn_frames(len(pcm)):
                 skips["label_length_mismatch"] += 1
                 continue
             if len(pcm) < min_len:

@@ -1,0 +1,109 @@
+"""A tiny UPS-like corpus for the audio stages: two tars of MP3s, a chunk selection, a params file."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import yaml
+
+from tests.conftest import make_tar
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tone(duration_s: float, sr: int, channels: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(duration_s * sr)) / sr
+    f0 = 100 + 50 * rng.random() + 30 * np.sin(2 * np.pi * 0.7 * t)
+    x = 0.25 * np.sin(2 * np.pi * np.cumsum(f0) / sr) * (1.2 + np.sin(2 * np.pi * 3 * t))
+    x = x + 0.02 * rng.standard_normal(len(t))
+    out = np.stack([x * (1 - 0.3 * c) for c in range(channels)], axis=1)
+    return out.astype(np.float32)
+
+
+def mp3(duration_s: float, sr: int, channels: int, seed: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, tone(duration_s, sr, channels, seed), sr, format="MP3")
+    return buf.getvalue()
+
+
+# (tar, key, start_s, end_s, language, split); keys as normalize_key gives them
+CHUNKS = [
+    (1, "itemA/one", 0.0, 10.0, "en", "train"),
+    (1, "itemA/one", 10.0, 20.0, "en", "valid"),
+    (1, "itemA/one", 20.0, 30.0, "en", "train"),   # the file lasts 25 s: chunk_past_end
+    (1, "itemB/two.v1", 1.0, 11.0, "sw", "train"),
+    (1, "itemC/bad", 0.0, 10.0, "yo", "train"),    # not an MP3: corrupt_mp3
+    (1, "itemZ/nope", 0.0, 10.0, "yo", "train"),   # not in the tar: missing_member
+    (2, "itemD/three", 0.0, 10.0, "de", "train"),
+    (2, "itemD/three", 10.0, 20.0, "de", "train"),
+    (2, "itemE/x", 0.5, 6.5, "sw", "valid"),
+    (3, "itemF/f", 0.25, 5.25, "en", "train"),
+]
+
+
+def build_corpus(root: Path) -> Path:
+    """Writes <root>/sample (UPS layout) and <root>/chunks.parquet; returns root."""
+    ds = root / "sample"
+    make_tar(ds / "audio/000001.tar", {
+        "itemA/one.mp3": mp3(25.0, 44100, 2, 1),
+        "itemB/two.v1.mp3": mp3(12.0, 16000, 1, 2),
+        "itemC/bad.mp3": b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40,
+        "itemQ/unwanted.mp3": mp3(3.0, 16000, 1, 3),
+    })
+    make_tar(ds / "audio/000002.tar", {
+        "itemD/three.mp3": mp3(22.0, 48000, 1, 4),
+        "itemE/x.mp3": mp3(8.0, 22050, 2, 5),
+    })
+    make_tar(ds / "audio/000003.tar", {"itemF/f.mp3": mp3(6.0, 44100, 1, 6)})
+    cols = list(zip(*CHUNKS, strict=True))
+    table = pa.table({
+        "chunk_id": pa.array(range(len(CHUNKS)), pa.int64()),
+        "tar": pa.array(cols[0], pa.int32()),
+        "key": pa.array(cols[1], pa.string()),
+        "start_s": pa.array(cols[2], pa.float64()),
+        "end_s": pa.array(cols[3], pa.float64()),
+        "language": pa.array(cols[4], pa.string()),
+        "split": pa.array(cols[5], pa.string()),
+        "speech_ratio": pa.array([0.9] * len(CHUNKS), pa.float64()),
+    })
+    pq.write_table(table, root / "chunks.parquet")
+    return root
+
+
+def write_params(path: Path, local_root: Path, **overrides: dict) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"]["source"] = "local"
+    params["dataset"]["local_root"] = str(local_root)
+    params["prepare_audio"]["workers"] = 1
+    params["prepare_audio"]["shard_max_chunks"] = 2
+    params["kmeans"].update({"n_clusters": 8, "sample_hours": 0.01, "n_init": 2})
+    for section, values in overrides.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def ups(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ups", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+from tests.stages.conftest import write_params
+from ups.atomic import read_json
+from ups.config import (
+    AssignLabelsConfig,
+    DatasetConfig,
+    FeaturesConfig,
+    KmeansConfig,
+    PrepareAudioConfig,
+    load_section,
+)
+from ups.frames import n_cnn_frames
+from ups.shards import iter_shard
+from ups.stages import assign_labels, fit_kmeans, prepare_audio
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("km")
+    params = write_params(out / "params.yaml", corpus / "sample")
+    prepare_audio.run(load_section(PrepareAudioConfig, "prepare_audio", params),
+                      load_section(FeaturesConfig, "features", params).mfcc,
+                      load_section(DatasetConfig, "dataset", params),
+                      chunks=corpus / "chunks.parquet", audio_dir=out / "audio",
+                      features_dir=out / "features", report=out / "audio" / "report.json")
+    return out, params
+
+
+def fit_and_label(out, params, corpus, tag, **features_overrides):
+    feats = load_section(FeaturesConfig, "features", params)
+    if features_overrides:
+        import dataclasses
+        feats = dataclasses.replace(feats, **features_overrides)
+    km = load_section(KmeansConfig, "kmeans", params)
+    fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                   out_dir=out / tag / "kmeans")
+    report = assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params), feats,
+                               model=out / tag / "kmeans" / "model.npz", features_dir=out / "features",
+                               audio_dir=out / "audio", chunks=corpus / "chunks.parquet",
+                               out_dir=out / tag / "labels")
+    return report
+
+
+def n_samples_by_chunk(out):
+    return {meta["chunk_id"]: meta["n_samples"]
+            for shard in (out / "audio").glob("*/*.tar") for _, _, meta in iter_shard(shard)}
+
+
+def check_labels(out, tag, k):
+    lengths = n_samples_by_chunk(out)
+    seen = []
+    for split in ("train", "valid"):
+        d = out / tag / "labels" / split
+        ids, offsets, labels = (np.load(d / f"{n}.npy") for n in ("chunk_ids", "offsets", "labels"))
+        assert ids.dtype == np.int64 and offsets.dtype == np.int64 and labels.dtype == np.int16
+        assert list(ids) == sorted(ids) and offsets[-1] == len(labels)
+        for i, cid in enumerate(ids):
+            assert offsets[i + 1] - offsets[i] == n_cnn_frames(lengths[int(cid)])
+        assert labels.min() >= 0 and labels.max() < k
+        seen.extend(ids.tolist())
+    assert sorted(seen) == sorted(lengths)  # every chunk, train and valid, labelled once
+
+
+def test_mfcc_kmeans_labels_every_chunk_per_cnn_frame(prepared, corpus):
+    out, params = prepared
+    report = fit_and_label(out, params, corpus, "mfcc")
+    check_labels(out, "mfcc", 8)
+    with np.load(out / "mfcc" / "kmeans" / "model.npz", allow_pickle=False) as z:
+        assert z["centroids"].shape == (8, 39) and z["mean"].shape == (39,)
+        assert str(z["kind"]) == "mfcc"
+    fit_report = read_json(out / "mfcc" / "kmeans" / "report.json")
+    assert fit_report["n_sample_frames"] == round(0.01 * 3600 * 50)  # 1800 of 3043 frames
+    assert sum(fit_report["usage_histogram"]) == 1800 and fit_report["inertia_per_frame"] > 0
+    assert report["splits"]["train"]["n_chunks"] == 5 and report["splits"]["valid"]["n_chunks"] == 2
+    assert 0 < report["splits"]["train"]["usage_entropy_bits"] <= 3.0
+    assert 0 <= report["mi_cluster_language_bits"] <= report["language_entropy_bits"]
+    assert report["languages"] == ["de", "en", "sw", "yo"]
+
+
+def test_fit_is_deterministic(prepared, corpus):
+    out, params = prepared
+    fit_and_label(out, params, corpus, "a")
+    fit_and_label(out, params, corpus, "b")
+    for rel in ("kmeans/model.npz", "labels/train/labels.npy", "labels/valid/labels.npy"):
+        assert (out / "a" / rel).read_bytes() == (out / "b" / rel).read_bytes()
+
+
+def test_model_of_another_feature_kind_is_refused(prepared, corpus, tmp_path):
+    out, params = prepared
+    fit_and_label(out, params, corpus, "m2")
+    feats = load_section(FeaturesConfig, "features", params)
+    import dataclasses
+    with pytest.raises(ValueError, match="re-run fit-kmeans"):
+        assign_labels.run(AssignLabelsConfig(), dataclasses.replace(feats, kind="hubert"),
+                          model=out / "m2" / "kmeans" / "model.npz", features_dir=out / "features",
+                          audio_dir=out / "audio", chunks=corpus / "chunks.parquet", out_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    path = tmp_path_factory.mktemp("hubert")
+    HubertModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_hubert_layer_features_label_every_chunk(prepared, corpus, tiny_hubert):
+    out, params = prepared
+    report = fit_and_label(out, params, corpus, "hub", kind="hubert", layer=2,
+                           hubert_model=str(tiny_hubert), device="cpu")
+    check_labels(out, "hub", 8)
+    with np.load(out / "hub" / "kmeans" / "model.npz", allow_pickle=False) as z:
+        assert z["centroids"].shape == (8, 32) and str(z["kind"]) == "hubert" and int(z["layer"]) == 2
+    assert report["features_kind"] == "hubert"
+
+
+def test_hubert_layer_out_of_range_fails_naming_the_parameter(tiny_hubert):
+    from ups.hubert_features import LayerFeatures
+
+    with pytest.raises(ValueError, match="features.layer"):
+        LayerFeatures(str(tiny_hubert), 3, "cpu")

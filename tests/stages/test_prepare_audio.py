@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from tests.stages.conftest import CHUNKS, tree_bytes, ups, write_params
+from ups.atomic import read_json
+from ups.audio import from_int16
+from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig, load_section
+from ups.frames import n_cnn_frames
+from ups.mfcc import hubert_mfcc
+from ups.shards import iter_shard
+from ups.stages import prepare_audio
+
+
+def run_stage(corpus, out, **cfg_overrides):
+    params = write_params(out / "params.yaml", corpus / "sample", prepare_audio=cfg_overrides)
+    cfg = load_section(PrepareAudioConfig, "prepare_audio", params)
+    feats = load_section(FeaturesConfig, "features", params)
+    ds = load_section(DatasetConfig, "dataset", params)
+    return prepare_audio.run(cfg, feats.mfcc, ds, chunks=corpus / "chunks.parquet",
+                             audio_dir=out / "audio", features_dir=out / "features",
+                             report=out / "audio" / "report.json")
+
+
+@pytest.fixture(scope="module")
+def done(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep")
+    summary = run_stage(corpus, out)
+    return out, summary
+
+
+def test_shards_hold_every_good_chunk_with_exact_lengths(done):
+    out, summary = done
+    samples = {}
+    for split in ("train", "valid"):
+        for shard in sorted((out / "audio" / split).glob("*.tar")):
+            for key, pcm, meta in iter_shard(shard):
+                assert meta["split"] == split and key == f"{meta['chunk_id']:09d}"
+                assert pcm.dtype == np.int16 and pcm.ndim == 1
+                samples[meta["chunk_id"]] = (pcm, meta)
+    # chunks 2 (past end), 4 (corrupt), 5 (missing) are skipped; the rest are there
+    assert sorted(samples) == [0, 1, 3, 6, 7, 8, 9]
+    for cid, (pcm, meta) in samples.items():
+        tar, key, start, end, lang, split = CHUNKS[cid]
+        assert (meta["tar"], meta["key"], meta["start_s"], meta["end_s"], meta["language"]) == (
+            tar, key, start, end, lang)
+        assert len(pcm) == meta["n_samples"] == round((end - start) * 16000)
+        assert np.abs(pcm).max() > 1000  # real audio, not silence
+    names = sorted(p.name for p in (out / "audio" / "train").glob("*.tar"))
+    assert names == ["000001-000.tar", "000002-000.tar", "000003-000.tar"]  # 2 chunks per shard max
+    assert summary["n_chunks_written"] == 7
+
+
+def test_bad_inputs_are_counted_and_reported(done):
+    out, _ = done
+    report = read_json(out / "audio" / "report.json")
+    counts = report["skipped"]["counts"]
+    assert counts["chunk_past_end"] == 1
+    assert counts["corrupt_mp3"] == 1 and counts["chunk_in_corrupt_mp3"] == 1
+    assert counts["missing_member"] == 1
+    assert report["n_chunks_selected"] == 10 and report["n_chunks_written"] == 7
+    assert report["config"]["shard_max_chunks"] == 2
+
+
+def test_features_are_mfcc_of_the_stored_pcm_one_row_per_cnn_frame(done):
+    out, _ = done
+    pcm_by_id = {}
+    for shard in sorted((out / "audio").glob("*/*.tar")):
+        for _, pcm, meta in iter_shard(shard):
+            pcm_by_id[meta["chunk_id"]] = pcm
+    for split in ("train", "valid"):
+        for f in sorted((out / "features" / split).glob("*.feats.npy")):
+            tag = f.name.split(".")[0]
+            feats = np.load(f)
+            ids = np.load(f.with_name(f"{tag}.chunk_ids.npy"))
+            offsets = np.load(f.with_name(f"{tag}.offsets.npy"))
+            assert feats.dtype == np.float32 and feats.shape[1] == 39
+            assert offsets[0] == 0 and offsets[-1] == len(feats) and len(offsets) == len(ids) + 1
+            for i, cid in enumerate(ids):
+                pcm = pcm_by_id[int(cid)]
+                assert offsets[i + 1] - offsets[i] == n_cnn_frames(len(pcm))
+                np.testing.assert_array_equal(feats[offsets[i]:offsets[i + 1]],
+                                              hubert_mfcc(from_int16(pcm)))
+
+
+def test_second_run_skips_done_tars_and_changes_nothing(done, corpus):
+    out, _ = done
+    before = tree_bytes(out / "audio") | {"f/" + k: v for k, v in tree_bytes(out / "features").items()}
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.tar")}
+    run_stage(corpus, out)
+    after = tree_bytes(out / "audio") | {"f/" + k: v for k, v in tree_bytes(out / "features").items()}
+    assert before == after
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.tar")}
+
+
+def test_two_workers_give_the_same_bytes(done, corpus, tmp_path):
+    out, _ = done
+    run_stage(corpus, tmp_path, workers=2)
+    a, b = tree_bytes(tmp_path / "audio"), tree_bytes(out / "audio")
+    assert a.pop("report.json") != b.pop("report.json")  # its config says workers: 2
+    assert a == b
+    assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
+
+
+@pytest.mark.parametrize("fail_after", ["1", "4"])
+def test_killed_run_resumes_to_identical_bytes(done, corpus, tmp_path, fail_after):
+    out, _ = done
+    params = write_params(tmp_path / "params.yaml", corpus / "sample")
+    args = ["prepare-audio", "--params", str(params), "--chunks", str(corpus / "chunks.parquet"),
+            "--audio-dir", str(tmp_path / "audio"), "--features-dir", str(tmp_path / "features")]
+    killed = ups(*args, env={"UPS_FAIL_AFTER_CHUNKS": fail_after})
+    assert killed.returncode == 86, killed.stderr
+    assert not (tmp_path / "audio" / "report.json").exists()
+    resumed = ups(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert tree_bytes(tmp_path / "audio") == tree_bytes(out / "audio")
+    assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
+
+
+def test_torchrun_two_gloo_ranks_give_the_same_shards(done, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.stages.conftest import REPO
+
+    out, _ = done
+    params = write_params(tmp_path / "params.yaml", corpus / "sample")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "29571", "-m", "ups", "prepare-audio", "--params", str(params),
+           "--chunks", str(corpus / "chunks.parquet"), "--audio-dir", str(tmp_path / "audio"),
+           "--features-dir", str(tmp_path / "features")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert tree_bytes(tmp_path / "audio") == tree_bytes(out / "audio")
+    assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
+
+
+def test_bad_selection_column_fails_naming_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"chunk_id": [0], "tar": [1]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="key"):
+        prepare_audio.read_chunks(tmp_path / "c.parquet")

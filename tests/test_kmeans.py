@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from sklearn.metrics import mutual_info_score
+
+from ups.config import KmeansConfig
+from ups.kmeans import (
+    assign,
+    entropy_bits,
+    fit_kmeans,
+    fit_normaliser,
+    mutual_information_bits,
+    sample_frames,
+    usage,
+)
+
+
+def test_sample_frames_is_uniform_without_replacement_and_seeded():
+    counts = np.array([5, 0, 100, 7])
+    picks = sample_frames(counts, 50, np.random.default_rng(3))
+    assert [len(p) for p in picks] and sum(len(p) for p in picks) == 50
+    for c, p in zip(counts, picks, strict=True):
+        assert np.all(np.diff(p) > 0) and (len(p) == 0 or (p[0] >= 0 and p[-1] < c))
+    again = sample_frames(counts, 50, np.random.default_rng(3))
+    assert all(np.array_equal(a, b) for a, b in zip(picks, again, strict=True))
+    everything = sample_frames(counts, 1000, np.random.default_rng(3))
+    assert [len(p) for p in everything] == [5, 0, 100, 7]
+
+
+def test_assign_matches_brute_force_and_reports_inertia():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1001, 39)).astype(np.float32)
+    c = rng.standard_normal((17, 39)).astype(np.float32)
+    labels, inertia = assign(x, c, block_frames=100)
+    d = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d.argmin(1))
+    assert labels.dtype == np.int16
+    assert inertia == pytest.approx(d.min(1).sum(), rel=1e-4)
+
+
+def test_fit_finds_well_separated_clusters():
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((4, 3)) * 20
+    x = np.concatenate([c + rng.standard_normal((500, 3)) for c in centres]).astype(np.float32)
+    cfg = KmeansConfig(n_clusters=4, batch_size=256, n_init=3, seed=0)
+    km = fit_kmeans(x, cfg)
+    labels, _ = assign(x, km.cluster_centers_)
+    assert sorted(np.bincount(labels)) == [500, 500, 500, 500]
+
+
+def test_fit_refuses_fewer_frames_than_clusters():
+    with pytest.raises(ValueError, match="sample_hours"):
+        fit_kmeans(np.zeros((3, 2), np.float32), KmeansConfig(n_clusters=4))
+
+
+def test_normaliser_gives_zero_mean_unit_std_and_floors_constant_dims():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(5, 3, (1000, 2)), np.ones((1000, 1))], axis=1).astype(np.float32)
+    n = fit_normaliser(x)
+    y = n.apply(x)
+    np.testing.assert_allclose(y[:, :2].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y[:, :2].std(0), 1, atol=1e-4)
+    assert np.isfinite(y).all()
+
+
+def test_entropy_and_mutual_information_known_answers():
+    assert entropy_bits(np.array([1, 1, 1, 1])) == pytest.approx(2.0)
+    assert entropy_bits(np.array([5, 0])) == 0.0
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    same = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    assert mutual_information_bits(labels, same, 4, 2) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 2000), rng.integers(0, 3, 2000)
+    assert mutual_information_bits(a, b, 5, 3) == pytest.approx(mutual_info_score(a, b) / np.log(2))
+    assert list(usage(np.array([0, 2, 2], np.int16), 4)) == [1, 0, 2, 0]

@@ -1,0 +1,395 @@
+"""prepare-audio: decode each selected MP3 once into 16 kHz WebDataset shards plus MFCC features.
+
+Unit of work: one source tar. For each tar (only the tars `chunks.parquet` names) the stage reads
+the wanted members, decodes every file once (`ups.audio`), cuts its chunks, writes int16 PCM
+samples to `<audio_dir>/<split>/<tar:06d>-<k:03d>.tar` and the chunks' 50 Hz MFCC (`ups.mfcc`,
+computed from the stored int16 PCM, so features match the training input exactly) to
+`<features_dir>/<split>/<tar:06d>.{feats,chunk_ids,offsets}.npy`, then records the tar in
+`<audio_dir>/_done/<tar:06d>.done.json` (last). The marker holds a fingerprint of the tar's rows
+and of the parameters that shape the output; a tar is skipped on restart only when its marker
+exists with the same fingerprint, so a killed run resumes where it stopped and a changed selection
+redoes exactly the tars it touches.
+
+Parallelism: tars are split over torchrun ranks (`i % WORLD_SIZE == RANK`, gloo barrier at the
+end) and, within a rank, over `prepare_audio.workers` spawned processes. Outputs do not depend on
+either. Rank 0 then deletes files no marker accounts for and writes the report from the markers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import threading
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+
+from ups.atomic import atomic_write, mark_done, read_done
+from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
+from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
+from ups.progress import bar
+from ups.report import Skips, write_report
+
+log = logging.getLogger(__name__)
+
+STAGE = "prepare-audio"
+SPLITS = ("train", "valid")
+DONE_DIR = "_done"
+CHUNK_COLUMNS = ("chunk_id", "tar", "key", "start_s", "end_s", "language", "split")
+FORMAT_VERSION = 1  # bump when the bytes written for the same input change
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    chunk_id: int
+    key: str
+    start_s: float
+    end_s: float
+    language: str
+    split: str
+
+
+@dataclass(frozen=True)
+class TarJob:
+    tar: int
+    rows: tuple[ChunkRow, ...]
+    fingerprint: str
+    cfg: PrepareAudioConfig
+    mfcc: MfccParams
+    dataset: DatasetConfig
+    audio_dir: str
+    features_dir: str
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the selection
+# --------------------------------------------------------------------------------------------
+
+def read_chunks(path: Path) -> dict[int, tuple[ChunkRow, ...]]:
+    """chunks.parquet grouped by tar, rows in file order (tar, key, start_s)."""
+    table = pq.read_table(path)
+    missing = [c for c in CHUNK_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}")
+    cols = {c: table.column(c).to_pylist() for c in CHUNK_COLUMNS}
+    by_tar: dict[int, list[ChunkRow]] = defaultdict(list)
+    for i in range(table.num_rows):
+        split = cols["split"][i]
+        if split not in SPLITS:
+            raise ValueError(f"{path}: chunk {cols['chunk_id'][i]} has split {split!r}")
+        by_tar[int(cols["tar"][i])].append(ChunkRow(
+            chunk_id=int(cols["chunk_id"][i]), key=cols["key"][i], start_s=float(cols["start_s"][i]),
+            end_s=float(cols["end_s"][i]), language=cols["language"][i], split=split))
+    return {t: tuple(rows) for t, rows in sorted(by_tar.items())}
+
+
+def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, mfcc: MfccParams) -> str:
+    """What a tar's outputs depend on: its rows, the shaping parameters, the format version."""
+    shaping = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    body = orjson.dumps({"tar": tar, "rows": [asdict(r) for r in rows], "cfg": shaping,
+                         "mfcc": asdict(mfcc), "version": FORMAT_VERSION},
+                        option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# One tar (runs in a worker process)
+# --------------------------------------------------------------------------------------------
+
+_chunks_written = 0  # for the UPS_FAIL_AFTER_CHUNKS test hook (per process)
+
+
+def _maybe_fail() -> None:
+    """Test hook: `UPS_FAIL_AFTER_CHUNKS=n` kills the process hard after n chunks, like SIGKILL."""
+    global _chunks_written
+    _chunks_written += 1
+    limit = os.environ.get("UPS_FAIL_AFTER_CHUNKS")
+    if limit and _chunks_written >= int(limit):
+        os._exit(86)
+
+
+def _write_npy(path: Path, a: np.ndarray) -> None:
+    with atomic_write(path) as fh:
+        np.save(fh, a, allow_pickle=False)
+
+
+def process_tar(job: TarJob) -> dict[str, Any]:
+    """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
+    from ups.audio import CorruptAudio, decode_mono_16k, from_int16, to_int16
+    from ups.dataset import open_dataset
+    from ups.mfcc import hubert_mfcc
+    from ups.shards import ShardWriter
+    from ups.tar_reader import iter_members
+
+    skips = Skips(STAGE)
+    tag = f"{job.tar:06d}"
+    by_key: dict[str, list[ChunkRow]] = defaultdict(list)
+    for row in job.rows:
+        by_key[row.key].append(row)
+    audio_dir, features_dir = Path(job.audio_dir), Path(job.features_dir)
+    writers = {s: ShardWriter(audio_dir / s, job.tar, job.cfg.shard_max_chunks) for s in SPLITS}
+    feats: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    seconds = {s: 0.0 for s in SPLITS}
+    decoded_s = 0.0
+    seen: set[str] = set()
+    ds = open_dataset(job.dataset)
+    try:
+        with ds.tar(job.tar) as tar_file:
+            for member in iter_members(tar_file, skips, wanted=set(by_key)):
+                if member.key in seen:
+                    skips.add("duplicate_member", f"{tag}/{member.name}")
+                    continue
+                seen.add(member.key)
+                rows = sorted(by_key[member.key], key=lambda r: (r.start_s, r.chunk_id))
+                spans = [chunk_samples(r.start_s, r.end_s) for r in rows]
+                need = max(s + n for s, n in spans)
+                try:
+                    audio = decode_mono_16k(member.data, need, job.cfg.resample_quality)
+                except CorruptAudio as exc:
+                    skips.add("corrupt_mp3", f"{tag}/{member.key}: {exc}")
+                    skips.add("chunk_in_corrupt_mp3", n=len(rows))
+                    continue
+                decoded_s += len(audio) / SAMPLE_RATE
+                for row, (start, n) in zip(rows, spans, strict=True):
+                    if start < 0 or start + n > len(audio):
+                        skips.add("chunk_past_end", f"{tag}/{row.key} [{row.start_s}, {row.end_s}) "
+                                  f"file {len(audio) / SAMPLE_RATE:.2f} s")
+                        continue
+                    if n_cnn_frames(n) == 0:
+                        skips.add("chunk_too_short", f"{tag}/{row.key} {n} samples")
+                        continue
+                    pcm = to_int16(audio[start:start + n])
+                    meta = {"chunk_id": row.chunk_id, "tar": job.tar, "key": row.key,
+                            "start_s": row.start_s, "end_s": row.end_s, "language": row.language,
+                            "split": row.split, "n_samples": n}
+                    writers[row.split].write(f"{row.chunk_id:09d}", pcm, meta)
+                    feats[row.split].append(hubert_mfcc(from_int16(pcm), job.mfcc))
+                    ids[row.split].append(row.chunk_id)
+                    seconds[row.split] += n / SAMPLE_RATE
+                    _maybe_fail()
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for key in sorted(set(by_key) - seen):
+        skips.add("missing_member", f"{tag}/{key}")
+        skips.add("chunk_in_missing_member", n=len(by_key[key]))
+
+    splits: dict[str, Any] = {}
+    for s in SPLITS:
+        n_chunks = len(ids[s])
+        if n_chunks:
+            lengths = np.array([len(f) for f in feats[s]], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            out = features_dir / s
+            _write_npy(out / f"{tag}.feats.npy", np.concatenate(feats[s]).astype(np.float32))
+            _write_npy(out / f"{tag}.chunk_ids.npy", np.array(ids[s], dtype=np.int64))
+            _write_npy(out / f"{tag}.offsets.npy", offsets)
+            n_frames = int(offsets[-1])
+        else:
+            n_frames = 0
+        splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
+                     "hours": round(seconds[s] / 3600, 6)}
+    info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
+            "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict()}
+    mark_done(audio_dir / DONE_DIR, tag, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _expected_files(markers: dict[int, dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Relative paths every marker accounts for, in the audio dir and in the features dir."""
+    from ups.shards import shard_name
+
+    audio: set[str] = set()
+    feats: set[str] = set()
+    for tar, m in markers.items():
+        audio.add(f"{DONE_DIR}/{tar:06d}.done.json")
+        for s, info in m["splits"].items():
+            audio.update(f"{s}/{shard_name(tar, k)}" for k in range(info["n_shards"]))
+            if info["n_chunks"]:
+                feats.update(f"{s}/{tar:06d}.{part}.npy" for part in ("feats", "chunk_ids", "offsets"))
+    return audio, feats
+
+
+def _remove_unaccounted(root: Path, keep: set[str], also_keep: set[str]) -> int:
+    """Delete files under root (one or two levels) that no marker accounts for. Returns the count."""
+    removed = 0
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if rel in keep or rel in also_keep:
+            continue
+        p.unlink()
+        removed += 1
+    return removed
+
+
+class Prefetcher:
+    """Downloads tars in job order, at most `ahead` tars beyond the ones already processed.
+
+    Fetching every selected tar up front would need the whole selection on disk at once (100 h
+    can span ~50 tars of 4.5-15 GB); a bounded look-ahead keeps the download ahead of the decoders
+    while the tar cache's budget and LRU eviction hold. A failed prefetch is only logged: the
+    worker's own `ds.tar()` retries it and a persistent failure surfaces there.
+    """
+
+    def __init__(self, ds: Any, tars: list[int], ahead: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._ds, self._tars = ds, tars
+        self._slots = threading.Semaphore(max(1, ahead))
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, ds.cfg.download_workers))
+        self._feeder = threading.Thread(target=self._feed, name="prefetch", daemon=True)
+
+    def _fetch(self, tar: int) -> None:
+        from ups.dataset import DatasetError, DownloadError
+        from ups.tar_cache import CacheFullError
+
+        if self._stop.is_set():
+            return
+        try:
+            with self._ds.tar(tar):
+                pass
+        except (DatasetError, DownloadError, CacheFullError, OSError) as exc:
+            log.warning("%s: prefetch of tar %06d failed (%s); the worker will retry", STAGE, tar, exc)
+
+    def _feed(self) -> None:
+        for tar in self._tars:
+            self._slots.acquire()
+            if self._stop.is_set():
+                return
+            self._pool.submit(self._fetch, tar)
+
+    def finished_one(self) -> None:
+        self._slots.release()
+
+    def __enter__(self) -> Prefetcher:
+        self._feeder.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._slots.release()
+        self._feeder.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, chunks: Path,
+        audio_dir: Path, features_dir: Path, report: Path) -> dict[str, Any]:
+    rank, world = _world()
+    by_tar = read_chunks(chunks)
+    tars = list(by_tar)
+    mine = [t for i, t in enumerate(tars) if i % world == rank]
+    pg = None
+    if world > 1:
+        import datetime
+
+        import torch.distributed as dist
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
+        pg = dist
+    log.info("%s: %d chunks in %d tars; rank %d/%d takes %d tars, %d workers", STAGE,
+             sum(len(r) for r in by_tar.values()), len(tars), rank, world, len(mine), cfg.workers)
+
+    jobs: list[TarJob] = []
+    for t in mine:
+        fp = fingerprint(t, by_tar[t], cfg, mfcc)
+        done = read_done(audio_dir / DONE_DIR, f"{t:06d}")
+        if done is not None and done.get("fingerprint") == fp:
+            continue
+        jobs.append(TarJob(t, by_tar[t], fp, cfg, mfcc, dataset, str(audio_dir), str(features_dir)))
+    log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(jobs), len(jobs))
+
+    if jobs:
+        from ups.dataset import open_dataset
+
+        ahead = Prefetcher(open_dataset(dataset), [j.tar for j in jobs],
+                           dataset.download_workers + cfg.workers)
+        with ahead, bar(desc=STAGE, unit="tar", total=len(jobs)) as pbar:
+            if cfg.workers == 1 or len(jobs) == 1:
+                for job in jobs:
+                    process_tar(job)
+                    ahead.finished_one()
+                    pbar.update(1)
+            else:
+                ctx = mp.get_context("spawn")
+                with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
+                    for _ in pool.imap_unordered(process_tar, jobs):
+                        ahead.finished_one()
+                        pbar.update(1)
+    if pg is not None:
+        pg.barrier()
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report)
+    if pg is not None:
+        pg.barrier()
+        pg.destroy_process_group()
+    return summary
+
+
+def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
+            by_tar: dict[int, tuple[ChunkRow, ...]], audio_dir: Path, features_dir: Path,
+            report: Path) -> dict[str, Any]:
+    markers: dict[int, dict[str, Any]] = {}
+    for t in tars:
+        m = read_done(audio_dir / DONE_DIR, f"{t:06d}")
+        if m is None or m.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc):
+            raise RuntimeError(f"{STAGE}: tar {t:06d} has no valid completion marker after the run")
+        markers[t] = m
+    keep_audio, keep_feats = _expected_files(markers)
+    report_rel = {report.relative_to(audio_dir).as_posix()} if report.is_relative_to(audio_dir) else set()
+    removed = _remove_unaccounted(audio_dir, keep_audio, report_rel)
+    removed += _remove_unaccounted(features_dir, keep_feats, set())
+    skips = Skips(STAGE)
+    totals: dict[str, dict[str, float]] = {s: {"n_chunks": 0, "n_shards": 0, "n_frames": 0, "hours": 0.0}
+                                           for s in SPLITS}
+    decoded_h = 0.0
+    for m in markers.values():
+        other = Skips(STAGE)
+        other.counts.update(m["skipped"]["counts"])
+        other.examples = {k: list(v) for k, v in m["skipped"]["examples"].items()}
+        skips.merge(other)
+        decoded_h += m["decoded_hours"]
+        for s in SPLITS:
+            for k in totals[s]:
+                totals[s][k] += m["splits"][s][k]
+    for s in SPLITS:
+        totals[s]["hours"] = round(totals[s]["hours"], 6)
+    skips.log_summary()
+    if removed:
+        log.info("%s: removed %d file(s) no completion marker accounts for", STAGE, removed)
+    n_selected = sum(len(r) for r in by_tar.values())
+    n_written = int(sum(totals[s]["n_chunks"] for s in SPLITS))
+    fields = {"n_tars": len(tars), "n_chunks_selected": n_selected, "n_chunks_written": n_written,
+              "splits": totals, "decoded_hours": round(decoded_h, 6),
+              "mfcc": asdict(mfcc), "feature_dim": 3 * mfcc.num_ceps}
+    write_report(report, stage=STAGE, config=cfg, skips=skips, **fields)
+    log.info("%s: wrote %d of %d chunks (%s h train, %s h valid), %d skipped item(s)", STAGE,
+             n_written, n_selected, totals["train"]["hours"], totals["valid"]["hours"], skips.total)
+    return {**fields, "skipped": skips.to_dict()}
+
+
+def list_features(features_dir: Path, split: str) -> list[int]:
+    """Tar numbers with features for `split`, sorted (for fit-kmeans and assign-labels)."""
+    return sorted(int(p.name.split(".")[0]) for p in (features_dir / split).glob("*.feats.npy"))
+
