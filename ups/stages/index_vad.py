@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ups.atomic import atomic_dir
 from ups.config import IndexVadConfig
-from ups.key_batch import normalize_keys
+from ups.key_batch import normalize_keys_arrow
 from ups.progress import bar
 from ups.report import Skips, write_report
 from ups.vad_parse import parse_block, repair_segments
@@ -88,8 +88,8 @@ def block_table(block: bytes, sample_rate: int, counts: Counter[str],
     off = pa.array(offsets)
     table = pa.table({
         "tar": pa.array(pb.tar, pa.int32()),
-        "key": pa.array(normalize_keys(pb.raw_key), pa.string()),
-        "raw_key": pa.array(pb.raw_key, pa.string()),
+        "key": normalize_keys_arrow(pb.keys),
+        "raw_key": pb.keys,
         "duration_s": pa.array(pb.duration_s),
         "speech_s": pa.array(seg.speech_s),
         "seg_start_s": pa.ListArray.from_arrays(off, pa.array(seg.start_s)),
