@@ -48,7 +48,31 @@ def _tar_batches(idx: np.ndarray, tar: np.ndarray):
         lo = hi
 
 
-def _capped_candidates(files: pa.Table, ids: np.ndarray, duration_s: np.ndarray,
+class _SegmentReader:
+    """Segment lists of chosen rows of files.parquet, read one span of row groups at a time so
+    that the 1+ GB of segments never sits in memory whole (rows asked for must be sorted)."""
+
+    COLUMNS = ["seg_start_s", "seg_end_s"]
+
+    def __init__(self, path: Path):
+        self.pf = pq.ParquetFile(path)
+        md = self.pf.metadata
+        self.bounds = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+
+    def read(self, ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Only the row groups holding `ids` (sorted) are read."""
+        grp = np.searchsorted(self.bounds, ids, side="right") - 1
+        groups = np.unique(grp)
+        t = self.pf.read_row_groups(groups.tolist(), columns=self.COLUMNS, use_threads=False)
+        sizes = self.bounds[groups + 1] - self.bounds[groups]
+        start = np.zeros(len(groups), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=start[1:])
+        rows = pa.array(ids - self.bounds[grp] + start[np.searchsorted(groups, grp)])
+        return (t["seg_start_s"].take(rows).combine_chunks(),
+                t["seg_end_s"].take(rows).combine_chunks())
+
+
+def _capped_candidates(segs: _SegmentReader, ids: np.ndarray, duration_s: np.ndarray,
                        density: np.ndarray, tar: np.ndarray, cfg: SelectConfig, max_file: int,
                        max_tar: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Candidates of the files `ids` (whole tars) after the per-file and per-tar caps:
@@ -56,8 +80,7 @@ def _capped_candidates(files: pa.Table, ids: np.ndarray, duration_s: np.ndarray,
     if len(ids) == 0:
         z = np.zeros(0)
         return z.astype(np.int64), z, z, z, 0
-    sub_s = files["seg_start_s"].take(pa.array(ids)).combine_chunks()
-    sub_e = files["seg_end_s"].take(pa.array(ids)).combine_chunks()
+    sub_s, sub_e = segs.read(ids)
     counts = pc.list_value_length(sub_s).to_numpy(zero_copy_only=False).astype(np.int64)
     c = sel.chunk_candidates(duration_s[ids], counts, sub_s.flatten().to_numpy(),
                              sub_e.flatten().to_numpy(), cfg.chunk_seconds, cfg.min_speech_ratio,
@@ -91,7 +114,9 @@ def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
 def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
-    files = pq.read_table(index_dir / "vad" / "files.parquet")
+    files_path = index_dir / "vad" / "files.parquet"
+    files = pq.read_table(files_path, columns=["tar", "key", "duration_s", "speech_s"])
+    segs = _SegmentReader(files_path)
     tars_tbl = pq.read_table(index_dir / "vad" / "tars.parquet")
     lid = pq.read_table(index_dir / "lang" / "lid.parquet")
     log.info("select: %d VAD files, %d LID rows, target %.2f h", len(files), len(lid), cfg.hours)
@@ -133,7 +158,8 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     max_tar = max(1, int(cfg.max_tar_fraction * cfg.hours / chunk_h))
     density = np.where(duration_s > 0, speech_s / np.maximum(duration_s, 1e-9), 0.0)
     elig_idx = np.flatnonzero(eligible)
-    elig_idx = elig_idx[np.argsort(tar[elig_idx], kind="stable")]
+    if np.any(np.diff(tar) < 0):
+        raise ValueError(f"{files_path} is not sorted by tar (index-vad writes it sorted)")
     lang_num = np.full(len(files), -1, dtype=np.int64)
     for x, k in lang_id.items():
         lang_num[lang == x] = k
@@ -141,7 +167,7 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     avail = np.zeros((len(tar_rows), len(languages)))
     n_candidates = n_after_caps = 0
     for ids in _tar_batches(elig_idx, tar):
-        c = _capped_candidates(files, ids, duration_s, density, tar, cfg, max_file, max_tar)
+        c = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
         n_candidates += c[4]
         n_after_caps += len(c[0])
         np.add.at(avail, (np.searchsorted(tar_rows, tar[c[0]]), lang_num[c[0]]), chunk_h)
@@ -159,7 +185,7 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     avail_chosen = avail[chosen].sum(axis=0)
     quota = sel.water_fill(shares, avail_chosen, cfg.hours)
     in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
-    cf, cs, cr, sc, _ = _capped_candidates(files, in_tars, duration_s, density, tar, cfg,
+    cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
                                            max_file, max_tar)
     cl = lang_num[cf]
     in_chosen = np.ones(len(cf), dtype=bool)
