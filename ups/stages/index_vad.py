@@ -1,10 +1,12 @@
 """index-vad: one streaming pass over vad_results.jsonl into a per-file and a per-tar Parquet index.
 
 Blocks of whole lines are parsed and repaired by `ups.vad_parse` (rules and counters there),
-keys normalised with `ups.keys.normalize_key`, and each block's rows are spilled to one Arrow IPC
-file per bucket of 128 tars. A second pass reads one bucket at a time, sorts it by (tar, key),
-drops duplicate keys and appends it to `files.parquet`. Memory therefore stays bounded by a
-block plus one bucket, and the output does not depend on the line order of the input.
+keys normalised with `ups.keys.normalize_key` (in Arrow; Python only for keys it can change), and
+each block's rows are ordered by tar and spilled to one Arrow IPC file, one record batch per
+bucket of 128 tars. A second pass reads one bucket's batches at a time, sorts them by (tar, key),
+drops duplicate keys and appends them to `files.parquet` (one row group per bucket). Memory
+therefore stays bounded by a block plus one bucket, and the output does not depend on the line
+order of the input.
 
 Duplicate rule: several lines with the same (tar, normalised key) keep the one with the most
 speech, then the longest duration, then the smallest raw key, then the earliest first segment;

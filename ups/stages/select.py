@@ -6,6 +6,11 @@ Reads `<index-dir>/vad/files.parquet`, `vad/tars.parquet` and `lang/lid.parquet`
 (tar, normalised key) (`no_language_label`), a real language (`nospeech`, `unknown_language`
 excluded), and a language with hours in the table or covered by select.unlisted_language
 (`unlisted_language_excluded`). The report also gives the VAD/LID join coverage.
+
+Memory: only tar, key, duration and speech of files.parquet are loaded whole. Candidates and
+caps are computed per batch of whole tars (segment lists read from the row groups that hold
+them) and reduced to a tars x languages hours matrix; after the tar choice the candidates are
+rebuilt for the chosen tars only. files.parquet must be sorted by tar, as index-vad writes it.
 """
 
 from __future__ import annotations
