@@ -65,16 +65,17 @@ class _SegmentReader:
         self.bounds = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
 
     def read(self, ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        """Only the row groups holding `ids` (sorted) are read."""
+        """Rows `ids` (sorted); one row group in memory at a time, only its asked rows kept."""
         grp = np.searchsorted(self.bounds, ids, side="right") - 1
-        groups = np.unique(grp)
-        t = self.pf.read_row_groups(groups.tolist(), columns=self.COLUMNS, use_threads=False)
-        sizes = self.bounds[groups + 1] - self.bounds[groups]
-        start = np.zeros(len(groups), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=start[1:])
-        rows = pa.array(ids - self.bounds[grp] + start[np.searchsorted(groups, grp)])
-        return (t["seg_start_s"].take(rows).combine_chunks(),
-                t["seg_end_s"].take(rows).combine_chunks())
+        cut = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1], True])
+        starts, ends = [], []
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True):
+            g = int(grp[a])
+            t = self.pf.read_row_group(g, columns=self.COLUMNS, use_threads=False)
+            rows = pa.array(ids[a:b] - self.bounds[g])
+            starts.append(t["seg_start_s"].take(rows).combine_chunks())
+            ends.append(t["seg_end_s"].take(rows).combine_chunks())
+        return pa.concat_arrays(starts), pa.concat_arrays(ends)
 
 
 def _capped_candidates(segs: _SegmentReader, ids: np.ndarray, duration_s: np.ndarray,
