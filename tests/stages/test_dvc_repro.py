@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("fetch-meta", "index-vad", "index-lang", "select")
 
@@ -52,7 +51,8 @@ def test_dvc_repro_and_select_hours_reruns_select_only(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = str(Path(sys.executable).parent / "dvc")
     _sh(["git", "init", "-q"], root)
-    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], root)
+    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+         "-m", "x"], root)
     _sh([dvc, "init", "-q"], root)
     all_ran = dict.fromkeys(STAGES, True)
     assert _repro(dvc, root) == all_ran
