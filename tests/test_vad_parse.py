@@ -84,3 +84,21 @@ def test_repair_rules():
                                  "a/caf\u0065\u0301", "a/\u65e5\u672c", "a/x.y.z", "a/b\t", "/a"])
 def test_batch_normalisation_equals_normalize_key(key):
     assert normalize_keys([key, "x/y"]) == [normalize_key(key), "x/y"]
+
+
+def test_fast_path_keys_match_the_slow_path_on_odd_keys():
+    # whitespace-only keys (ASCII, escaped control separators, Unicode) are bad_key on both
+    # paths; escaped, non-ASCII and raw UTF-8 keys decode the same way on both
+    keys = ["ok/a", " ", "\u3000", "\x1c", "\t \u00a0", "caf\u00e9/\u00f1", "\u65e5/x", 'q/"x"', "b\\s/y",
+            " pad/z "]
+    body = {"tar_number": "000001", "duration": 5.0, "timestamps": [{"start": 0, "end": 16000}]}
+    fast_block = b"".join(json.dumps({k: body}, ensure_ascii=ea).encode() + b"\n"
+                          for k in keys for ea in (True, False))
+    slow_block = b"".join(json.dumps({k: {**body, "extra": 1}}, ensure_ascii=ea).encode() + b"\n"
+                          for k in keys for ea in (True, False))
+    cf, cs = Counter(), Counter()
+    fast, slow = parse_block(fast_block, cf, {}), parse_block(slow_block, cs, {})
+    assert fast.n_fast > 0 and slow.n_fast == 0
+    assert sorted(fast.raw_key) == sorted(slow.raw_key)
+    assert cf == cs and cf["bad_key"] == 8
+    assert set(fast.raw_key) == {"ok/a", "caf\u00e9/\u00f1", "\u65e5/x", 'q/"x"', "b\\s/y", " pad/z "}

@@ -37,3 +37,12 @@ def normalize_keys(raw: list[str]) -> list[str]:
     for i in np.flatnonzero(needs_normalizing(arr)):
         out[i] = normalize_key(raw[i])
     return out
+
+
+def normalize_keys_arrow(raw: pa.Array) -> pa.Array:
+    """`normalize_keys` for an Arrow string array, returned as one."""
+    mask = needs_normalizing(raw)
+    if not mask.any():
+        return raw
+    fixed = [normalize_key(x) for x in raw.filter(pa.array(mask)).to_pylist()]
+    return pc.replace_with_mask(raw, pa.array(mask), pa.array(fixed, pa.string()))

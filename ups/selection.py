@@ -173,3 +173,39 @@ def split_valid(file: np.ndarray, language: np.ndarray, hours: np.ndarray, valid
             got += per_file[j]
         out[rows] = valid_files[inv]
     return out
+
+
+def tie_break(file: np.ndarray, start_s: np.ndarray, chunk_s: float, seed: int) -> np.ndarray:
+    """Seeded uniform [0, 1) per chunk from (seed, file index, grid cell): splitmix64, so a chunk
+    gets the same value whichever batch of files it is computed in."""
+    cell = np.round(np.asarray(start_s) / chunk_s).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = (np.asarray(file).astype(np.uint64) << np.uint64(24)) ^ cell
+        z = z + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def cap_per_group(group: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
+    """Keep mask: at most `cap` items per group, highest score first (ties: earlier position).
+    Only the groups over the cap are sorted."""
+    keep = np.ones(len(group), dtype=bool)
+    if len(group) == 0:
+        return keep
+    uniq, inv, cnt = np.unique(group, return_inverse=True, return_counts=True)
+    over = cnt > cap
+    if not over.any():
+        return keep
+    rows = np.flatnonzero(over[inv])
+    dense = np.cumsum(over) - 1  # dense number of each over-cap group
+    # one float key per row: group block, then descending score (score in [0, 2))
+    key = dense[inv[rows]].astype(np.float64) * 4.0 - score[rows]
+    order = rows[np.argsort(key, kind="stable")]
+    g = inv[order]
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
+    keep[order[(np.arange(len(g)) - start) >= cap]] = False
+    return keep

@@ -54,13 +54,17 @@ class ParsedBlock:
     """Lines of one block that passed the line-level checks; segments still raw (samples)."""
 
     tar: np.ndarray  # int32, one per line
-    raw_key: list[str]  # JSON-decoded key as stored
+    keys: pa.Array  # string: JSON-decoded key as stored
     duration_s: np.ndarray  # float64
     seg_count: np.ndarray  # int64, segments per line
     seg_start: np.ndarray  # float64 samples, concatenated
     seg_end: np.ndarray  # float64 samples
     n_lines: int  # non-blank lines seen
     n_fast: int  # lines that took the vectorised path
+
+    @property
+    def raw_key(self) -> list[str]:
+        return self.keys.to_pylist()
 
 
 def _decode_keys(keys: list[bytes]) -> list[str | None]:
@@ -78,6 +82,31 @@ def _decode_keys(keys: list[bytes]) -> list[str | None]:
         except orjson.JSONDecodeError:
             out.append(None)
     return out
+
+
+_NOT_ASCII_SPACE = r"[^\t\n\x0b\x0c\r\x1c-\x1f ]"  # a char that Python's str.strip() keeps
+
+
+def _decode_keys_arrow(key_bytes: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """JSON string bodies (binary) -> (string array, null where not valid JSON/UTF-8; key_ok mask:
+    valid and not empty after str.strip()). Escaped keys go through orjson one by one."""
+    esc = pc.match_substring(key_bytes, "\\").to_numpy(zero_copy_only=False)
+    try:
+        out = key_bytes.cast(pa.string())  # validates UTF-8
+    except pa.ArrowInvalid:
+        out = pa.array(_decode_keys(key_bytes.to_pylist()), pa.string())
+        esc = np.zeros(len(out), dtype=bool)
+    if esc.any():
+        fixed = _decode_keys(key_bytes.filter(pa.array(esc)).to_pylist())
+        out = pc.replace_with_mask(out, pa.array(esc), pa.array(fixed, pa.string()))
+    ok = pc.fill_null(pc.match_substring_regex(out, _NOT_ASCII_SPACE), False)
+    ok = ok.to_numpy(zero_copy_only=False).copy()
+    recheck = np.flatnonzero(ok & ~pc.fill_null(pc.string_is_ascii(out), True).to_numpy(
+        zero_copy_only=False))
+    if len(recheck):  # non-ASCII: Python decides what is whitespace
+        vals = out.take(pa.array(recheck)).to_pylist()
+        ok[recheck] = [x.strip() != "" for x in vals]
+    return out, ok
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -159,7 +188,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
     fast_idx = np.flatnonzero(has_head)
     slow_lines: list[int] = np.flatnonzero(~has_head).tolist()
 
-    keys: list[str] = []
+    keys: list[pa.Array] = []
     tars: list[np.ndarray] = []
     durs: list[np.ndarray] = []
     seg_counts: list[np.ndarray] = []
@@ -171,7 +200,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
         pre_len = pc.binary_length(fh.field("pre")).to_numpy().astype(np.int64)
         key_bytes = fh.field("key")
         key_len = pc.binary_length(key_bytes).to_numpy().astype(np.int64)
-        key_str = _decode_keys(key_bytes.to_pylist())
+        key_arr, key_good = _decode_keys_arrow(key_bytes)
         # Rewrite `"<key>"` as `"k"` plus spaces, so that every line has one schema for Arrow.
         # An empty key is left alone: Arrow rejects it and the line takes the slow path.
         buf = view.copy()
@@ -192,8 +221,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
             ts = k.field("timestamps")
             tar_ok = pc.fill_null(pc.match_substring_regex(tar_s, r"^[ ]*[0-9]{1,9}[ ]*$"), False)
             tar_ok = tar_ok.to_numpy(zero_copy_only=False)
-            kk = [key_str[i] for i in gi]
-            key_ok = np.array([x is not None and x.strip() != "" for x in kk], dtype=bool)
+            key_ok = key_good[gi]
             dur_ok = np.isfinite(dur) & (dur > 0)
             good = tar_ok & key_ok & dur_ok
             for reason, bad in (("bad_key", ~key_ok), ("bad_tar_number", key_ok & ~tar_ok),
@@ -214,7 +242,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
                 counts["segment_malformed_dropped"] += int((bad_seg & np.repeat(good, n_seg)).sum())
             tars.append(pc.cast(pc.utf8_trim_whitespace(tar_s.filter(pa.array(good))),
                                 pa.int64()).to_numpy().astype(np.int32))
-            keys.extend(x for x, g in zip(kk, good, strict=True) if g)
+            keys.append(key_arr.take(pa.array(gi[good])))
             durs.append(dur[good])
             seg_counts.append(np.bincount(seg_line[seg_ok], minlength=len(n_seg))[good])
             seg_starts.append(st[seg_ok].astype(np.float64))
@@ -223,7 +251,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
 
     n_blank = 0
     if slow_lines:
-        s_tar, s_dur, s_cnt, s_st, s_en = [], [], [], [], []
+        s_key, s_tar, s_dur, s_cnt, s_st, s_en = [], [], [], [], [], []
         for i in sorted(slow_lines):
             line = bytes(view[offsets[i]:offsets[i + 1]]).strip(_BLANK)
             if not line:
@@ -233,12 +261,13 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
             if rec is None:
                 continue
             key, tar_n, dur_s, st_l, en_l = rec
-            keys.append(key)
+            s_key.append(key)
             s_tar.append(tar_n)
             s_dur.append(dur_s)
             s_cnt.append(len(st_l))
             s_st.extend(st_l)
             s_en.extend(en_l)
+        keys.append(pa.array(s_key, pa.string()))
         tars.append(np.asarray(s_tar, dtype=np.int32))
         durs.append(np.asarray(s_dur, dtype=np.float64))
         seg_counts.append(np.asarray(s_cnt, dtype=np.int64))
@@ -249,7 +278,8 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
     return ParsedBlock(
-        tar=cat(tars, np.int32), raw_key=keys, duration_s=cat(durs, np.float64),
+        tar=cat(tars, np.int32), keys=pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
+        duration_s=cat(durs, np.float64),
         seg_count=cat(seg_counts, np.int64), seg_start=cat(seg_starts, np.float64),
         seg_end=cat(seg_ends, np.float64), n_lines=len(nl) - n_blank, n_fast=n_fast,
     )

@@ -1,7 +1,12 @@
-"""The three stages through `dvc repro` in a scratch DVC project; select.hours re-runs select only."""
+"""fetch-meta and the three issue-3 stages through `dvc repro` on the bundled sample corpus.
+
+The scratch DVC project gets a copy of `sample/` as its local dataset mirror
+(`dataset.source: local`); changing select.hours re-runs select only.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,10 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.stages.meta_fixture import write_meta
-
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("index-vad", "index-lang", "select")
+STAGES = ("fetch-meta", "index-vad", "index-lang", "select")
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
@@ -26,7 +29,7 @@ def _sh(cmd: list[str], cwd: Path) -> str:
 
 
 def _repro(dvc: str, root: Path) -> dict[str, bool]:
-    """Run the three stages one by one (-s: fetch-meta, seeded by hand, is not run)."""
+    """Run the stages one by one (-s: only these, not the later issues' stages)."""
     ran = {}
     for st in STAGES:
         log = _sh([dvc, "repro", "-s", st], root)
@@ -41,18 +44,25 @@ def test_dvc_repro_and_select_hours_reruns_select_only(tmp_path):
     shutil.copytree(REPO / "ups", root / "ups", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["dataset"].update(source="local", local_root=str(tmp_path / "corpus"))
-    params["select"].update(hours=0.5, hours_table="computed", max_file_fraction=0.5,
+    shutil.copytree(REPO / "sample", root / "sample")
+    params["dataset"].update(source="local", local_root="sample")
+    params["select"].update(hours=0.2, hours_table="computed", max_tars=0, max_file_fraction=0.5,
                             max_tar_fraction=1.0)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_meta(root / "data" / "meta", n_files=120)
     dvc = str(Path(sys.executable).parent / "dvc")
     _sh(["git", "init", "-q"], root)
-    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], root)
+    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+         "-m", "x"], root)
     _sh([dvc, "init", "-q"], root)
-    assert _repro(dvc, root) == {"index-vad": True, "index-lang": True, "select": True}
-    assert (root / "data" / "select" / "chunks.parquet").is_file()
-    assert _repro(dvc, root) == {"index-vad": False, "index-lang": False, "select": False}
-    params["select"]["hours"] = 0.3
+    all_ran = dict.fromkeys(STAGES, True)
+    assert _repro(dvc, root) == all_ran
+    assert (root / "data" / "meta" / "vad_results.jsonl").read_bytes() == \
+        (REPO / "sample" / "vad_results.jsonl").read_bytes()
+    vad_rep = json.loads((root / "data" / "index" / "vad" / "report.json").read_text())
+    assert vad_rep["skipped"]["counts"] == {"malformed_json": 1}  # the corpus's planted bad line
+    sel_rep = json.loads((root / "data" / "select" / "report.json").read_text())
+    assert sel_rep["target_reached_within_1pct"] and sel_rep["join_coverage"]["vad_without_lid"] == 1
+    assert _repro(dvc, root) == dict.fromkeys(STAGES, False)
+    params["select"]["hours"] = 0.1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _repro(dvc, root) == {"index-vad": False, "index-lang": False, "select": True}
+    assert _repro(dvc, root) == {**dict.fromkeys(STAGES, False), "select": True}

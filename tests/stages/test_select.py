@@ -89,3 +89,18 @@ def test_max_tars_limits_downloads(index_dir, tmp_path):
     _, many = _select(index_dir, tmp_path, "m0", max_tars=0, hours=0.5)
     assert few["n_tars"] <= 2 < many["n_tars"] or many["n_tars"] <= 2
     assert few["download_bytes_estimate"] <= many["download_bytes_estimate"]
+
+
+def test_segment_reader_reads_rows_across_row_groups(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    n = 100
+    starts = [[float(i), float(i) + 0.5] for i in range(n)]
+    t = pa.table({"seg_start_s": starts, "seg_end_s": [[a + 0.1 for a in s] for s in starts]})
+    pq.write_table(t, tmp_path / "f.parquet", row_group_size=7)
+    reader = select._SegmentReader(tmp_path / "f.parquet")
+    ids = np.array([0, 3, 6, 7, 20, 21, 55, 99])
+    s, e = reader.read(ids)
+    assert s.to_pylist() == [starts[i] for i in ids]
+    assert e.to_pylist() == [[a + 0.1 for a in starts[i]] for i in ids]

@@ -6,6 +6,11 @@ Reads `<index-dir>/vad/files.parquet`, `vad/tars.parquet` and `lang/lid.parquet`
 (tar, normalised key) (`no_language_label`), a real language (`nospeech`, `unknown_language`
 excluded), and a language with hours in the table or covered by select.unlisted_language
 (`unlisted_language_excluded`). The report also gives the VAD/LID join coverage.
+
+Memory: only tar, key, duration and speech of files.parquet are loaded whole. Candidates and
+caps are computed per batch of whole tars (segment lists read from the row groups that hold
+them) and reduced to a tars x languages hours matrix; after the tar choice the candidates are
+rebuilt for the chosen tars only. files.parquet must be sorted by tar, as index-vad writes it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,64 @@ CHUNKS_SCHEMA = pa.schema([
     ("end_s", pa.float64()), ("language", pa.string()), ("split", pa.string()),
     ("speech_ratio", pa.float64()),
 ])
-_BATCH_FILES = 200_000
+_BATCH_FILES = 50_000
+
+
+def _tar_batches(idx: np.ndarray, tar: np.ndarray):
+    """Split `idx` (sorted by tar) into runs of about _BATCH_FILES files, never splitting a tar."""
+    lo = 0
+    while lo < len(idx):
+        hi = min(lo + _BATCH_FILES, len(idx))
+        if hi < len(idx):
+            t = tar[idx[hi - 1]]
+            hi = lo + int(np.searchsorted(tar[idx[lo:]], t, side="right"))
+        yield idx[lo:hi]
+        lo = hi
+
+
+class _SegmentReader:
+    """Segment lists of chosen rows of files.parquet, read one span of row groups at a time so
+    that the 1+ GB of segments never sits in memory whole (rows asked for must be sorted)."""
+
+    COLUMNS = ["seg_start_s", "seg_end_s"]
+
+    def __init__(self, path: Path):
+        self.pf = pq.ParquetFile(path)
+        md = self.pf.metadata
+        self.bounds = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+
+    def read(self, ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Rows `ids` (sorted); one row group in memory at a time, only its asked rows kept."""
+        grp = np.searchsorted(self.bounds, ids, side="right") - 1
+        cut = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1], True])
+        starts, ends = [], []
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True):
+            g = int(grp[a])
+            t = self.pf.read_row_group(g, columns=self.COLUMNS, use_threads=False)
+            rows = pa.array(ids[a:b] - self.bounds[g])
+            starts.append(t["seg_start_s"].take(rows).combine_chunks())
+            ends.append(t["seg_end_s"].take(rows).combine_chunks())
+        return pa.concat_arrays(starts), pa.concat_arrays(ends)
+
+
+def _capped_candidates(segs: _SegmentReader, ids: np.ndarray, duration_s: np.ndarray,
+                       density: np.ndarray, tar: np.ndarray, cfg: SelectConfig, max_file: int,
+                       max_tar: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Candidates of the files `ids` (whole tars) after the per-file and per-tar caps:
+    (file, start_s, ratio, score, number before the caps). Scores depend only on the chunk."""
+    if len(ids) == 0:
+        z = np.zeros(0)
+        return z.astype(np.int64), z, z, z, 0
+    sub_s, sub_e = segs.read(ids)
+    counts = pc.list_value_length(sub_s).to_numpy(zero_copy_only=False).astype(np.int64)
+    c = sel.chunk_candidates(duration_s[ids], counts, sub_s.flatten().to_numpy(),
+                             sub_e.flatten().to_numpy(), cfg.chunk_seconds, cfg.min_speech_ratio,
+                             file_ids=ids)
+    score = c.ratio + 1e-3 * density[c.file] + 1e-6 * sel.tie_break(c.file, c.start_s,
+                                                                     cfg.chunk_seconds, cfg.seed)
+    keep = sel.cap_per_group(c.file, score, max_file)
+    keep[keep] = sel.cap_per_group(tar[c.file[keep]], score[keep], max_tar)
+    return c.file[keep], c.start_s[keep], c.ratio[keep], score[keep], len(c.file)
 
 
 def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
@@ -58,7 +120,9 @@ def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
 def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
-    files = pq.read_table(index_dir / "vad" / "files.parquet")
+    files_path = index_dir / "vad" / "files.parquet"
+    files = pq.read_table(files_path, columns=["tar", "key", "duration_s", "speech_s"])
+    segs = _SegmentReader(files_path)
     tars_tbl = pq.read_table(index_dir / "vad" / "tars.parquet")
     lid = pq.read_table(index_dir / "lang" / "lid.parquet")
     log.info("select: %d VAD files, %d LID rows, target %.2f h", len(files), len(lid), cfg.hours)
@@ -93,52 +157,44 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     languages = sorted(set(lang[eligible].tolist()))
     lang_id = {x: k for k, x in enumerate(languages)}
 
-    # 1. candidates, in batches of files
-    elig_idx = np.flatnonzero(eligible)
-    starts_col, ends_col = files["seg_start_s"], files["seg_end_s"]
-    parts = []
-    for b in range(0, len(elig_idx), _BATCH_FILES):
-        ids = elig_idx[b:b + _BATCH_FILES]
-        sub_s = starts_col.take(pa.array(ids)).combine_chunks()
-        sub_e = ends_col.take(pa.array(ids)).combine_chunks()
-        counts = pc.list_value_length(sub_s).to_numpy(zero_copy_only=False).astype(np.int64)
-        parts.append(sel.chunk_candidates(duration_s[ids], counts, sub_s.flatten().to_numpy(),
-                                          sub_e.flatten().to_numpy(), cfg.chunk_seconds,
-                                          cfg.min_speech_ratio, file_ids=ids))
-    cand = sel.Candidates(
-        file=np.concatenate([p.file for p in parts]) if parts else np.zeros(0, np.int64),
-        start_s=np.concatenate([p.start_s for p in parts]) if parts else np.zeros(0),
-        ratio=np.concatenate([p.ratio for p in parts]) if parts else np.zeros(0))
-    n_candidates = len(cand.file)
-
-    # 2. caps per file and per tar (best ratio first, then file density, then seeded random key)
+    # 1-2. candidates and caps, in batches of whole tars: only the (tar, language) hours are
+    # kept, so memory stays bounded by one batch; candidates are rebuilt for the chosen tars.
     chunk_h = cfg.chunk_seconds / 3600.0
     max_file = max(1, int(cfg.max_file_fraction * cfg.hours / chunk_h))
     max_tar = max(1, int(cfg.max_tar_fraction * cfg.hours / chunk_h))
-    rng = np.random.default_rng(cfg.seed)
     density = np.where(duration_s > 0, speech_s / np.maximum(duration_s, 1e-9), 0.0)
-    score = cand.ratio + 1e-3 * density[cand.file] + 1e-6 * rng.random(n_candidates)
-    keep = sel.rank_within(cand.file, score) < max_file
-    keep &= sel.rank_within(np.where(keep, tar[cand.file], -1), np.where(keep, score, -1)) < max_tar
-    cf, cs, cr, sc = cand.file[keep], cand.start_s[keep], cand.ratio[keep], score[keep]
-    cl = np.array([lang_id[x] for x in lang[cf].tolist()], dtype=np.int64)
+    elig_idx = np.flatnonzero(eligible)
+    if np.any(np.diff(tar) < 0):
+        raise ValueError(f"{files_path} is not sorted by tar (index-vad writes it sorted)")
+    lang_num = np.full(len(files), -1, dtype=np.int64)
+    for x, k in lang_id.items():
+        lang_num[lang == x] = k
+    tar_rows = np.unique(tar[elig_idx])
+    avail = np.zeros((len(tar_rows), len(languages)))
+    n_candidates = n_after_caps = 0
+    for ids in _tar_batches(elig_idx, tar):
+        c = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
+        n_candidates += c[4]
+        n_after_caps += len(c[0])
+        np.add.at(avail, (np.searchsorted(tar_rows, tar[c[0]]), lang_num[c[0]]), chunk_h)
 
     # 3. temperature shares and quotas over all tars
     n_l = np.array([table.get(x, 0.0) for x in languages])
     shares = sel.temperature_shares(n_l, cfg.alpha)
-    tar_rows, tar_of_cand = np.unique(tar[cf], return_inverse=True)
-    avail = np.zeros((len(tar_rows), len(languages)))
-    np.add.at(avail, (tar_of_cand, cl), chunk_h)
     quota_all = sel.water_fill(shares, avail.sum(axis=0), cfg.hours)
 
-    # 4. tars
+    # 4. tars, then the candidates of the chosen tars only
     tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
     tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
     chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
                              tolerance=0.005 * cfg.hours)
-    in_chosen = np.isin(tar_of_cand, chosen)
     avail_chosen = avail[chosen].sum(axis=0)
     quota = sel.water_fill(shares, avail_chosen, cfg.hours)
+    in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
+    cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
+                                           max_file, max_tar)
+    cl = lang_num[cf]
+    in_chosen = np.ones(len(cf), dtype=bool)
 
     # 5. chunks per language (largest remainder), best-scored first
     cap = np.round(avail_chosen / chunk_h).astype(np.int64)
@@ -190,7 +246,7 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
             n_tars=int(len(sel_tars)), tars=[int(t) for t in sel_tars],
             download_audio_hours=dl_seconds / 3600,
             download_bytes_estimate=int(dl_seconds * cfg.mp3_bytes_per_second),
-            n_candidates=n_candidates, n_candidates_after_caps=int(len(cf)),
+            n_candidates=n_candidates, n_candidates_after_caps=int(n_after_caps),
             max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
             language_shares=dict(zip(languages, shares.tolist(), strict=True)),
             language_hours_table=dict(zip(languages, n_l.tolist(), strict=True)),
