@@ -26,6 +26,8 @@ DOCKER_ARGS ?=
 CUDA_IMAGE  ?=
 
 export DVC_NO_ANALYTICS := 1
+# dvc.yaml runs `python -m ups ...`: that must be the venv's python.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup test stress demo train repro push pull lint bench report du \

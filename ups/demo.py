@@ -87,7 +87,10 @@ def run(run_dir: Path, *, dry_run: bool = False) -> int:
     log.info("demo project ready in %s", run_dir)
     if dry_run:
         return 0
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(run_dir)}
+    # dvc.yaml's `python -m ups` must be this interpreter (the venv's), whatever PATH says.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(run_dir),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=run_dir, env=env)
     if proc.returncode != 0:

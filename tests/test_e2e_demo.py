@@ -1,0 +1,51 @@
+"""End to end through the CLI: `ups demo` runs every stage on the bundled sample corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_then_is_a_no_op(tmp_path):
+    params_before = (REPO / "params.yaml").read_bytes()
+    run_dir = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "ups", "demo", "--run-dir", str(run_dir)]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "model:" in first.stdout and "metrics:" in first.stdout
+
+    chunks = pq.read_table(run_dir / "data/select/chunks.parquet").to_pylist()
+    assert {c["split"] for c in chunks} == {"train", "valid"}
+    assert "nospeech" not in {c["language"] for c in chunks}
+    train_keys = {c["key"] for c in chunks if c["split"] == "train"}
+    assert not train_keys & {c["key"] for c in chunks if c["split"] == "valid"}
+
+    audio_report = json.loads((run_dir / "data/audio/report.json").read_text())
+    assert audio_report["skipped"]["counts"].get("corrupt_mp3", 0) <= 1  # only the planted one
+
+    labels = np.load(run_dir / "data/labels/train/labels.npy", allow_pickle=False)
+    offsets = np.load(run_dir / "data/labels/train/offsets.npy", allow_pickle=False)
+    assert offsets[-1] == len(labels) and labels.min() >= 0
+
+    metrics = json.loads((run_dir / "dvclive/metrics.json").read_text())
+    assert metrics["step"] > 0 and np.isfinite(metrics["train"]["loss"])
+    assert 0.3 < metrics["train"]["masked_fraction"] < 0.8  # masking really happened
+
+    from transformers import HubertModel
+
+    model = HubertModel.from_pretrained(run_dir / "models/hubert-cpt")
+    assert model.config.num_hidden_layers >= 1
+
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Data and pipelines are up to date" in second.stdout + second.stderr
+    assert (REPO / "params.yaml").read_bytes() == params_before
