@@ -1,12 +1,15 @@
 """prepare-audio throughput: x real time per CPU core end to end vs MP3 decode alone, same run.
 
-Builds a synthetic UPS-like corpus (44.1 kHz MP3s, half stereo, in tars), selects every full 10 s
-chunk, and times (a) soundfile decode of every file in one process, (b) decode + mono + soxr HQ
-resample, (c) the whole `ups prepare-audio` command (decode, cut, int16 shards, MFCC, markers) with
-1 and 2 workers, each in a fresh process, with its peak RSS; then (d) a corpus twice as large to
-show that peak memory does not grow with the hours processed.
+Builds a synthetic UPS-like corpus (44.1 kHz MP3s of 60 s, half stereo, 15 files = 15 min per
+tar; `--distinct` files are encoded and reused under distinct keys, since encoding is slower than
+the stage), selects every full 10 s chunk, and times (a) soundfile decode of the distinct files in
+one process, (b) decode + mono + soxr HQ resample, (c) the whole `ups prepare-audio` command
+(decode, cut, int16 shards, MFCC, markers), each in a fresh process with its peak RSS: 1 and 2
+workers on `--hours` of audio (enough per worker that process start-up does not hide the second
+worker), and 1 worker on 1/4 and 1/2 of it for the memory scale-up. The load average is recorded:
+the 2-core machine is shared.
 
-    python -m bench.prepare_audio [--minutes 40] [--out bench/results/prepare_audio.json]
+    python -m bench.prepare_audio [--hours 4] [--out bench/results/prepare_audio.json]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,15 +51,21 @@ def speechlike(duration_s: float, channels: int, seed: int) -> np.ndarray:
     return np.stack([x * (1 - 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def build(root: Path, n_files: int, files_per_tar: int) -> tuple[Path, list[bytes]]:
-    blobs, rows = [], []
-    for i in range(n_files):
+def encode(n_distinct: int) -> list[bytes]:
+    blobs = []
+    for i in range(n_distinct):
         buf = io.BytesIO()
         sf.write(buf, speechlike(FILE_S, 1 + i % 2, i), SR, format="MP3")
         blobs.append(buf.getvalue())
+    return blobs
+
+
+def build(root: Path, blobs: list[bytes], n_files: int, files_per_tar: int) -> Path:
+    rows = []
     for t in range(0, n_files, files_per_tar):
         tar = t // files_per_tar + 1
-        members = {f"item{i}/file{i}.mp3": blobs[i] for i in range(t, min(n_files, t + files_per_tar))}
+        members = {f"item{i}/file{i}.mp3": blobs[i % len(blobs)]
+                   for i in range(t, min(n_files, t + files_per_tar))}
         make_tar(root / "sample" / "audio" / f"{tar:06d}.tar", members)
         for i in range(t, min(n_files, t + files_per_tar)):
             for c in range(int(FILE_S // 10)):
@@ -68,7 +78,11 @@ def build(root: Path, n_files: int, files_per_tar: int) -> tuple[Path, list[byte
         "language": ["en"] * len(rows),
         "split": ["valid" if i % 20 == 0 else "train" for i in range(len(rows))],
         "speech_ratio": [1.0] * len(rows)}), root / "chunks.parquet")
-    return root, blobs
+    return root
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def run_stage(root: Path, out: Path, workers: int) -> dict:
@@ -98,49 +112,74 @@ def run_stage(root: Path, out: Path, workers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--hours", type=float, default=4.0)
+    ap.add_argument("--distinct", type=int, default=20)
+    ap.add_argument("--files-per-tar", type=int, default=15)
     ap.add_argument("--out", default=str(REPO / "bench/results/prepare_audio.json"))
     args = ap.parse_args()
-    n_files = max(4, int(args.minutes * 60 / FILE_S))
+    n_files = int(args.hours * 3600 / FILE_S)
+    blobs = encode(args.distinct)
+    body: dict = {"machine": {"cpus": os.cpu_count()},
+                  "corpus": {"files": n_files, "distinct_files": len(blobs), "file_s": FILE_S,
+                             "audio_hours": n_files * FILE_S / 3600, "sample_rate": SR, "chunks_s": 10.0,
+                             "files_per_tar": args.files_per_tar}}
+    load = loadavg()
+    t = time.process_time()
+    for b in blobs:
+        sf.read(io.BytesIO(b), dtype="float32", always_2d=True)
+    decode_x = len(blobs) * FILE_S / (time.process_time() - t)
+    t = time.process_time()
+    for b in blobs:
+        decode_mono_16k(b, quality="HQ")
+    body["decode_only_x_real_time_per_core"] = decode_x
+    body["decode_mono_resample_hq_x_real_time_per_core"] = len(blobs) * FILE_S / (time.process_time() - t)
+    body["decode_loadavg_before"] = load
     with tempfile.TemporaryDirectory() as tmp:
-        root, blobs = build(Path(tmp) / "c1", n_files, files_per_tar=n_files // 4)
-        audio_s = n_files * FILE_S
-        t = time.process_time()
-        for b in blobs:
-            sf.read(io.BytesIO(b), dtype="float32", always_2d=True)
-        decode_cpu = time.process_time() - t
-        t = time.process_time()
-        for b in blobs:
-            decode_mono_16k(b, quality="HQ")
-        resample_cpu = time.process_time() - t
         results = {}
+        root = build(Path(tmp) / "full", blobs, n_files, args.files_per_tar)
+        audio_s = n_files * FILE_S
         for workers in (1, 2):
             out = Path(tmp) / f"out{workers}"
             out.mkdir()
+            load = loadavg()
             r = run_stage(root, out, workers)
+            shutil.rmtree(out)
+            r["loadavg_before"] = load
             r["x_real_time"] = audio_s / r["wall_s"]
             r["x_real_time_per_core_wall"] = audio_s / r["wall_s"] / workers
             r["x_real_time_per_cpu_second"] = audio_s / r["cpu_s"]
             results[f"workers_{workers}"] = r
-        root2, _ = build(Path(tmp) / "c2", 2 * n_files, files_per_tar=n_files // 4)
-        out = Path(tmp) / "out_double"
-        out.mkdir()
-        double = run_stage(root2, out, 1)
-    decode_x = audio_s / decode_cpu
-    e2e = results["workers_1"]["x_real_time_per_cpu_second"]
-    body = {
-        "machine": {"cpus": os.cpu_count()},
-        "corpus": {"files": n_files, "file_s": FILE_S, "audio_hours": audio_s / 3600,
-                   "sample_rate": SR, "chunks_s": 10.0, "files_per_tar": n_files // 4},
-        "decode_only_x_real_time_per_core": decode_x,
-        "decode_mono_resample_hq_x_real_time_per_core": audio_s / resample_cpu,
+            print(workers, r, flush=True)
+        shutil.rmtree(root)
+        scale = {"hours": [], "peak_rss_mb": [], "wall_s": [], "loadavg_before": []}
+        for frac in (0.25, 0.5):
+            n = int(n_files * frac)
+            root = build(Path(tmp) / f"part{n}", blobs, n, args.files_per_tar)
+            out = Path(tmp) / f"scale{n}"
+            out.mkdir()
+            scale["loadavg_before"].append(loadavg())
+            r = run_stage(root, out, 1)
+            shutil.rmtree(out)
+            shutil.rmtree(root)
+            scale["hours"].append(n * FILE_S / 3600)
+            scale["peak_rss_mb"].append(r["peak_rss_mb"])
+            scale["wall_s"].append(r["wall_s"])
+        scale["hours"].append(audio_s / 3600)
+        scale["peak_rss_mb"].append(results["workers_1"]["peak_rss_mb"])
+        scale["wall_s"].append(results["workers_1"]["wall_s"])
+        scale["loadavg_before"].append(results["workers_1"]["loadavg_before"])
+    slope = float(np.polyfit(scale["hours"], scale["peak_rss_mb"], 1)[0])
+    scale["slope_mb_per_hour"] = slope
+    scale["peak_rss_mb_at_100_h_linear_extrapolation"] = scale["peak_rss_mb"][-1] + slope * (
+        100 - scale["hours"][-1])
+    w1, w2 = results["workers_1"], results["workers_2"]
+    body.update({
         "end_to_end": results,
-        "end_to_end_over_decode_only": e2e / decode_x,
-        "speedup_2_workers": results["workers_2"]["x_real_time"] / results["workers_1"]["x_real_time"],
-        "memory_scale_up": {"hours": [audio_s / 3600, 2 * audio_s / 3600],
-                            "peak_rss_mb": [results["workers_1"]["peak_rss_mb"], double["peak_rss_mb"]],
-                            "wall_s": [results["workers_1"]["wall_s"], double["wall_s"]]},
-    }
+        "end_to_end_per_cpu_second_over_decode_only": w1["x_real_time_per_cpu_second"] / decode_x,
+        "end_to_end_wall_1_worker_over_decode_only": w1["x_real_time"] / decode_x,
+        "speedup_2_workers": w2["x_real_time"] / w1["x_real_time"],
+        "memory_scale_up": scale,
+    })
     write_json(args.out, body)
     print(yaml.safe_dump(body, sort_keys=False))
 

@@ -43,7 +43,7 @@ def test_fit_finds_well_separated_clusters():
     x = np.concatenate([c + rng.standard_normal((500, 3)) for c in centres]).astype(np.float32)
     cfg = KmeansConfig(n_clusters=4, batch_size=256, n_init=3, seed=0)
     km = fit_kmeans(x, cfg)
-    labels, _ = assign(x, km.cluster_centers_)
+    labels, _ = assign(x, km.centroids)
     assert sorted(np.bincount(labels)) == [500, 500, 500, 500]
 
 
@@ -72,3 +72,23 @@ def test_entropy_and_mutual_information_known_answers():
     a, b = rng.integers(0, 5, 2000), rng.integers(0, 3, 2000)
     assert mutual_information_bits(a, b, 5, 3) == pytest.approx(mutual_info_score(a, b) / np.log(2))
     assert list(usage(np.array([0, 2, 2], np.int16), 4)) == [1, 0, 2, 0]
+
+
+def test_fit_matches_sklearn_minibatch_quality_and_stops_early():
+    from sklearn.cluster import MiniBatchKMeans
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((30, 8)) * 3
+    x = (centres[rng.integers(0, 30, 40000)] + rng.standard_normal((40000, 8))).astype(np.float32)
+    held = (centres[rng.integers(0, 30, 5000)] + rng.standard_normal((5000, 8))).astype(np.float32)
+    cfg = KmeansConfig(n_clusters=30, batch_size=500, n_init=3, max_no_improvement=20, seed=0)
+    km = fit_kmeans(x, cfg)
+    ref = MiniBatchKMeans(n_clusters=30, batch_size=500, n_init=3, max_no_improvement=20, tol=0.0,
+                          reassignment_ratio=0.0, random_state=0).fit(x)
+    ours = assign(held, km.centroids)[1]
+    theirs = assign(held, ref.cluster_centers_.astype(np.float32))[1]
+    assert ours <= 1.05 * theirs
+    assert km.converged and km.n_steps < cfg.max_iter * len(x) // cfg.batch_size
+    assert len(km.init_inertias) == 3 and km.centroids.dtype == np.float32
+    again = fit_kmeans(x, cfg)
+    np.testing.assert_array_equal(km.centroids, again.centroids)

@@ -3,7 +3,8 @@
 libsndfile (through soundfile) decodes the MP3; channels are averaged and soxr resamples to
 16 kHz. Decoding stops a second past the end of the last chunk the selection wants from the file
 (the resampler's filter is far shorter than that margin, so every wanted sample equals what a full
-decode gives to within the resampler's edge effect, which ends well inside the margin). Chunks are returned as int16 PCM and float32 (for features).
+decode gives to within the resampler's edge effect, which ends well inside the margin). Chunks are
+returned as int16 PCM and float32 (for features).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn
 
 FFT_SIZE = 512
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
+DEFAULT_MFCC = MfccParams()  # the HuBERT recipe's settings
 
 
 def _mel(f: np.ndarray | float) -> np.ndarray:
@@ -69,7 +70,7 @@ def povey_window() -> np.ndarray:
     return w
 
 
-def kaldi_mfcc(x: np.ndarray, spec: MfccParams = MfccParams()) -> np.ndarray:
+def kaldi_mfcc(x: np.ndarray, spec: MfccParams = DEFAULT_MFCC) -> np.ndarray:
     """Kaldi MFCC (snip_edges, no energy, no dither) of 16 kHz float audio: (n_frames, num_ceps).
 
     Per frame Kaldi removes the DC offset, applies pre-emphasis with the frame's first sample
@@ -129,7 +130,7 @@ def deltas(feats: np.ndarray, window: int = 2) -> np.ndarray:
     return (out / denom).astype(feats.dtype)
 
 
-def hubert_mfcc(x: np.ndarray, spec: MfccParams = MfccParams()) -> np.ndarray:
+def hubert_mfcc(x: np.ndarray, spec: MfccParams = DEFAULT_MFCC) -> np.ndarray:
     """39-dim MFCC + deltas + delta-deltas at 50 Hz: shape (n_cnn_frames(len(x)), 39) float32.
 
     Deltas are taken at 100 Hz (as in the recipe), then frames 0, 2, 4, ... are kept.

@@ -126,3 +126,50 @@ def test_hubert_layer_out_of_range_fails_naming_the_parameter(tiny_hubert):
 
     with pytest.raises(ValueError, match="features.layer"):
         LayerFeatures(str(tiny_hubert), 3, "cpu")
+
+
+@pytest.mark.parametrize("fail_after", ["1", "3"])
+def test_killed_assign_labels_resumes_to_identical_bytes(prepared, corpus, tmp_path, fail_after):
+    from tests.stages.conftest import tree_bytes, ups
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "resume-ref")
+    args = ["assign-labels", "--params", str(params), "--model", str(out / "resume-ref/kmeans/model.npz"),
+            "--features-dir", str(out / "features"), "--audio-dir", str(out / "audio"),
+            "--chunks", str(corpus / "chunks.parquet"), "--out-dir", str(tmp_path / "labels")]
+    killed = ups(*args, env={"UPS_ASSIGN_FAIL_AFTER_TARS": fail_after})
+    assert killed.returncode == 86, killed.stderr[-2000:]
+    assert not (tmp_path / "labels" / "report.json").exists()
+    assert len(list((tmp_path / "labels" / "_done").glob("*.done.json"))) == int(fail_after)
+    resumed = ups(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "reused" in resumed.stderr
+    assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "resume-ref" / "labels")
+
+
+def test_assign_labels_does_not_trust_a_marker_of_another_model(prepared, corpus, tmp_path):
+    import shutil
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "trust-ref")
+    shutil.copytree(out / "trust-ref" / "labels", tmp_path / "labels")
+    part = tmp_path / "labels" / "_parts" / "train" / "000001.npz"
+    with np.load(part) as z:
+        tampered = {k: z[k] for k in z.files}
+    tampered["labels"] = np.zeros_like(tampered["labels"])
+    with open(part, "wb") as fh:
+        np.savez(fh, **tampered)
+    # same model: the marker is trusted (a valid marker means the part is complete)
+    model = out / "trust-ref" / "kmeans" / "model.npz"
+    with np.load(model) as z:
+        m = {k: z[k] for k in z.files}
+    m["centroids"] = m["centroids"] + np.float32(1e-3)
+    other = tmp_path / "other.npz"
+    with open(other, "wb") as fh:
+        np.savez(fh, **m)
+    assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params),
+                      load_section(FeaturesConfig, "features", params), model=other,
+                      features_dir=out / "features", audio_dir=out / "audio",
+                      chunks=corpus / "chunks.parquet", out_dir=tmp_path / "labels")
+    with np.load(tmp_path / "labels" / "_parts" / "train" / "000001.npz") as z:
+        assert z["labels"].any()

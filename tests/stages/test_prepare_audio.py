@@ -143,3 +143,26 @@ def test_bad_selection_column_fails_naming_it(tmp_path):
     pq.write_table(pa.table({"chunk_id": [0], "tar": [1]}), tmp_path / "c.parquet")
     with pytest.raises(ValueError, match="key"):
         prepare_audio.read_chunks(tmp_path / "c.parquet")
+
+
+def test_feature_sink_writes_the_bytes_of_np_save_and_leaves_no_temporary(tmp_path):
+    import io
+
+    import numpy as np
+
+    from ups.stages.prepare_audio import FeatureSink
+
+    a = np.random.default_rng(0).standard_normal((1234, 39)).astype(np.float32)
+    sink = FeatureSink(tmp_path / "f" / "000001.feats.npy", 39)
+    for s in range(0, len(a), 500):
+        sink.write(a[s:s + 500])
+    sink.finish()
+    ref = io.BytesIO()
+    np.save(ref, a, allow_pickle=False)
+    assert (tmp_path / "f" / "000001.feats.npy").read_bytes() == ref.getvalue()
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["000001.feats.npy"]
+    bad = FeatureSink(tmp_path / "g" / "x.feats.npy", 39)
+    with pytest.raises(ValueError, match="expected"):
+        bad.write(a[:, :13])
+    bad.abort()
+    assert list((tmp_path / "g").iterdir()) == []

@@ -6,18 +6,28 @@ and takes the nearest centroid per 50 Hz frame. Outputs per split, written atomi
 `chunk_ids.npy` (int64, sorted), `offsets.npy` (int64, n + 1) and `labels.npy` (int16);
 chunk i's labels are labels[offsets[i]:offsets[i + 1]], one per CNN frame. The report gives usage
 entropy, inertia and the mutual information between clusters and language per frame.
+
+Resumable per (split, source tar): each tar's labels go to `<out_dir>/_parts/<split>/<tar:06d>.npz`
+(chunk_ids, lengths, labels; atomic), then `<out_dir>/_done/<split>-<tar:06d>.done.json` (last)
+records a fingerprint of the model's arrays, the feature settings, the tar's chunk ids and frame
+counts and prepare-audio's marker for the tar. A restart reuses a part only when its marker holds
+the current fingerprint, so a killed run (or one with a few new tars) labels only what is missing,
+and the final files are byte-identical to an uninterrupted run. Parts of tars no longer present
+are deleted at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ups.atomic import atomic_write
+from ups.atomic import atomic_write, mark_done, read_done
 from ups.config import AssignLabelsConfig, FeaturesConfig
 from ups.feature_store import layer_features_for, list_tars
 from ups.kmeans import Normaliser, assign, entropy_bits, mutual_information_from_counts, usage
@@ -29,6 +39,42 @@ log = logging.getLogger(__name__)
 
 STAGE = "assign-labels"
 SPLITS = ("train", "valid")
+PARTS_DIR = "_parts"
+DONE_DIR = "_done"
+AUDIO_DONE_DIR = "_done"  # prepare-audio's per-tar markers under the audio dir
+FORMAT_VERSION = 1
+
+_units_done = 0  # for the UPS_ASSIGN_FAIL_AFTER_TARS test hook
+
+
+def _maybe_fail() -> None:
+    """Test hook: `UPS_ASSIGN_FAIL_AFTER_TARS=n` kills the process hard after n tars, like SIGKILL."""
+    global _units_done
+    _units_done += 1
+    limit = os.environ.get("UPS_ASSIGN_FAIL_AFTER_TARS")
+    if limit and _units_done >= int(limit):
+        os._exit(86)
+
+
+def model_digest(model: dict[str, Any]) -> str:
+    """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
+    h = hashlib.sha256()
+    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "n_clusters"):
+        a = np.asarray(model[name])
+        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
+    return h.hexdigest()
+
+
+def tar_fingerprint(model_sha: str, features: FeaturesConfig, split: str, tf: Any,
+                    upstream: dict[str, Any] | None) -> str:
+    h = hashlib.sha256()
+    h.update(repr((FORMAT_VERSION, model_sha, features.kind, features.layer if features.kind == "hubert"
+                   else 0, features.hubert_model if features.kind == "hubert" else "", split, tf.tar,
+                   (upstream or {}).get("fingerprint"))).encode())
+    h.update(np.ascontiguousarray(tf.chunk_ids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(tf.offsets, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _write_npy(path: Path, a: np.ndarray) -> None:
@@ -36,31 +82,72 @@ def _write_npy(path: Path, a: np.ndarray) -> None:
         np.save(fh, a, allow_pickle=False)
 
 
+def label_tar(cfg: AssignLabelsConfig, features: FeaturesConfig, norm: Normaliser,
+              centroids: np.ndarray, c_sq: np.ndarray, tf: Any, audio_dir: Path, split: str,
+              extract: Any) -> tuple[np.ndarray, float]:
+    """Labels of one tar's chunks, in the tar's chunk order, and their inertia."""
+    if features.kind == "mfcc":
+        x = tf.mfcc()
+        labels = np.empty(tf.n_frames, dtype=np.int16)
+        inertia = 0.0
+        step = cfg.block_frames
+        for s in range(0, tf.n_frames, step):
+            lab, ine = assign(norm.apply(np.asarray(x[s:s + step])), centroids, step, c_sq)
+            labels[s:s + step] = lab
+            inertia += ine
+        return labels, inertia
+    feats = layer_features_for(tf, audio_dir, split, extract)
+    x = np.concatenate([feats[int(c)] for c in tf.chunk_ids])
+    return assign(norm.apply(x), centroids, cfg.block_frames, c_sq)
+
+
 def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
-                features_dir: Path, audio_dir: Path, split: str, extract: Any):
+                features_dir: Path, audio_dir: Path, out_dir: Path, split: str, extract: Any):
+    """Label a split tar by tar (resuming from valid markers), then join the parts by chunk id."""
     norm = Normaliser(model["mean"], model["std"])
     centroids = model["centroids"]
     c_sq = np.einsum("kd,kd->k", centroids, centroids)
+    model_sha = model_digest(model)
+    parts_dir, done_dir = out_dir / PARTS_DIR / split, out_dir / DONE_DIR
+    tars = list_tars(features_dir, split)
     ids_parts, len_parts, label_parts = [], [], []
     inertia = 0.0
-    for tf in bar(list_tars(features_dir, split), desc=f"{STAGE} {split}", unit="tar"):
-        lengths = np.diff(tf.offsets)
-        if features.kind == "mfcc":
-            x = tf.mfcc()
-            labels = np.empty(tf.n_frames, dtype=np.int16)
-            step = cfg.block_frames
-            for s in range(0, tf.n_frames, step):
-                lab, ine = assign(norm.apply(np.asarray(x[s:s + step])), centroids, step, c_sq)
-                labels[s:s + step] = lab
-                inertia += ine
+    reused = 0
+    for tf in bar(tars, desc=f"{STAGE} {split}", unit="tar"):
+        unit = f"{split}-{tf.tar:06d}"
+        part = parts_dir / f"{tf.tar:06d}.npz"
+        fp = tar_fingerprint(model_sha, features, split, tf,
+                             read_done(audio_dir / AUDIO_DONE_DIR, f"{tf.tar:06d}"))
+        done = read_done(done_dir, unit)
+        if done is not None and done.get("fingerprint") == fp and part.is_file():
+            with np.load(part, allow_pickle=False) as z:
+                labels = z["labels"]
+            reused += 1
+            tar_inertia = float(done["inertia"])
         else:
-            feats = layer_features_for(tf, audio_dir, split, extract)
-            x = np.concatenate([feats[int(c)] for c in tf.chunk_ids])
-            labels, ine = assign(norm.apply(x), centroids, cfg.block_frames, c_sq)
-            inertia += ine
+            labels, tar_inertia = label_tar(cfg, features, norm, centroids, c_sq, tf, audio_dir, split,
+                                            extract)
+            with atomic_write(part) as fh:
+                np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
+            mark_done(done_dir, unit, {"fingerprint": fp, "inertia": tar_inertia,
+                                       "n_frames": int(len(labels))})
+            _maybe_fail()
+        if len(labels) != tf.n_frames:
+            raise ValueError(f"{part}: {len(labels)} labels for {tf.n_frames} frames")
         ids_parts.append(tf.chunk_ids)
-        len_parts.append(lengths)
+        len_parts.append(np.diff(tf.offsets))
         label_parts.append(labels)
+        inertia += tar_inertia
+    if reused:
+        log.info("%s: %s: reused %d of %d tar(s) labelled by an earlier run", STAGE, split, reused,
+                 len(tars))
+    keep = {f"{tf.tar:06d}.npz" for tf in tars}
+    for p in sorted(parts_dir.glob("*")) if parts_dir.is_dir() else []:
+        if p.name not in keep:
+            p.unlink()
+    for p in sorted(done_dir.glob(f"{split}-*.done.json")) if done_dir.is_dir() else []:
+        if p.name.split(".")[0].split("-", 1)[1] + ".npz" not in keep:
+            p.unlink()
     if not ids_parts:
         return np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int16), 0.0
     ids = np.concatenate(ids_parts)
@@ -95,8 +182,8 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
     per_split: dict[str, Any] = {}
     joint = np.zeros((k, len(languages)), dtype=np.int64)
     for split in SPLITS:
-        ids, offsets, labels, inertia = label_split(cfg, features, m, features_dir, audio_dir, split,
-                                                    extract)
+        ids, offsets, labels, inertia = label_split(cfg, features, m, features_dir, audio_dir, out_dir,
+                                                    split, extract)
         out = out_dir / split
         out.mkdir(parents=True, exist_ok=True)
         _write_npy(out / "chunk_ids.npy", ids)

@@ -75,7 +75,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
     t1 = time.perf_counter()
     km = fit_kmeans(x, cfg)
     fit_s = time.perf_counter() - t1
-    centroids = km.cluster_centers_.astype(np.float32)
+    centroids = km.centroids
     labels, inertia = assign(x, centroids)
     counts = usage(labels, cfg.n_clusters)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         "features": asdict(features),
         "n_sample_frames": int(len(x)), "sample_hours": round(len(x) / FRAME_RATE_HZ / 3600, 6),
         "dim": int(x.shape[1]), "inertia_per_frame": inertia / len(x),
-        "n_steps": int(km.n_steps_), "fit_seconds": round(fit_s, 3),
+        "n_steps": km.n_steps, "converged": km.converged, "fit_seconds": round(fit_s, 3),
         "total_seconds": round(time.perf_counter() - t0, 3),
         "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(cfg.n_clusters),
         "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
@@ -98,7 +98,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
     write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
     log.info("%s: %d clusters, inertia/frame %.3f, usage entropy %.2f of %.2f bits, %d steps, %.1f s",
              STAGE, cfg.n_clusters, fields["inertia_per_frame"], h, np.log2(cfg.n_clusters),
-             km.n_steps_, fit_s)
+             km.n_steps, fit_s)
     return fields
 
 

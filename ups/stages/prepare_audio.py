@@ -120,6 +120,45 @@ def _write_npy(path: Path, a: np.ndarray) -> None:
         np.save(fh, a, allow_pickle=False)
 
 
+class FeatureSink:
+    """Streams one split's float32 feature rows to disk, then writes `<tag>.feats.npy` atomically.
+
+    Rows go to a hidden temporary file as they are computed, so a worker holds one chunk's
+    features at a time instead of the whole tar's selection (which grows with the hours selected
+    per tar: ~56 MB per selected 2 h, then twice that while concatenating). `finish` writes the
+    .npy header and copies the rows in 16 MB blocks.
+    """
+
+    BLOCK = 16 << 20
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path, self.dim, self.n_rows = path, dim, 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.rows.tmp")
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in finish/abort)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"feature rows of shape {rows.shape}, expected (n, {self.dim})")
+        self._fh.write(rows.tobytes())
+        self.n_rows += len(rows)
+
+    def finish(self) -> None:
+        self._fh.close()
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (self.n_rows, self.dim)}
+        with atomic_write(self.path) as out, open(self._tmp, "rb") as src:
+            np.lib.format.write_array_header_1_0(out, header)
+            while block := src.read(self.BLOCK):
+                out.write(block)
+        self._tmp.unlink()
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 def process_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
     from ups.audio import CorruptAudio, decode_mono_16k, from_int16, to_int16
@@ -135,7 +174,9 @@ def process_tar(job: TarJob) -> dict[str, Any]:
         by_key[row.key].append(row)
     audio_dir, features_dir = Path(job.audio_dir), Path(job.features_dir)
     writers = {s: ShardWriter(audio_dir / s, job.tar, job.cfg.shard_max_chunks) for s in SPLITS}
-    feats: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    sinks = {s: FeatureSink(features_dir / s / f"{tag}.feats.npy", 3 * job.mfcc.num_ceps)
+             for s in SPLITS}
+    lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
     ids: dict[str, list[int]] = {s: [] for s in SPLITS}
     seconds = {s: 0.0 for s in SPLITS}
     decoded_s = 0.0
@@ -171,15 +212,24 @@ def process_tar(job: TarJob) -> dict[str, Any]:
                             "start_s": row.start_s, "end_s": row.end_s, "language": row.language,
                             "split": row.split, "n_samples": n}
                     writers[row.split].write(f"{row.chunk_id:09d}", pcm, meta)
-                    feats[row.split].append(hubert_mfcc(from_int16(pcm), job.mfcc))
+                    f = hubert_mfcc(from_int16(pcm), job.mfcc)
+                    sinks[row.split].write(f)
+                    lengths[row.split].append(len(f))
                     ids[row.split].append(row.chunk_id)
                     seconds[row.split] += n / SAMPLE_RATE
                     _maybe_fail()
         for w in writers.values():
             w.close()
+        for s in SPLITS:
+            if ids[s]:
+                sinks[s].finish()
+            else:
+                sinks[s].abort()
     except BaseException:
         for w in writers.values():
             w.abort()
+        for sink in sinks.values():
+            sink.abort()
         raise
     for key in sorted(set(by_key) - seen):
         skips.add("missing_member", f"{tag}/{key}")
@@ -189,10 +239,8 @@ def process_tar(job: TarJob) -> dict[str, Any]:
     for s in SPLITS:
         n_chunks = len(ids[s])
         if n_chunks:
-            lengths = np.array([len(f) for f in feats[s]], dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            offsets = np.concatenate([[0], np.cumsum(np.array(lengths[s], dtype=np.int64))]).astype(np.int64)
             out = features_dir / s
-            _write_npy(out / f"{tag}.feats.npy", np.concatenate(feats[s]).astype(np.float32))
             _write_npy(out / f"{tag}.chunk_ids.npy", np.array(ids[s], dtype=np.int64))
             _write_npy(out / f"{tag}.offsets.npy", offsets)
             n_frames = int(offsets[-1])
