@@ -46,7 +46,8 @@ def probe_figure(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_xticks(layers)
     ax.set_ylim(0, 1)
     ax.set_title("Language-ID linear probe per layer")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 
@@ -60,7 +61,8 @@ def curves_figure(path: Path, series: dict[str, list[tuple[float, float]]], *, t
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if series:
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -28,8 +28,9 @@ def mean_pool(hidden: np.ndarray) -> np.ndarray:
     return np.asarray(hidden, dtype=np.float64).mean(axis=-2).astype(np.float32)
 
 
-def mfcc_stats(pcm: np.ndarray, spec: MfccParams = MfccParams()) -> np.ndarray:
+def mfcc_stats(pcm: np.ndarray, spec: MfccParams | None = None) -> np.ndarray:
     """MFCC + deltas (39 dims at 50 Hz) of int16 PCM, summarised as mean and std: 78 float32."""
+    spec = spec or MfccParams()
     x = from_int16(pcm) if pcm.dtype == np.int16 else np.asarray(pcm, dtype=np.float32)
     f = hubert_mfcc(x, spec).astype(np.float64)
     if len(f) == 0:

@@ -67,7 +67,7 @@ def scan_shards(split_dir: Path, skips: Skips) -> list[dict[str, Any]]:
                         continue
                     fh = tf.extractfile(member)
                     try:
-                        meta = orjson.loads(fh.read()) if fh is not None else None
+                        meta: Any = orjson.loads(fh.read()) if fh is not None else {}
                         row = {"chunk_id": int(meta["chunk_id"]), "tar": int(meta["tar"]),
                                "key": str(meta["key"]), "language": str(meta.get("language", "")),
                                "n_samples": int(meta["n_samples"]), "shard": shard}
@@ -187,7 +187,8 @@ def run(
     """Evaluate both models; write metrics.json, probe_layers.csv and detail/; return the metrics."""
     import torch
 
-    audio_dir, labels_dir, model_dir, out_dir = Path(audio_dir), Path(labels_dir), Path(model_dir), Path(out_dir)
+    audio_dir, labels_dir = Path(audio_dir), Path(labels_dir)
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     skips = Skips(STAGE)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -483,8 +484,8 @@ def label_quality(labels_dir: Path, rows: dict[str, list[dict[str, Any]]]) -> di
         labels = np.asarray(idx.labels, dtype=np.int64)
         counts = np.bincount(labels, minlength=k)
         ids = np.asarray(idx.chunk_ids)
-        per_frame = np.repeat([li.get(lang_of.get(int(c), ""), -1) for c in ids],
-                              np.diff(np.asarray(idx.offsets)))
+        per_chunk = np.array([li.get(lang_of.get(int(c), ""), -1) for c in ids], dtype=np.int64)
+        per_frame = np.repeat(per_chunk, np.diff(np.asarray(idx.offsets)))
         ok = per_frame >= 0
         joint = np.bincount(labels[ok] * max(1, len(languages)) + per_frame[ok],
                             minlength=k * max(1, len(languages))).reshape(k, -1)
