@@ -198,9 +198,28 @@ def _add_train(sub: Any) -> None:
 
 # <<< issue-6 cli: evaluate >>>
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from ups.config import EvaluateConfig, FeaturesConfig, TrainConfig
+
+    cfg = load_section(EvaluateConfig, "evaluate", args.params)
+    train = load_section(TrainConfig, "train", args.params)
+    features = load_section(FeaturesConfig, "features", args.params)
+    from ups.stages import evaluate
+    evaluate.run(cfg, train, features.mfcc, audio_dir=Path(args.audio_dir),
+                 labels_dir=Path(args.labels_dir), lid=Path(args.lid), model_dir=Path(args.model_dir),
+                 live_dir=Path(args.live_dir) if args.live_dir else None, out_dir=Path(args.out_dir))
+    return 0
+
+
 def _add_evaluate(sub: Any) -> None:
-    _stage_parser(sub, "evaluate", "Compare the initial and continued models on held-out data.",
-                  _not_yet(6))
+    p = _stage_parser(sub, "evaluate", "Compare the initial and continued models on held-out data "
+                      "(masked prediction, LID probe per layer, label quality).", _evaluate)
+    p.add_argument("--audio-dir", default="data/audio", help="shards: <dir>/{train,valid}/*.tar")
+    p.add_argument("--labels-dir", default="data/labels", help="labels: <dir>/{train,valid}/*.npy")
+    p.add_argument("--lid", default="data/index/lang/lid.parquet", help="LID labels and lid_split")
+    p.add_argument("--model-dir", default="models/hubert-cpt", help="the continued model (+ head)")
+    p.add_argument("--live-dir", default="dvclive", help="the trainer's dvclive dir ('' to ignore)")
+    p.add_argument("--out-dir", default="reports/evaluate")
 
 # <<< end issue-6 cli >>>
 
@@ -248,6 +267,24 @@ def _add_du(sub: Any) -> None:
     p.set_defaults(handler=_du)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from ups import html_report
+
+    out = html_report.write(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="One-page HTML report of a run (figures + metrics).",
+                       description="Build a self-contained HTML page (PNGs embedded) from a run's "
+                       "own outputs: selection, k-means, training curves, evaluation. Missing "
+                       "pieces are shown as 'not run'.")
+    p.add_argument("--run-dir", default=".", help="the DVC project of the run (default: .)")
+    p.add_argument("--out", default=None, help="default: <run-dir>/reports/report.html")
+    p.set_defaults(handler=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ups",
@@ -260,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select,
         _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
-        _add_train, _add_evaluate, _add_demo, _add_du,
+        _add_train, _add_evaluate, _add_demo, _add_du, _add_report,
     ):
         add(sub)
     return parser

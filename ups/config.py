@@ -431,6 +431,37 @@ class TrainConfig:
 # <<< end issue-5 configs >>>
 
 # <<< issue-6 configs: evaluate >>>
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Section `evaluate`: initial vs continued model (ups/stages/evaluate.py). See params.yaml."""
+
+    layers: list[int] | Literal["all"] = "all"  # probe layers: 0 = transformer input, L = last
+    probe_c: float = 1.0  # inverse L2 strength of the logistic regression
+    probe_max_iter: int = 5000
+    max_probe_chunks: int = 4000  # chunks (both splits) for the LID probe; 0 = all
+    max_masked_chunks: int = 2000  # validation chunks for masked prediction; 0 = all
+    head_fit_chunks: int = 256  # train chunks whose masked frames fit the frozen-encoder heads
+    head_fit_steps: int = 300  # Adam steps of those heads
+    head_fit_lr: float = 1.0e-3
+    mask_seed: int = 0  # the masks of chunk c come from default_rng([mask_seed, c])
+    seed: int = 0  # chunk sampling and head initialisation
+    batch_size: int = 8  # chunks of one length per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        require(self.layers == "all" or (isinstance(self.layers, list) and len(self.layers) > 0
+                                         and all(isinstance(x, int) and x >= 0 for x in self.layers)),
+                "evaluate.layers", "must be all or a non-empty list of layer numbers >= 0", self.layers)
+        require(self.probe_c > 0, "evaluate.probe_c", "must be > 0", self.probe_c)
+        require(self.probe_max_iter >= 1, "evaluate.probe_max_iter", "must be >= 1", self.probe_max_iter)
+        for name in ("max_probe_chunks", "max_masked_chunks", "head_fit_chunks", "head_fit_steps"):
+            require(getattr(self, name) >= 0, f"evaluate.{name}", "must be >= 0", getattr(self, name))
+        require(self.head_fit_lr > 0, "evaluate.head_fit_lr", "must be > 0", self.head_fit_lr)
+        require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1", self.batch_size)
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                "evaluate.device", "must be auto, cpu, cuda or cuda:N", self.device)
+
 # <<< end issue-6 configs >>>
 
 
