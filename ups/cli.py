@@ -102,13 +102,6 @@ def _add_select(sub: Any) -> None:
 
 # <<< issue-4 cli: prepare-audio, fit-kmeans, assign-labels >>>
 
-def _not_yet(issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        log.error("this stage is not implemented yet (issue %d)", issue)
-        return 3
-    return handler
-
-
 def _prepare_audio(args: argparse.Namespace) -> int:
     from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig
 
