@@ -40,6 +40,11 @@ def test_demo_runs_every_stage_then_is_a_no_op(tmp_path):
     assert metrics["step"] > 0 and np.isfinite(metrics["train"]["loss"])
     assert 0.3 < metrics["train"]["masked_fraction"] < 0.8  # masking really happened
 
+    evaluation = json.loads((run_dir / "reports/evaluate/metrics.json").read_text())
+    assert set(evaluation["probe"]) >= {"init", "continued", "mfcc"}
+    assert (run_dir / "reports/report.html").stat().st_size > 10_000
+    assert "report:" in first.stdout
+
     from transformers import HubertModel
 
     model = HubertModel.from_pretrained(run_dir / "models/hubert-cpt")

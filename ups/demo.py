@@ -97,8 +97,12 @@ def run(run_dir: Path, *, dry_run: bool = False) -> int:
         log.error("demo failed (dvc repro exit %d); rerun `make demo` to resume", proc.returncode)
         return proc.returncode
     log.info("demo finished in %.0f s", time.monotonic() - t0)
+    from ups import html_report
+
+    html_report.write(run_dir, None)
     for label, rel in (("model", "models/hubert-cpt"), ("metrics", "dvclive/metrics.json"),
-                       ("evaluation", "reports/evaluate")):
+                       ("evaluation", "reports/evaluate/metrics.json"),
+                       ("report", "reports/report.html")):
         p = run_dir / rel
         if p.exists():
             print(f"{label:>10}: {p}")
