@@ -44,3 +44,15 @@ def tar_factory(tmp_path: Path):
         return make_tar(tmp_path / name, members, **kw)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`ups demo` run once per session into a tmp dir: (run_dir, completed process)."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("demo") / "demo"
+    proc = subprocess.run([sys.executable, "-m", "ups", "demo", "--run-dir", str(run_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    return run_dir, proc
