@@ -635,7 +635,7 @@ def readme(m: dict) -> str:
         f"- Non-ASCII key: `{e['non_ascii_key']['member']}` (NFC; escaped in the jsonl files).",
         f"- URL-encoded VAD key: member `{e['url_encoded_vad_key']['member']}` has VAD key",
         f"  `{e['url_encoded_vad_key']['vad_key']}`; its LID filepath is not encoded.",
-        f"- Corrupt MP3 (garbage head, truncated; soundfile refuses it) that still has VAD and",
+        "- Corrupt MP3 (garbage head, truncated; soundfile refuses it) that still has VAD and",
         f"  LID entries: `{e['corrupt_mp3']['member']}`.",
         f"- In a tar, with LID, but missing from VAD: `{e['in_tar_missing_from_vad']['member']}`.",
         f"- VAD entry for a file in no tar: `{e['vad_entry_not_in_any_tar']['vad_key']}`.",

@@ -132,7 +132,7 @@ def test_every_member_decodes_as_listed_except_the_corrupt_one(manifest, in_tar,
         data = members[(f["tar"], f["member"])]
         if f["member"] == corrupt:
             assert not f["decodable"]
-            with pytest.raises(Exception):
+            with pytest.raises(sf.LibsndfileError):
                 sf.read(io.BytesIO(data))
             continue
         assert f["decodable"]
@@ -163,7 +163,7 @@ def test_vad_entries_match_manifest(manifest, vad):
         assert abs(entry["duration"] - f["duration_s"]) <= 0.1, key
         stamps = entry["timestamps"]
         assert all(0 <= s["start"] < s["end"] for s in stamps), key
-        assert all(a["end"] <= b["start"] for a, b in zip(stamps, stamps[1:])), key
+        assert all(a["end"] <= b["start"] for a, b in zip(stamps, stamps[1:], strict=False)), key
         assert (len(stamps) > 0) == (f["kind"] == "speech"), key
     # lines are not grouped by tar
     good, _ = split_jsonl("vad_results.jsonl")
