@@ -3,12 +3,17 @@
 One line is `{"<item>/<file>": {"tar_number": "000123", "duration": 183.4,
 "timestamps": [{"start": 5120, "end": 81920}, ...]}}` (start/end: samples at 16 kHz).
 
-Fast path (vectorised, no Python object per segment): a block of whole lines becomes one Arrow
-binary array; RE2 (pyarrow compute) proves each line has exactly the expected shape; the prefix
-(key, tar, duration) is extracted with a second regex; the segment numbers are read with numpy as
-runs of ASCII digits and converted by Arrow's string->int cast. A line the fast path cannot prove
-well-formed (other field order, floats or negatives in timestamps, extra fields, broken JSON) goes
-to `orjson.loads`, so malformed lines are still found exactly and counted by reason.
+Fast paths (vectorised, no Python object per segment), for a block of whole lines held as one
+Arrow binary array:
+1. a line that FULL_LINE (RE2) proves to have exactly the expected shape (fields in the usual
+   order, strict JSON numbers, integer samples) is read without a JSON parser: key, tar and
+   duration from FULL_HEAD, the segment numbers as the digit runs inside its timestamps list,
+   converted with SWAR arithmetic on unaligned 8-byte loads (`_run_values`);
+2. any other line whose key RE2 finds is given to Arrow's JSON reader after its key is rewritten
+   to a constant name (any field order or spacing).
+A line neither path accepts (extra fields, floats or negatives in timestamps, broken JSON, keys
+that are not valid JSON strings) goes to `orjson.loads`, so malformed lines are still found
+exactly and counted by reason.
 
 Repair rules (`repair_segments`), applied per file, in this order, each counted:
 - a segment whose start/end is not a number is dropped (`segment_malformed_dropped`);
