@@ -10,7 +10,7 @@ import pytest
 
 from ups.key_batch import normalize_keys
 from ups.keys import normalize_key
-from ups.vad_parse import parse_block, repair_segments
+from ups.vad_parse import parse_block, parse_line_slow, repair_segments
 
 
 def line(key: str, tar: str = "000001", dur: float = 30.0, ts=((0, 16000),)) -> bytes:
@@ -102,3 +102,21 @@ def test_fast_path_keys_match_the_slow_path_on_odd_keys():
     assert sorted(fast.raw_key) == sorted(slow.raw_key)
     assert cf == cs and cf["bad_key"] == 8
     assert set(fast.raw_key) == {"ok/a", "caf\u00e9/\u00f1", "\u65e5/x", 'q/"x"', "b\\s/y", " pad/z "}
+
+
+@pytest.mark.parametrize("ts", ["0", "7", "12345678", "123456789", "9999999999999999", "123456789012345",
+                                "012", "00", "1.0", "-5", "1e3", " 42 "])
+def test_exact_path_numbers_match_orjson(ts):
+    # every number form: the RE2 + digit-run path either reads it exactly as orjson does or
+    # leaves the line to the other paths (leading zeros are malformed JSON on all of them)
+    raw = (f'{{"a/b": {{"tar_number": "000003", "duration": 12.5, "timestamps": '
+           f'[{{"start": {ts}, "end": 99999999}}, {{"start": 5, "end": {ts}}}]}}}}\n').encode()
+    block = raw + line("c/d", ts=((1, 2),))
+    c, cs = Counter(), Counter()
+    pb = parse_block(block, c, {})
+    ref = [r for r in (parse_line_slow(x.strip(), cs, {}) for x in block.splitlines()) if r]
+    assert c == cs
+    bounds = np.cumsum(pb.seg_count)[:-1]  # rows come out in path order: compare by key
+    got = {k: (s.tolist(), e.tolist()) for k, s, e in zip(
+        pb.raw_key, np.split(pb.seg_start, bounds), np.split(pb.seg_end, bounds), strict=True)}
+    assert got == {r[0]: (r[3], r[4]) for r in ref}

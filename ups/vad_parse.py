@@ -3,12 +3,17 @@
 One line is `{"<item>/<file>": {"tar_number": "000123", "duration": 183.4,
 "timestamps": [{"start": 5120, "end": 81920}, ...]}}` (start/end: samples at 16 kHz).
 
-Fast path (vectorised, no Python object per segment): a block of whole lines becomes one Arrow
-binary array; RE2 (pyarrow compute) proves each line has exactly the expected shape; the prefix
-(key, tar, duration) is extracted with a second regex; the segment numbers are read with numpy as
-runs of ASCII digits and converted by Arrow's string->int cast. A line the fast path cannot prove
-well-formed (other field order, floats or negatives in timestamps, extra fields, broken JSON) goes
-to `orjson.loads`, so malformed lines are still found exactly and counted by reason.
+Fast paths (vectorised, no Python object per segment), for a block of whole lines held as one
+Arrow binary array:
+1. a line that FULL_LINE (RE2) proves to have exactly the expected shape (fields in the usual
+   order, strict JSON numbers, integer samples) is read without a JSON parser: key, tar and
+   duration from FULL_HEAD, the segment numbers as the digit runs inside its timestamps list,
+   converted with SWAR arithmetic on unaligned 8-byte loads (`_run_values`);
+2. any other line whose key RE2 finds is given to Arrow's JSON reader after its key is rewritten
+   to a constant name (any field order or spacing).
+A line neither path accepts (extra fields, floats or negatives in timestamps, broken JSON, keys
+that are not valid JSON strings) goes to `orjson.loads`, so malformed lines are still found
+exactly and counted by reason.
 
 Repair rules (`repair_segments`), applied per file, in this order, each counted:
 - a segment whose start/end is not a number is dropped (`segment_malformed_dropped`);
@@ -36,6 +41,24 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 _KEY_BODY = r'(?:[^"\\\x00-\x1f]|\\.)*'
+_WS = r"[ \t\r]*"
+# JSON numbers only (no leading zeros): anything else is left to Arrow's reader or orjson
+_NUM_DUR = r"(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,17})?(?:[eE][-+]?[0-9]{1,2})?"
+_INT = r"(?:0|[1-9][0-9]{0,14})"
+_SEG = rf'\{{{_WS}"start"{_WS}:{_WS}{_INT}{_WS},{_WS}"end"{_WS}:{_WS}{_INT}{_WS}\}}'
+_HEAD_T = (rf'{_WS}\{{{_WS}"@KEY@"{_WS}:{_WS}\{{{_WS}"tar_number"{_WS}:{_WS}"@TAR@"{_WS},'
+           rf'{_WS}"duration"{_WS}:{_WS}@DUR@{_WS},{_WS}"timestamps"{_WS}:{_WS}\[')
+
+
+def _head(key: str, tar: str, dur: str) -> str:
+    return _HEAD_T.replace("@KEY@", key).replace("@TAR@", tar).replace("@DUR@", dur)
+
+
+# A line of exactly the expected shape: one key, fields in the usual order, integer samples.
+FULL_LINE = ("^\n?" + _head(_KEY_BODY, "[0-9]{1,9}", _NUM_DUR)
+             + rf"{_WS}(?:{_SEG}(?:{_WS},{_WS}{_SEG})*)?{_WS}\]{_WS}\}}{_WS}\}}{_WS}$")
+FULL_HEAD = ("^(?P<head>\n?" + _head(f"(?P<key>{_KEY_BODY})", "(?P<tar>[0-9]{1,9})",
+                                     f"(?P<dur>{_NUM_DUR})") + ")")
 # Each line in the Arrow array starts with the previous line's "\n" (except the first one).
 HEAD = r'^(?P<pre>\n?[ \t\r]*\{[ \t\r]*")(?P<key>' + _KEY_BODY + r')"[ \t\r]*:'
 _BLANK = b" \t\r\n"
@@ -173,6 +196,86 @@ def _arrow_parse_region(buf: np.ndarray, a: int, b: int, n: int) -> pa.Table | N
         return None
 
 
+_LO4, _ALL = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(2**64 - 1)
+_M8, _M16, _M32 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF), np.uint64(0xFFFFFFFF)
+_P1, _P2, _P3 = np.uint64(10 * 256 + 1), np.uint64(100 * 65536 + 1), np.uint64(10000 * 2**32 + 1)
+
+
+def _swar8(words: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Value of the last `n` (1..8) ASCII digits of each little-endian 8-byte word."""
+    # zero the bytes before the digits (little-endian: they are the low bytes)
+    v = words & _LO4 & (_ALL << ((8 - n) * 8).astype(np.uint64))
+    v = (v * _P1) >> np.uint64(8)
+    v = ((v & _M8) * _P2) >> np.uint64(16)
+    v = ((v & _M16) * _P3) >> np.uint64(32)
+    return v & _M32
+
+
+def _digit_runs(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of every run of ASCII digits in `view` (uint8 ending with a non-digit)."""
+    isd = np.empty(len(view) + 1, dtype=np.int8)
+    isd[0] = 0
+    np.less(view - np.uint8(48), np.uint8(10), out=isd[1:].view(bool))
+    edges = np.flatnonzero(np.diff(isd))
+    return edges[0::2], edges[1::2]
+
+
+def _run_values(view: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Integer value of the digit runs ending at `ends` (1..16 digits, each run preceded by at
+    least 8 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
+    words = np.ndarray((len(view) - 7,), dtype="<u8", buffer=view, strides=(1,))
+    vals = _swar8(words[ends - 8], np.minimum(lens, 8))
+    long = np.flatnonzero(lens > 8)
+    if len(long):
+        hi = _swar8(words[ends[long] - 16], lens[long] - 8)
+        vals[long] += hi * np.uint64(10**8)
+    return vals.astype(np.int64)
+
+
+def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np.ndarray,
+                 counts: Counter[str], examples: dict[str, list[str]]):
+    """Lines `idx`, each proven by FULL_LINE to be well-formed: prefix fields by regex, segment
+    numbers as digit runs read with numpy. Returns the columns and the lines to re-parse
+    (keys that are not valid JSON strings: orjson decides)."""
+    sub = lines if len(idx) == len(lines) else lines.take(pa.array(idx))
+    head = pc.extract_regex(sub, FULL_HEAD)
+    head_len = pc.binary_length(head.field("head")).to_numpy().astype(np.int64)
+    key_arr, key_good = _decode_keys_arrow(head.field("key"))
+    valid = key_arr.is_valid().to_numpy(zero_copy_only=False)
+    redo = idx[~valid]
+    bad_key = valid & ~key_good
+    for i in np.flatnonzero(bad_key):
+        _drop(counts, examples, "bad_key", bytes(view[offsets[idx[i]]:offsets[idx[i] + 1]]))
+    good = valid & key_good
+    ts_begin = offsets[idx] + head_len  # first byte after "["
+    line_end = offsets[idx + 1]
+    starts, ends = _digit_runs(view)
+    first = np.searchsorted(starts, ts_begin)  # the runs of line i: first[i]:last[i]
+    n_runs = np.searchsorted(starts, line_end) - first
+    sel = _ranges(first, n_runs)
+    ends = ends[sel]
+    vals = _run_values(view, ends, ends - starts[sel]).astype(np.float64)
+    if not good.all():
+        keep = np.repeat(good, n_runs)
+        vals, n_runs = vals[keep], n_runs[good]
+        gp = pa.array(good)
+        key_arr, tar_s, dur_s = key_arr.filter(gp), head.field("tar").filter(gp), \
+            head.field("dur").filter(gp)
+    else:
+        tar_s, dur_s = head.field("tar"), head.field("dur")
+    tar = pc.cast(tar_s.cast(pa.string()), pa.int32()).to_numpy()
+    dur = pc.cast(dur_s.cast(pa.string()), pa.float64()).to_numpy()
+    dur_ok = np.isfinite(dur) & (dur > 0)
+    if not dur_ok.all():
+        gi = idx[good]
+        for i in np.flatnonzero(~dur_ok):
+            _drop(counts, examples, "bad_duration", bytes(view[offsets[gi[i]]:offsets[gi[i] + 1]]))
+        vals = vals[np.repeat(dur_ok, n_runs)]
+        n_runs, tar, dur = n_runs[dur_ok], tar[dur_ok], dur[dur_ok]
+        key_arr = key_arr.filter(pa.array(dur_ok))
+    return key_arr, tar, dur, n_runs // 2, vals[0::2], vals[1::2], redo
+
+
 def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str]]) -> ParsedBlock:
     """Parse whole lines (`block` ends with b"\\n"); count dropped lines by reason in `counts`."""
     if block and not block.endswith(b"\n"):
@@ -183,11 +286,6 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
     offsets[1:] = nl
     lines = pa.Array.from_buffers(pa.large_binary(), len(nl),
                                   [None, pa.py_buffer(offsets), pa.py_buffer(block)])
-    head = pc.extract_regex(lines, HEAD)
-    has_head = head.is_valid().to_numpy(zero_copy_only=False)
-    fast_idx = np.flatnonzero(has_head)
-    slow_lines: list[int] = np.flatnonzero(~has_head).tolist()
-
     keys: list[pa.Array] = []
     tars: list[np.ndarray] = []
     durs: list[np.ndarray] = []
@@ -195,8 +293,31 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
     seg_starts: list[np.ndarray] = []
     seg_ends: list[np.ndarray] = []
     n_fast = 0
+    exact = pc.match_substring_regex(lines, FULL_LINE).to_numpy(zero_copy_only=False)
+    exact_idx = np.flatnonzero(exact)
+    slow_lines: list[int] = []
+    if len(exact_idx):
+        k, t, d, c, st, en, redo = _parse_exact(view, lines, offsets, exact_idx, counts, examples)
+        keys.append(k)
+        tars.append(t)
+        durs.append(d)
+        seg_counts.append(c)
+        seg_starts.append(st)
+        seg_ends.append(en)
+        n_fast += len(t)
+        slow_lines.extend(redo.tolist())
+    # Other lines: Arrow's JSON reader (any field order or spacing), then orjson.
+    rest = np.flatnonzero(~exact)
+    if len(rest):
+        sub = lines if len(rest) == len(lines) else lines.take(pa.array(rest))
+        head = pc.extract_regex(sub, HEAD)
+        has_head = head.is_valid().to_numpy(zero_copy_only=False)
+        fast_idx = rest[has_head]
+        slow_lines.extend(rest[~has_head].tolist())
+    else:
+        fast_idx = rest
     if len(fast_idx):
-        fh = head.filter(pa.array(has_head)) if len(fast_idx) < len(nl) else head
+        fh = head.filter(pa.array(has_head)) if len(fast_idx) < len(rest) else head
         pre_len = pc.binary_length(fh.field("pre")).to_numpy().astype(np.int64)
         key_bytes = fh.field("key")
         key_len = pc.binary_length(key_bytes).to_numpy().astype(np.int64)

@@ -70,14 +70,15 @@ def iter_blocks(path: Path, block_bytes: int):
                 if rest:
                     yield rest, 0
                 return
-            data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n")
+            cut = chunk.rfind(b"\n")
             if cut < 0:
-                rest = data
+                rest += chunk
                 yield b"", len(chunk)
                 continue
-            rest = data[cut + 1:]
-            yield data[:cut + 1], len(chunk)
+            # one copy of the block: the carried-over line plus the chunk up to its last newline
+            block = b"".join((rest, memoryview(chunk)[:cut + 1])) if rest else chunk[:cut + 1]
+            rest = chunk[cut + 1:]
+            yield block, len(chunk)
 
 
 def block_table(block: bytes, sample_rate: int, counts: Counter[str],
