@@ -6,7 +6,9 @@ when `mask_time_prob > 0`. So training sets `apply_spec_augment=True`, `mask_tim
 `train.mask_prob` (which also documents it) and `mask_feature_prob=0`, and always passes
 `mask_time_indices` while training, so the model never draws masks of its own. Evaluation
 passes no mask and runs in eval mode: nothing is masked. The export restores the initial
-model's SpecAugment settings so that downstream fine-tuning behaves as with the original.
+model's SpecAugment settings so that downstream fine-tuning behaves as with the original, but
+always keeps the trained `masked_spec_embed`. `head.json` records the sha256 of the labels the
+head was trained on (`ups.train_data.labels_digest`), so a head is never scored on other labels.
 """
 
 from __future__ import annotations
@@ -122,10 +124,11 @@ def export(
     for k, v in original_augment.items():
         setattr(hubert.config, k, v)
     try:
-        state = {k: v for k, v in hubert.state_dict().items()}
-        if not (original_augment["mask_time_prob"] > 0 or original_augment["mask_feature_prob"] > 0):
-            state.pop("masked_spec_embed", None)  # the model would not create it on load
-        hubert.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        # masked_spec_embed is kept even when the restored config would not create it (mask
+        # probabilities 0): it is a trained weight, and whoever masks this model again (evaluate,
+        # fine-tuning with SpecAugment) must get it, not a fresh random one. A plain
+        # from_pretrained with the restored config reports it as unused and works unchanged.
+        hubert.save_pretrained(out_dir, state_dict=dict(hubert.state_dict()), safe_serialization=True)
     finally:
         for k, v in saved.items():
             setattr(hubert.config, k, v)
@@ -142,6 +145,8 @@ def export(
     }
     if head.kind == "cosine":
         head_info["final_dim"] = head.final_proj.out_features
+    if info.get("labels_sha256"):
+        head_info["labels_sha256"] = info["labels_sha256"]  # the labels the head predicts
     (out_dir / "head.json").write_text(json.dumps(head_info, indent=2, sort_keys=True) + "\n")
     Wav2Vec2FeatureExtractor(
         feature_size=1,

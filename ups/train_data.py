@@ -107,6 +107,29 @@ def count_clusters(labels_root: Path) -> int:
     return top + 1
 
 
+LABEL_FILES = ("chunk_ids.npy", "offsets.npy", "labels.npy")
+
+
+def labels_digest(labels_root: Path) -> str:
+    """sha256 over the label files of both splits (chunk ids, offsets AND the labels themselves).
+
+    A head is only meaningful against the labels it was trained on: re-fitting k-means keeps
+    `chunk_ids.npy` and `offsets.npy` but renumbers the clusters, so the labels' bytes must be
+    part of what identifies a training state and an exported head. Files are streamed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in ("train", "valid"):
+        for name in LABEL_FILES:
+            p = Path(labels_root) / split / name
+            h.update(f"{split}/{name}:{p.is_file()}\n".encode())
+            if p.is_file():
+                with open(p, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(block)
+    return h.hexdigest()
+
+
 # --- shards ----------------------------------------------------------------------------------
 
 

@@ -121,3 +121,77 @@ def test_bad_layers_name_the_parameter():
     with pytest.raises(ConfigError, match="evaluate.layers"):
         evaluate.resolve_layers(from_dict(EvaluateConfig, {"layers": [3]}, "evaluate"), 2)
     assert evaluate.resolve_layers(from_dict(EvaluateConfig, {"layers": "all"}, "evaluate"), 2) == [0, 1, 2]
+
+
+def test_trained_head_on_other_labels_is_refused(tmp_path):
+    import numpy as np
+
+    from ups.hubert_model import ModelSetup, PretrainModel, export, load_hubert
+    from ups.pretraining import PretrainingHead
+    from ups.report import Skips
+    from ups.tiny_model import write_tiny_hubert
+    from ups.train_data import labels_digest
+
+    corpus = write_corpus(tmp_path / "data", n_train=4, n_valid=2, seconds=(1.0, 1.2))
+    hubert, original = load_hubert(ModelSetup(str(write_tiny_hubert(tmp_path / "init")), 0.8, 10, 2,
+                                              None, "sdpa"))
+    out = tmp_path / "model"
+    out.mkdir()
+    export(PretrainModel(hubert, PretrainingHead(32, 5, final_dim=8)), original, out,
+           {"labels_sha256": labels_digest(corpus["labels"])})
+    skips = Skips("evaluate")
+    head, note = evaluate._trained_head(out, corpus["labels"], skips)
+    assert head is not None and note is None
+    p = corpus["labels"] / "valid" / "labels.npy"
+    np.save(p, ((np.load(p) + 1) % 5).astype(np.int16))
+    head, note = evaluate._trained_head(out, corpus["labels"], skips)
+    assert head is None and "other labels" in note
+    assert skips.to_dict()["counts"]["trained_head_other_labels"] == 1
+
+
+@pytest.mark.slow
+def test_trained_head_loss_is_the_trainers_model_on_the_same_masks(tmp_path):
+    # Evaluate's `continued_trained_head` must be exactly the trainer's model (its last state)
+    # scored on evaluate's masks. The init has mask_time_prob 0, as a model whose config turns
+    # SpecAugment off: the export used to drop the trained mask embedding, and evaluate masked
+    # with a fresh random one.
+    import numpy as np
+    import torch
+
+    from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
+    from ups.pretraining import PretrainingHead, masked_prediction_sums
+    from ups.report import Skips
+    from ups.tiny_model import write_tiny_hubert
+    from ups.train_data import LabelIndex
+    from ups.train_state import latest_state, load_state
+
+    corpus = write_corpus(tmp_path / "data", n_train=12, n_valid=4, seconds=(1.0, 1.4))
+    init = write_tiny_hubert(tmp_path / "init", seed=0, mask_time_prob=0.0)
+    tcfg = from_dict(TrainConfig, {**TRAIN, "init": str(init), "max_steps": 4}, "train")
+    train.run(tcfg, audio_dir=corpus["audio"], labels_dir=corpus["labels"], model_dir=tmp_path / "model",
+              state_dir=tmp_path / "state", live_dir=tmp_path / "live")
+    ecfg = from_dict(EvaluateConfig, {**EVAL, "head_fit_steps": 0, "max_probe_chunks": 4}, "evaluate")
+    metrics = evaluate.run(ecfg, tcfg, MfccParams(), audio_dir=corpus["audio"], labels_dir=corpus["labels"],
+                           lid=_write_lid(tmp_path / "data"), model_dir=tmp_path / "model", live_dir=None,
+                           out_dir=tmp_path / "eval")
+    got = metrics["masked"]["continued_trained_head"]
+
+    hubert, _ = load_hubert(ModelSetup(str(init), tcfg.mask_prob, tcfg.mask_length, tcfg.min_masks, None,
+                                       tcfg.attn_implementation))
+    model = PretrainModel(hubert, PretrainingHead(32, metrics["masked"]["n_clusters"], kind=tcfg.head,
+                                                  final_dim=tcfg.final_dim,
+                                                  temperature=tcfg.logit_temperature))
+    model.load_state_dict(load_state(latest_state(tmp_path / "state"))["model"])
+    model.eval()
+    ce = n = 0.0
+    skips = Skips("test")
+    rows = evaluate._labelled(evaluate.scan_shards(corpus["audio"] / "valid", skips),
+                              LabelIndex(corpus["labels"] / "valid"), skips)
+    for batch in evaluate.iter_batches(rows, 1, skips):
+        x, mask, labels = evaluate._masked_batch(batch, tcfg, ecfg.mask_seed, torch.device("cpu"))
+        with torch.no_grad():
+            logits, _ = model(x, None, mask)
+        s = masked_prediction_sums(logits, labels, mask, torch.ones_like(mask))
+        ce, n = ce + float(s.ce_masked), n + float(s.n_masked)
+    assert metrics["masked"]["n_chunks"] == len(rows) == 4
+    np.testing.assert_allclose(got["loss"], ce / n, rtol=1e-5)

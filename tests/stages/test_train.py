@@ -192,3 +192,27 @@ def test_nan_on_one_rank_skips_the_step_on_all(tmp_path, corpus):
     report = json.loads((out / "model" / "training.json").read_text())
     assert report["skipped_steps"] == 1 and report["steps"] == 5 and report["world_size"] == 2
     assert "step 2 skipped" in proc.stderr
+
+
+def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
+    # The demo's bug: k-means re-fitted (same chunks and offsets, clusters renumbered), DVC re-ran
+    # train, the finished state was resumed as is and its head, trained on the old numbering,
+    # was exported and scored on the new labels: loss 3.57, below chance (ln 25 = 3.22).
+    import json
+
+    import numpy as np
+
+    from ups.train_data import labels_digest
+
+    corpus = write_corpus(tmp_path / "corpus", n_train=12, n_valid=4, seconds=(1.0, 1.5))
+    cfg = _cfg("tiny", max_steps=2, save_every_steps=2, valid_every_steps=100)
+    _run(cfg, corpus, tmp_path)
+    for split in ("train", "valid"):
+        p = corpus["labels"] / split / "labels.npy"
+        np.save(p, ((np.load(p) + 1) % 5).astype(np.int16))  # same files, renumbered clusters
+    _run(cfg, corpus, tmp_path)
+    assert "starting afresh" in caplog.text
+    head = json.loads((tmp_path / "model" / "head.json").read_text())
+    assert head["labels_sha256"] == labels_digest(corpus["labels"])
+    # one run's history: one final validation, none left over from the first labels
+    assert [r["step"] for r in _history(tmp_path) if "valid/loss" in r] == [2]

@@ -262,13 +262,9 @@ def _masked(cfg: EvaluateConfig, train: TrainConfig, models: dict[str, Any], row
     if not (labels_dir / "valid" / "labels.npy").is_file() or not rows["valid"]:
         return {"reason": "no labelled validation chunks"}
     n_clusters = count_clusters(labels_dir)
-    trained_head = None
-    if (model_dir / "head.json").is_file():
-        from ups.hubert_model import load_head
-
-        trained_head = load_head(model_dir).eval().to(device)
-    else:
-        skips.add("no_trained_head", str(model_dir))
+    trained_head, head_note = _trained_head(model_dir, labels_dir, skips)
+    if trained_head is not None:
+        trained_head = trained_head.eval().to(device)
 
     # frozen encoders, new heads fitted on the masked frames of a few training chunks
     heads: dict[str, Any] = {}
@@ -312,11 +308,35 @@ def _masked(cfg: EvaluateConfig, train: TrainConfig, models: dict[str, Any], row
                                         float(s.correct_unmasked)])
     out: dict[str, Any] = {"n_chunks": n_chunks, "n_clusters": n_clusters,
                            "chance_loss": float(np.log(n_clusters)), "head_fit": fit_info}
+    if head_note:
+        out["trained_head_not_scored"] = head_note
     for name, v in sums.items():
         out[name] = {"loss": v[0] / max(v[1], 1), "acc": v[2] / max(v[1], 1),
                      "loss_unmasked": v[3] / max(v[4], 1), "acc_unmasked": v[5] / max(v[4], 1),
                      "masked_fraction": v[1] / max(v[1] + v[4], 1)}
     return out
+
+
+def _trained_head(model_dir: Path, labels_dir: Path, skips: Skips) -> tuple[Any, str | None]:
+    """The head exported beside the continued model, or None and why it is not scored.
+
+    A head predicts the cluster numbering it was trained on; if `labels_dir` holds other labels
+    (k-means re-fitted: same chunks, renumbered clusters) its loss would be meaningless (below
+    chance), so it is refused. Exports without a recorded digest are scored as before."""
+    from ups.hubert_model import load_head
+    from ups.train_data import labels_digest
+
+    if not (model_dir / "head.json").is_file():
+        skips.add("no_trained_head", str(model_dir))
+        return None, "no head.json beside the model"
+    trained_on = orjson.loads((model_dir / "head.json").read_bytes()).get("labels_sha256")
+    if trained_on and trained_on != labels_digest(labels_dir):
+        note = (f"the head in {model_dir} was trained on other labels than {labels_dir} "
+                f"(labels sha256 {trained_on[:12]} vs {labels_digest(labels_dir)[:12]}); re-run train")
+        log.warning("%s: %s", STAGE, note)
+        skips.add("trained_head_other_labels", str(model_dir))
+        return None, note
+    return load_head(model_dir), None
 
 
 def fit_head(x: Any, y: Any, n_clusters: int, train: TrainConfig, cfg: EvaluateConfig

@@ -39,7 +39,15 @@ from ups.pretraining import PretrainingHead, masked_prediction_sums, scored_weig
 from ups.progress import bar
 from ups.report import Skips
 from ups.schedule import lr_at
-from ups.train_data import END, BatchSpec, LabelIndex, ShardBatches, count_clusters, list_shards
+from ups.train_data import (
+    END,
+    BatchSpec,
+    LabelIndex,
+    ShardBatches,
+    count_clusters,
+    labels_digest,
+    list_shards,
+)
 from ups.train_state import latest_state, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -101,16 +109,16 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
 def fingerprint(
     cfg: TrainConfig, batch_size: int, grad_accum: int, n_clusters: int, labels_dir: Path, shards: list[Path]
 ) -> str:
-    """What a state is valid for: the config (bar runtime keys), the labels and the shard names."""
+    """What a state is valid for: the config (bar runtime keys), the labels and the shard names.
+
+    The labels count by content (`labels_digest`), not only their chunk ids and offsets: a
+    re-fitted k-means keeps those but renumbers the clusters, and a state trained on the old
+    numbering must not be resumed (its head would score the new labels below chance)."""
     h = hashlib.sha256()
     conf = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
     conf.update(batch_size=batch_size, grad_accum=grad_accum, n_clusters=n_clusters)
     h.update(repr(sorted(conf.items())).encode())
-    for split in ("train", "valid"):
-        for name in ("chunk_ids.npy", "offsets.npy"):
-            p = Path(labels_dir) / split / name
-            if p.is_file():
-                h.update(p.read_bytes())
+    h.update(labels_digest(labels_dir).encode())
     h.update("\n".join(p.name for p in shards).encode())
     return h.hexdigest()
 
@@ -563,6 +571,7 @@ def _train(
             "config": asdict(cfg),
             "init": cfg.init,
             "normalize_audio": cfg.normalize_audio,
+            "labels_sha256": labels_digest(labels_dir),
             "sample_rate": 16000,
             "frame_rate_hz": 50,
             "skipped": skips.to_dict(),
