@@ -9,6 +9,7 @@ small JSON marker written last, so a restart skips exactly the units whose marke
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -49,9 +50,22 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, OSError) and _disk_full(exc, target.parent):
+            exc.add_note(f"disk full while writing {target}: nothing was left at that name; "
+                         "free space and rerun (finished units are kept)")
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(exc: OSError, where: Path) -> bool:
+    """ENOSPC, or a short write (numpy's `tofile` says only "N requested and M written")."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
