@@ -79,7 +79,8 @@ def _bad_lines(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
         st.binary(min_size=1, max_size=60).filter(
             lambda b: b"\n" not in b and b"\r" not in b and b.strip() and not b.strip().startswith(b"{")),
         st.one_of(st.integers(-2**63, 2**63 - 1), st.lists(st.integers(-2**31, 2**31), max_size=3),
-                  st.just(None), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)).map(orjson.dumps),
+                  st.just(None), st.booleans(),
+                  st.floats(allow_nan=False, allow_infinity=False)).map(orjson.dumps),
     )
 
 
