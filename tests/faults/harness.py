@@ -152,7 +152,7 @@ def kill_and_resume(ref: Reference, work: Path, stage: str, delay_s: float,
 
 # --- comparison ------------------------------------------------------------------------------
 
-TIMING_KEYS = ("seconds", "elapsed", "_s_per_s", "tflops", "mfu", "timestamp", "duration_wall")
+TIMING_KEYS = ("seconds", "elapsed", "per_s", "tflops", "mfu", "timestamp", "duration_wall")
 TIMING_FILES = ("audio_s_per_s.tsv", "tflops.tsv")
 
 

@@ -77,7 +77,7 @@ def test_real_tmpfs_fills_up_ci(reference, tmpfs, figures, stage, headroom):
 @pytest.mark.parametrize(("stage", "headroom"), [
     (s, h) for s in ("prepare-audio",) for h in (PAGE, 1 << 20, 6 << 20, 10 << 20)
 ] + [("fit-kmeans", 0), ("fit-kmeans", PAGE), ("assign-labels", 0), ("assign-labels", 4 * PAGE),
-     ("fetch-meta", 8 * PAGE), ("index-vad", 4 * PAGE), ("select", 8 * PAGE)])
+     ("fetch-meta", 8 * PAGE), ("index-vad", 4 * PAGE), ("select", PAGE)])
 def test_real_tmpfs_fills_up(reference, tmpfs, figures, stage, headroom):
     _disk_full(reference, tmpfs, figures, stage, headroom)
 
