@@ -131,3 +131,19 @@ def read_done(done_dir: PathLike, unit: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None  # a marker is written atomically; an unreadable one is not trusted
     return data if isinstance(data, dict) else None
+
+
+def clear_stale_tmp(directory: PathLike) -> int:
+    """Delete `atomic_write` temporaries a killed run left under `directory`; returns how many.
+
+    Call at the start of a stage that writes into an existing output directory, so that a rerun
+    after a kill leaves the same files as an uninterrupted run (DVC hashes the whole directory).
+    """
+    n = 0
+    root = Path(directory)
+    if root.is_dir():
+        for p in root.rglob(".*.tmp"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n

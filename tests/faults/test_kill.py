@@ -109,3 +109,18 @@ def test_fetch_meta_kill_ci(tmp_path, figures):
 @pytest.mark.parametrize("frac", [random.Random(f"fetch-{i}").uniform(0.1, 0.95) for i in range(5)])
 def test_fetch_meta_kill(tmp_path, figures, frac):
     _fetch_meta_kill(tmp_path, figures, frac)
+
+
+def test_rerun_after_a_kill_mid_write_leaves_no_temporaries(reference, tmp_path):
+    """Regression (found by the stress kills): assign-labels killed inside `np.save` left
+    `train/.chunk_ids.npy.<rand>.tmp`, and the rerun kept it, so data/labels differed from an
+    uninterrupted run (and DVC would hash it into the output)."""
+    from tests.faults.harness import copy_inputs
+
+    for stage, out in (("assign-labels", "data/labels/train"), ("fit-kmeans", "data/kmeans")):
+        root = copy_inputs(reference.root, tmp_path / stage, stage)
+        (root / out).mkdir(parents=True)
+        (root / out / ".labels.npy.k1ll3d.tmp").write_bytes(b"\x93NUMPY half")
+        res = run_stage(root, stage)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert compare_outputs(reference.root, root, stage) == [], stage

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ups.atomic import atomic_write
+from ups.atomic import atomic_write, clear_stale_tmp
 from ups.config import AssignLabelsConfig, FeaturesConfig
 from ups.feature_store import layer_features_for, list_tars
 from ups.kmeans import Normaliser, assign, entropy_bits, mutual_information_from_counts, usage
@@ -76,6 +76,7 @@ def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[s
 
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path) -> dict[str, Any]:
+    clear_stale_tmp(out_dir)  # temporaries of a killed run
     m = load_model(model)
     if str(m["kind"]) != features.kind or (features.kind == "hubert" and int(m["layer"]) != features.layer):
         raise ValueError(f"{model} was fitted on {m['kind']} features (layer {int(m['layer'])}); "
