@@ -53,8 +53,8 @@ setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install u
 test: $(STAMP) ## Run the test suite (what CI runs)
 	$(PY) -m pytest -q -m "not stress"
 
-stress: $(STAMP) ## Run the full fault-injection suite, figures to bench/
-	$(PY) -m pytest -q -m stress
+stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), figures to bench/
+	UPS_STRESS=1 $(PY) -m pytest -q tests/faults
 
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo

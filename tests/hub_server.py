@@ -44,6 +44,7 @@ class HubState:
     files: dict[str, bytes]
     sha: str = SHA
     lfs: bool = True  # report files as LFS (sha256) or as plain git blobs (sha1 blob id)
+    rate_bytes_per_s: float = 0.0  # > 0: file bodies trickle out at this rate (kill tests)
     faults: dict[str, deque] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -165,6 +166,13 @@ def make_handler(state: HubState):
                 self.wfile.write(body[:action[1]])
                 self.wfile.flush()
                 self.close_connection = True
+                return
+            if state.rate_bytes_per_s > 0:
+                step = 16384
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(step / state.rate_bytes_per_s)
                 return
             self.wfile.write(body)
 

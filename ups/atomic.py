@@ -9,6 +9,7 @@ small JSON marker written last, so a restart skips exactly the units whose marke
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -49,9 +50,22 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, OSError) and _disk_full(exc, target.parent):
+            exc.add_note(f"disk full while writing {target}: nothing was left at that name; "
+                         "free space and rerun (finished units are kept)")
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(exc: OSError, where: Path) -> bool:
+    """ENOSPC, or a short write (numpy's `tofile` says only "N requested and M written")."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
@@ -117,3 +131,19 @@ def read_done(done_dir: PathLike, unit: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None  # a marker is written atomically; an unreadable one is not trusted
     return data if isinstance(data, dict) else None
+
+
+def clear_stale_tmp(directory: PathLike) -> int:
+    """Delete `atomic_write` temporaries a killed run left under `directory`; returns how many.
+
+    Call at the start of a stage that writes into an existing output directory, so that a rerun
+    after a kill leaves the same files as an uninterrupted run (DVC hashes the whole directory).
+    """
+    n = 0
+    root = Path(directory)
+    if root.is_dir():
+        for p in root.rglob(".*.tmp"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n

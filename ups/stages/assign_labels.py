@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ups.atomic import atomic_write, mark_done, read_done
+from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
 from ups.config import AssignLabelsConfig, FeaturesConfig
 from ups.feature_store import layer_features_for, list_tars
 from ups.kmeans import Normaliser, assign, entropy_bits, mutual_information_from_counts, usage
@@ -163,6 +163,7 @@ def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[s
 
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path) -> dict[str, Any]:
+    clear_stale_tmp(out_dir)  # temporaries of a killed run
     m = load_model(model)
     if str(m["kind"]) != features.kind or (features.kind == "hubert" and int(m["layer"]) != features.layer):
         raise ValueError(f"{model} was fitted on {m['kind']} features (layer {int(m['layer'])}); "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ups.atomic import atomic_write
+from ups.atomic import atomic_write, clear_stale_tmp
 from ups.config import FeaturesConfig, KmeansConfig
 from ups.feature_store import layer_features_for, list_tars
 from ups.kmeans import assign, entropy_bits, fit_kmeans, fit_normaliser, sample_frames, usage
@@ -79,6 +79,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
     labels, inertia = assign(x, centroids)
     counts = usage(labels, cfg.n_clusters)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_tmp(out_dir)  # temporaries of a killed run
     with atomic_write(out_dir / "model.npz") as fh:
         np.savez(fh, centroids=centroids, mean=norm.mean, std=norm.std,
                  kind=np.array(features.kind), layer=np.array(features.layer if features.kind == "hubert"
