@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     work = Path(
-        tempfile.mkdtemp(prefix="bench-train-", dir=ROOT / "bench" if (ROOT / "bench").is_dir() else None)
+        tempfile.mkdtemp(prefix="bench-train-")
     )
     try:
         corpus = write_corpus(

@@ -105,6 +105,7 @@ def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
         inertias.append(inertia)
         if inertia < best_inertia:
             best, best_inertia = centres, inertia
+    assert best is not None  # n_init >= 1 (checked by KmeansConfig)
     centres = best.astype(np.float64)
     counts = np.zeros(k, dtype=np.float64)
     batch = cfg.batch_size

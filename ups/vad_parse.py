@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import numpy as np
 import orjson
@@ -373,7 +374,7 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
     n_blank = 0
     if slow_lines:
         s_key, s_tar, s_dur, s_cnt, s_st, s_en = [], [], [], [], [], []
-        for i in sorted(slow_lines):
+        for i in np.array(sorted(slow_lines), dtype=np.int64):
             line = bytes(view[offsets[i]:offsets[i + 1]]).strip(_BLANK)
             if not line:
                 n_blank += 1
@@ -413,7 +414,7 @@ def _drop(counts: Counter[str], examples: dict[str, list[str]], reason: str, lin
         ex.append(line.strip()[:120].decode("utf-8", "replace"))
 
 
-def _is_num(x: object) -> bool:
+def _is_num(x: Any) -> TypeGuard[float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 

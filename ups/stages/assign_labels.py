@@ -206,7 +206,7 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
                  len(labels), h)
     mi = mutual_information_from_counts(joint)
     lang_h = entropy_bits(joint.sum(axis=0))
-    fields = {"features_kind": features.kind, "n_clusters": k, "splits": per_split,
+    fields: dict[str, Any] = {"features_kind": features.kind, "n_clusters": k, "splits": per_split,
               "languages": languages, "mi_cluster_language_bits": mi,
               "language_entropy_bits": lang_h,
               "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}

@@ -66,7 +66,7 @@ def parse_lines(lines: list[bytes], skips: Skips) -> tuple[list[int], list[str],
             skips.add("bad_prediction", ex)
             continue
         try:
-            tar_n = parse_tar_number(tar)
+            tar_n = parse_tar_number(tar if isinstance(tar, str | int) else "")
             if tar_n >= 2**31:
                 raise ValueError(tar)
         except ValueError:
