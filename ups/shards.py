@@ -9,6 +9,7 @@ after all its shards.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -94,8 +95,11 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self._tf is not None:
-            self._tf.close()
-            self._fh.close()
+            # Closing writes the end blocks and flushes: on a full disk that fails again, and
+            # the partial shard is discarded either way.
+            for close in (self._tf.close, self._fh.close):
+                with contextlib.suppress(OSError):
+                    close()
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
             self._tf = self._fh = self._tmp = None

@@ -155,8 +155,12 @@ class FeatureSink:
         self._tmp.unlink()
 
     def abort(self) -> None:
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a full disk fails the final flush; the rows are discarded either way
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 def process_tar(job: TarJob) -> dict[str, Any]:
