@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from ups import failpoints
 from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
 from ups.config import AssignLabelsConfig, FeaturesConfig
 from ups.feature_store import layer_features_for, list_tars
@@ -43,17 +43,6 @@ PARTS_DIR = "_parts"
 DONE_DIR = "_done"
 AUDIO_DONE_DIR = "_done"  # prepare-audio's per-tar markers under the audio dir
 FORMAT_VERSION = 1
-
-_units_done = 0  # for the UPS_ASSIGN_FAIL_AFTER_TARS test hook
-
-
-def _maybe_fail() -> None:
-    """Test hook: `UPS_ASSIGN_FAIL_AFTER_TARS=n` kills the process hard after n tars, like SIGKILL."""
-    global _units_done
-    _units_done += 1
-    limit = os.environ.get("UPS_ASSIGN_FAIL_AFTER_TARS")
-    if limit and _units_done >= int(limit):
-        os._exit(86)
 
 
 def model_digest(model: dict[str, Any]) -> str:
@@ -131,7 +120,7 @@ def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[s
                 np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
             mark_done(done_dir, unit, {"fingerprint": fp, "inertia": tar_inertia,
                                        "n_frames": int(len(labels))})
-            _maybe_fail()
+            failpoints.hit("UPS_ASSIGN_FAIL_AFTER_TARS")
         if len(labels) != tf.n_frames:
             raise ValueError(f"{part}: {len(labels)} labels for {tf.n_frames} frames")
         ids_parts.append(tf.chunk_ids)

@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
+from ups import failpoints
 from ups.atomic import atomic_write, mark_done, read_done
 from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
 from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
@@ -102,17 +103,6 @@ def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, m
 # --------------------------------------------------------------------------------------------
 # One tar (runs in a worker process)
 # --------------------------------------------------------------------------------------------
-
-_chunks_written = 0  # for the UPS_FAIL_AFTER_CHUNKS test hook (per process)
-
-
-def _maybe_fail() -> None:
-    """Test hook: `UPS_FAIL_AFTER_CHUNKS=n` kills the process hard after n chunks, like SIGKILL."""
-    global _chunks_written
-    _chunks_written += 1
-    limit = os.environ.get("UPS_FAIL_AFTER_CHUNKS")
-    if limit and _chunks_written >= int(limit):
-        os._exit(86)
 
 
 def _write_npy(path: Path, a: np.ndarray) -> None:
@@ -221,7 +211,7 @@ def process_tar(job: TarJob) -> dict[str, Any]:
                     lengths[row.split].append(len(f))
                     ids[row.split].append(row.chunk_id)
                     seconds[row.split] += n / SAMPLE_RATE
-                    _maybe_fail()
+                    failpoints.hit("UPS_FAIL_AFTER_CHUNKS")
         for w in writers.values():
             w.close()
         for s in SPLITS:
