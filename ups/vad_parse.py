@@ -212,25 +212,38 @@ def _swar8(words: np.ndarray, n: np.ndarray) -> np.ndarray:
     return v & _M32
 
 
-def _digit_runs(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[start, end) of every run of ASCII digits in `view` (uint8 ending with a non-digit)."""
-    isd = np.empty(len(view) + 1, dtype=np.int8)
-    isd[0] = 0
-    np.less(view - np.uint8(48), np.uint8(10), out=isd[1:].view(bool))
-    edges = np.flatnonzero(np.diff(isd))
-    return edges[0::2], edges[1::2]
+_X30, _X7F, _X76, _X80 = (np.uint64(0x3030303030303030), np.uint64(0x7F7F7F7F7F7F7F7F),
+                          np.uint64(0x7676767676767676), np.uint64(0x8080808080808080))
 
 
-def _run_values(view: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Integer value of the digit runs ending at `ends` (1..16 digits, each run preceded by at
-    least 8 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
+def _digit_run_ends(view: np.ndarray) -> np.ndarray:
+    """End (exclusive) of every run of ASCII digits in `view` (uint8 ending with a non-digit)."""
+    isd = np.less(view - np.uint8(48), np.uint8(10))
+    return np.flatnonzero(isd[:-1] > isd[1:]) + 1  # a digit followed by a non-digit
+
+
+def _trailing_digits(words: np.ndarray) -> np.ndarray:
+    """Number (0..8) of ASCII digits that end each little-endian 8-byte word (its top bytes)."""
+    x = words ^ _X30  # a digit byte becomes 0..9, any other byte something else
+    nondigit = (((x & _X7F) + _X76) | x) & _X80  # 0x80 in each byte that is not a digit
+    # highest non-digit byte h (0..7) from the float exponent (sparse bits: exact); none: exp 0
+    exp = np.frexp(nondigit.astype(np.float64))[1]
+    return (7 - ((exp - 8) >> 3)).astype(np.uint64)
+
+
+def _run_values(view: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Value (float64) of the digit runs ending at `ends` (1..16 digits, each run preceded by at
+    least 16 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
     words = np.ndarray((len(view) - 7,), dtype="<u8", buffer=view, strides=(1,))
-    vals = _swar8(words[ends - 8], np.minimum(lens, 8))
-    long = np.flatnonzero(lens > 8)
+    lo = words[ends - 8]
+    n = _trailing_digits(lo)
+    vals = _swar8(lo, n)
+    long = np.flatnonzero(n == 8)
     if len(long):
-        hi = _swar8(words[ends[long] - 16], lens[long] - 8)
-        vals[long] += hi * np.uint64(10**8)
-    return vals.astype(np.int64)
+        hi = words[ends[long] - 16]
+        m = _trailing_digits(hi)
+        vals[long] += _swar8(hi, m) * np.where(m > 0, np.uint64(10**8), np.uint64(0))
+    return vals.astype(np.float64)  # < 10**15 < 2**53: exact
 
 
 def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np.ndarray,
@@ -250,12 +263,10 @@ def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np
     good = valid & key_good
     ts_begin = offsets[idx] + head_len  # first byte after "["
     line_end = offsets[idx + 1]
-    starts, ends = _digit_runs(view)
-    first = np.searchsorted(starts, ts_begin)  # the runs of line i: first[i]:last[i]
-    n_runs = np.searchsorted(starts, line_end) - first
-    sel = _ranges(first, n_runs)
-    ends = ends[sel]
-    vals = _run_values(view, ends, ends - starts[sel]).astype(np.float64)
+    ends = _digit_run_ends(view)
+    first = np.searchsorted(ends, ts_begin, side="right")  # the runs of line i: first[i]:last[i]
+    n_runs = np.searchsorted(ends, line_end, side="right") - first
+    vals = _run_values(view, ends[_ranges(first, n_runs)])
     if not good.all():
         keep = np.repeat(good, n_runs)
         vals, n_runs = vals[keep], n_runs[good]
