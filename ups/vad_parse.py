@@ -197,23 +197,15 @@ def _arrow_parse_region(buf: np.ndarray, a: int, b: int, n: int) -> pa.Table | N
         return None
 
 
-_LO4, _ALL = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(2**64 - 1)
-_M8, _M16, _M32 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF), np.uint64(0xFFFFFFFF)
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_M8, _M16 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
 _P1, _P2, _P3 = np.uint64(10 * 256 + 1), np.uint64(100 * 65536 + 1), np.uint64(10000 * 2**32 + 1)
-
-
-def _swar8(words: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Value of the last `n` (1..8) ASCII digits of each little-endian 8-byte word."""
-    # zero the bytes before the digits (little-endian: they are the low bytes)
-    v = words & _LO4 & (_ALL << ((8 - n) * 8).astype(np.uint64))
-    v = (v * _P1) >> np.uint64(8)
-    v = ((v & _M8) * _P2) >> np.uint64(16)
-    v = ((v & _M16) * _P3) >> np.uint64(32)
-    return v & _M32
 
 
 _X30, _X7F, _X76, _X80 = (np.uint64(0x3030303030303030), np.uint64(0x7F7F7F7F7F7F7F7F),
                           np.uint64(0x7676767676767676), np.uint64(0x8080808080808080))
+_XFF = np.uint64(0xFF)
+_S7, _S8, _S16, _S32 = np.uint64(7), np.uint64(8), np.uint64(16), np.uint64(32)
 
 
 def _digit_run_ends(view: np.ndarray) -> np.ndarray:
@@ -222,27 +214,42 @@ def _digit_run_ends(view: np.ndarray) -> np.ndarray:
     return np.flatnonzero(isd[:-1] > isd[1:]) + 1  # a digit followed by a non-digit
 
 
-def _trailing_digits(words: np.ndarray) -> np.ndarray:
-    """Number (0..8) of ASCII digits that end each little-endian 8-byte word (its top bytes)."""
-    x = words ^ _X30  # a digit byte becomes 0..9, any other byte something else
-    nondigit = (((x & _X7F) + _X76) | x) & _X80  # 0x80 in each byte that is not a digit
-    # highest non-digit byte h (0..7) from the float exponent (sparse bits: exact); none: exp 0
-    exp = np.frexp(nondigit.astype(np.float64))[1]
-    return (7 - ((exp - 8) >> 3)).astype(np.uint64)
+def _swar8(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the ASCII digits that end each little-endian 8-byte word (its top bytes, 0..8 of
+    them), and whether all eight bytes are digits. `words` is overwritten."""
+    x = np.bitwise_xor(words, _X30, out=words)  # a digit byte becomes 0..9, any other byte not
+    nd = (x & _X7F) + _X76
+    nd |= x
+    nd &= _X80  # 0x80 in each byte that is not a digit
+    full = nd == 0
+    nd |= nd >> _S8  # smear down: 0x80 in every byte at or below the highest non-digit byte
+    nd |= nd >> _S16
+    nd |= nd >> _S32
+    nd >>= _S7
+    nd *= _XFF
+    np.invert(nd, out=nd)
+    v = np.bitwise_and(x, _LO4, out=x)
+    v &= nd  # only the trailing digits' values remain (little-endian: the top bytes)
+    v *= _P1
+    v >>= _S8
+    v &= _M8
+    v *= _P2
+    v >>= _S16
+    v &= _M16
+    v *= _P3
+    v >>= _S32
+    return v, full
 
 
 def _run_values(view: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Value (float64) of the digit runs ending at `ends` (1..16 digits, each run preceded by at
     least 16 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
     words = np.ndarray((len(view) - 7,), dtype="<u8", buffer=view, strides=(1,))
-    lo = words[ends - 8]
-    n = _trailing_digits(lo)
-    vals = _swar8(lo, n)
-    long = np.flatnonzero(n == 8)
+    vals, full = _swar8(words[ends - 8])
+    long = np.flatnonzero(full)
     if len(long):
-        hi = words[ends[long] - 16]
-        m = _trailing_digits(hi)
-        vals[long] += _swar8(hi, m) * np.where(m > 0, np.uint64(10**8), np.uint64(0))
+        hi, _ = _swar8(words[ends[long] - 16])
+        vals[long] += hi * np.uint64(10**8)
     return vals.astype(np.float64)  # < 10**15 < 2**53: exact
 
 
