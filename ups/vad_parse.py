@@ -415,7 +415,9 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
         seg_ends.append(np.asarray(s_en, dtype=np.float64))
 
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+        if not parts:
+            return np.zeros(0, dtype)
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(dtype, copy=False)
 
     return ParsedBlock(
         tar=cat(tars, np.int32), keys=pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
@@ -506,8 +508,8 @@ def repair_segments(count: np.ndarray, start: np.ndarray, end: np.ndarray, durat
     owner = np.repeat(np.arange(n, dtype=np.int64), count)
     s = start / sample_rate
     e = end / sample_rate
-    neg = (s < 0) | (e < 0)
-    if neg.any():
+    if len(s) and (s.min() < 0 or e.min() < 0):
+        neg = (s < 0) | (e < 0)
         counts["segment_negative_clipped"] += int(neg.sum())
         s = np.maximum(s, 0.0)
         e = np.maximum(e, 0.0)
