@@ -295,10 +295,11 @@ def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np
     return key_arr, tar, dur, n_runs // 2, vals[0::2], vals[1::2], redo
 
 
-def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str]]) -> ParsedBlock:
+def parse_block(block: bytes | memoryview, counts: Counter[str],
+                examples: dict[str, list[str]]) -> ParsedBlock:
     """Parse whole lines (`block` ends with b"\\n"); count dropped lines by reason in `counts`."""
-    if block and not block.endswith(b"\n"):
-        block += b"\n"
+    if len(block) and block[-1] != 10:  # bytes or a memoryview of bytes
+        block = bytes(block) + b"\n"
     view = np.frombuffer(block, dtype=np.uint8)
     nl = np.flatnonzero(view == 10)
     offsets = np.zeros(len(nl) + 1, dtype=np.int64)
