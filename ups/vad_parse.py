@@ -197,40 +197,60 @@ def _arrow_parse_region(buf: np.ndarray, a: int, b: int, n: int) -> pa.Table | N
         return None
 
 
-_LO4, _ALL = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(2**64 - 1)
-_M8, _M16, _M32 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF), np.uint64(0xFFFFFFFF)
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_M8, _M16 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
 _P1, _P2, _P3 = np.uint64(10 * 256 + 1), np.uint64(100 * 65536 + 1), np.uint64(10000 * 2**32 + 1)
 
 
-def _swar8(words: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Value of the last `n` (1..8) ASCII digits of each little-endian 8-byte word."""
-    # zero the bytes before the digits (little-endian: they are the low bytes)
-    v = words & _LO4 & (_ALL << ((8 - n) * 8).astype(np.uint64))
-    v = (v * _P1) >> np.uint64(8)
-    v = ((v & _M8) * _P2) >> np.uint64(16)
-    v = ((v & _M16) * _P3) >> np.uint64(32)
-    return v & _M32
+_X30, _X7F, _X76, _X80 = (np.uint64(0x3030303030303030), np.uint64(0x7F7F7F7F7F7F7F7F),
+                          np.uint64(0x7676767676767676), np.uint64(0x8080808080808080))
+_XFF = np.uint64(0xFF)
+_S7, _S8, _S16, _S32 = np.uint64(7), np.uint64(8), np.uint64(16), np.uint64(32)
 
 
-def _digit_runs(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[start, end) of every run of ASCII digits in `view` (uint8 ending with a non-digit)."""
-    isd = np.empty(len(view) + 1, dtype=np.int8)
-    isd[0] = 0
-    np.less(view - np.uint8(48), np.uint8(10), out=isd[1:].view(bool))
-    edges = np.flatnonzero(np.diff(isd))
-    return edges[0::2], edges[1::2]
+def _digit_run_ends(view: np.ndarray) -> np.ndarray:
+    """End (exclusive) of every run of ASCII digits in `view` (uint8 ending with a non-digit)."""
+    isd = np.less(view - np.uint8(48), np.uint8(10))
+    return np.flatnonzero(isd[:-1] > isd[1:]) + 1  # a digit followed by a non-digit
 
 
-def _run_values(view: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Integer value of the digit runs ending at `ends` (1..16 digits, each run preceded by at
-    least 8 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
+def _swar8(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the ASCII digits that end each little-endian 8-byte word (its top bytes, 0..8 of
+    them), and whether all eight bytes are digits. `words` is overwritten."""
+    x = np.bitwise_xor(words, _X30, out=words)  # a digit byte becomes 0..9, any other byte not
+    nd = (x & _X7F) + _X76
+    nd |= x
+    nd &= _X80  # 0x80 in each byte that is not a digit
+    full = nd == 0
+    nd |= nd >> _S8  # smear down: 0x80 in every byte at or below the highest non-digit byte
+    nd |= nd >> _S16
+    nd |= nd >> _S32
+    nd >>= _S7
+    nd *= _XFF
+    np.invert(nd, out=nd)
+    v = np.bitwise_and(x, _LO4, out=x)
+    v &= nd  # only the trailing digits' values remain (little-endian: the top bytes)
+    v *= _P1
+    v >>= _S8
+    v &= _M8
+    v *= _P2
+    v >>= _S16
+    v &= _M16
+    v *= _P3
+    v >>= _S32
+    return v, full
+
+
+def _run_values(view: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Value (float64) of the digit runs ending at `ends` (1..16 digits, each run preceded by at
+    least 16 bytes), eight digits at a time with SWAR arithmetic on unaligned 8-byte loads."""
     words = np.ndarray((len(view) - 7,), dtype="<u8", buffer=view, strides=(1,))
-    vals = _swar8(words[ends - 8], np.minimum(lens, 8))
-    long = np.flatnonzero(lens > 8)
+    vals, full = _swar8(words[ends - 8])
+    long = np.flatnonzero(full)
     if len(long):
-        hi = _swar8(words[ends[long] - 16], lens[long] - 8)
+        hi, _ = _swar8(words[ends[long] - 16])
         vals[long] += hi * np.uint64(10**8)
-    return vals.astype(np.int64)
+    return vals.astype(np.float64)  # < 10**15 < 2**53: exact
 
 
 def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np.ndarray,
@@ -250,12 +270,10 @@ def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np
     good = valid & key_good
     ts_begin = offsets[idx] + head_len  # first byte after "["
     line_end = offsets[idx + 1]
-    starts, ends = _digit_runs(view)
-    first = np.searchsorted(starts, ts_begin)  # the runs of line i: first[i]:last[i]
-    n_runs = np.searchsorted(starts, line_end) - first
-    sel = _ranges(first, n_runs)
-    ends = ends[sel]
-    vals = _run_values(view, ends, ends - starts[sel]).astype(np.float64)
+    ends = _digit_run_ends(view)
+    first = np.searchsorted(ends, ts_begin, side="right")  # the runs of line i: first[i]:last[i]
+    n_runs = np.searchsorted(ends, line_end, side="right") - first
+    vals = _run_values(view, ends[_ranges(first, n_runs)])
     if not good.all():
         keep = np.repeat(good, n_runs)
         vals, n_runs = vals[keep], n_runs[good]
@@ -277,10 +295,11 @@ def _parse_exact(view: np.ndarray, lines: pa.Array, offsets: np.ndarray, idx: np
     return key_arr, tar, dur, n_runs // 2, vals[0::2], vals[1::2], redo
 
 
-def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str]]) -> ParsedBlock:
+def parse_block(block: bytes | memoryview, counts: Counter[str],
+                examples: dict[str, list[str]]) -> ParsedBlock:
     """Parse whole lines (`block` ends with b"\\n"); count dropped lines by reason in `counts`."""
-    if block and not block.endswith(b"\n"):
-        block += b"\n"
+    if len(block) and block[-1] != 10:  # bytes or a memoryview of bytes
+        block = bytes(block) + b"\n"
     view = np.frombuffer(block, dtype=np.uint8)
     nl = np.flatnonzero(view == 10)
     offsets = np.zeros(len(nl) + 1, dtype=np.int64)
@@ -397,7 +416,9 @@ def parse_block(block: bytes, counts: Counter[str], examples: dict[str, list[str
         seg_ends.append(np.asarray(s_en, dtype=np.float64))
 
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+        if not parts:
+            return np.zeros(0, dtype)
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(dtype, copy=False)
 
     return ParsedBlock(
         tar=cat(tars, np.int32), keys=pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
@@ -488,8 +509,8 @@ def repair_segments(count: np.ndarray, start: np.ndarray, end: np.ndarray, durat
     owner = np.repeat(np.arange(n, dtype=np.int64), count)
     s = start / sample_rate
     e = end / sample_rate
-    neg = (s < 0) | (e < 0)
-    if neg.any():
+    if len(s) and (s.min() < 0 or e.min() < 0):
+        neg = (s < 0) | (e < 0)
         counts["segment_negative_clipped"] += int(neg.sum())
         s = np.maximum(s, 0.0)
         e = np.maximum(e, 0.0)
