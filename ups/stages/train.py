@@ -325,28 +325,16 @@ def _train(
         open_shards=cfg.open_shards,
         bucket_batches=cfg.bucket_batches,
     )
-    train_ds = ShardBatches(
-        audio_dir / "train",
-        labels_dir / "train",
-        spec,
-        seed=cfg.seed,
-        train=True,
-        rank=d.rank,
-        world_size=d.world_size,
-    )
+
+    def split_batches(split: str) -> ShardBatches:
+        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
+                            train=split == "train", rank=d.rank, world_size=d.world_size)
+
+    train_ds = split_batches("train")
     loader = _loader(train_ds, cfg, device, cfg.seed)
     valid_loader = None
     if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
-        valid_ds = ShardBatches(
-            audio_dir / "valid",
-            labels_dir / "valid",
-            spec,
-            seed=cfg.seed,
-            train=False,
-            rank=d.rank,
-            world_size=d.world_size,
-        )
-        valid_loader = _loader(valid_ds, cfg, device, cfg.seed + 1)
+        valid_loader = _loader(split_batches("valid"), cfg, device, cfg.seed + 1)
 
     steps_per_epoch = max(1, n_train // (batch_size * grad_accum * d.world_size))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
