@@ -64,7 +64,7 @@ def _add_index_vad(sub: Any) -> None:
     p = _stage_parser(sub, "index-vad", "Index vad_results.jsonl into Parquet (per file, per tar).",
                       _index_vad)
     p.add_argument("--vad", default="data/meta/vad_results.jsonl")
-    p.add_argument("--out-dir", default="data/index")
+    p.add_argument("--out-dir", default="data/index/vad")
 
 
 def _index_lang(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def _add_index_lang(sub: Any) -> None:
     p = _stage_parser(sub, "index-lang", "Index lang_id_results.jsonl with a stratified LID split.",
                       _index_lang)
     p.add_argument("--lid", default="data/meta/lang_id_results.jsonl")
-    p.add_argument("--out-dir", default="data/index")
+    p.add_argument("--out-dir", default="data/index/lang")
 
 
 def _select(args: argparse.Namespace) -> int:

@@ -65,6 +65,11 @@ class LossSums:
     correct_masked: torch.Tensor
     correct_unmasked: torch.Tensor
 
+    def as_floats(self) -> list[float]:
+        """The six logged sums in the order the trainer accumulates and all-reduces them."""
+        return [float(self.ce_masked), float(self.n_masked), float(self.correct_masked),
+                float(self.ce_unmasked), float(self.n_unmasked), float(self.correct_unmasked)]
+
 
 def masked_prediction_sums(
     logits: torch.Tensor,

@@ -430,12 +430,7 @@ def _train(
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 sums += torch.tensor(
                     [
-                        float(s.ce_masked),
-                        float(s.n_masked),
-                        float(s.correct_masked),
-                        float(s.ce_unmasked),
-                        float(s.n_unmasked),
-                        float(s.correct_unmasked),
+                        *s.as_floats(),
                         float(penalty.detach()),
                         1.0,
                         float(b["n_samples"]),
@@ -644,17 +639,7 @@ def _validate(
         with autocast():
             logits, _ = model(b["input_values"].to(device), am, mask)
         s = masked_prediction_sums(logits, b["labels"].to(device), mask, b["valid"].to(device))
-        sums += torch.tensor(
-            [
-                float(s.ce_masked),
-                float(s.n_masked),
-                float(s.correct_masked),
-                float(s.ce_unmasked),
-                float(s.n_unmasked),
-                float(s.correct_unmasked),
-            ],
-            dtype=torch.float64,
-        )
+        sums += torch.tensor(s.as_floats(), dtype=torch.float64, device=sums.device)
     model.train()
     t = distributed.all_sum(d, sums).tolist()
     return {
