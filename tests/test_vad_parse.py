@@ -10,7 +10,7 @@ import pytest
 
 from ups.key_batch import normalize_keys
 from ups.keys import normalize_key
-from ups.vad_parse import parse_block, parse_line_slow, repair_segments
+from ups.vad_parse_legacy import parse_block, parse_line_slow, repair_segments
 
 
 def line(key: str, tar: str = "000001", dur: float = 30.0, ts=((0, 16000),)) -> bytes:
