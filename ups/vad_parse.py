@@ -22,8 +22,9 @@ Repair rules (`repair_segments`), applied per file, in this order, each counted:
 - a segment with end <= start is dropped (`segment_empty_dropped`);
 - segments are sorted by start (`files_unsorted_segments`) and overlapping or touching segments are
   merged into one (`segment_overlap_merged`).
-Checks run per line in Python; the segment numbers of a whole block are converted, checked and
-repaired as numpy arrays, which is what keeps index-vad fast (bench/results/index_vad.json).
+Lines are checked one by one in Python; the segment numbers of a whole block are converted,
+checked and repaired as numpy arrays, so that Python does little per segment (speed and memory:
+bench/results/index_vad.json).
 """
 
 from __future__ import annotations
