@@ -36,7 +36,7 @@ def test_loss_counts_masked_real_frames_only():
     s.objective.backward()
     g = logits.grad.abs().sum(-1)
     assert (g[~sel] == 0).all() and (g[sel] > 0).all()  # unmasked and padded frames get no gradient
-    assert float(scored_weight(mask, valid, 0.0)) == 5.0
+    assert scored_weight(int(s.n_masked), int(s.n_unmasked), 0.0) == 5.0
 
 
 def test_unmasked_weight_adds_unmasked_real_frames():
@@ -47,7 +47,7 @@ def test_unmasked_weight_adds_unmasked_real_frames():
     s = masked_prediction_sums(logits, labels, mask, valid, unmasked_weight=0.5)
     ce = F.cross_entropy(logits[0], labels[0], reduction="none")
     torch.testing.assert_close(s.objective, ce[0] + 0.5 * (ce[1] + ce[2]))
-    assert float(scored_weight(mask, valid, 0.5)) == 2.0
+    assert scored_weight(int(s.n_masked), int(s.n_unmasked), 0.5) == 2.0
 
 
 def test_accuracy_counts():

@@ -29,14 +29,15 @@ def corpus(tmp_path):
     return write_corpus(tmp_path, n_train=30, n_valid=6, n_shards=5, seconds=(0.5, 1.5))
 
 
-@pytest.mark.parametrize("n_streams", [2, 4, 8])  # 8 > 5 shards: every stream reads all, keeps 1 in 8
+@pytest.mark.parametrize("n_streams", [2, 4, 8])  # 8 > 5 shards: streams share shards
 def test_streams_partition_the_epoch(corpus, n_streams):
     spec = SPEC.__class__(**{**SPEC.__dict__, "batch_size": 1})
     ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
     seen = []
     for s in range(n_streams):
         seen += _ids(ds.iter_stream(s, n_streams))
-    assert sorted(seen) == list(range(30))
+    assert len(seen) == len(set(seen)) == 30 - 30 % n_streams  # the remainder sits this epoch out
+    assert set(seen) <= set(range(30))
 
 
 def test_epochs_reshuffle_and_are_reproducible(corpus):
@@ -112,7 +113,7 @@ def test_bad_samples_are_counted(tmp_path, corpus):
     np.save(lab / "offsets.npy", np.r_[[0], np.cumsum([len(x) for x in keep])].astype(np.int64))
     np.save(lab / "labels.npy", np.concatenate(keep))
     ds = ShardBatches(corpus["audio"] / "train", lab, SPEC, seed=0, train=True)
-    skips = {}
+    skips = dict(ds.catalog_skips)  # found when the shards are catalogued, counted once
     for b in ds.iter_stream(0, 1):
         for k, v in b["skips"].items():
             skips[k] = skips.get(k, 0) + v

@@ -73,7 +73,9 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def test_loss_falls_and_outputs_land(tmp_path, corpus):
     summary = _run(_cfg("tiny", epochs=6), corpus, tmp_path)
     hist = [r for r in _history(tmp_path) if "train/loss" in r]
-    first, last = hist[0]["train/loss"], hist[-1]["train/loss"]
+    # means of three logs each (one log is 2 steps of batch 4: noisy)
+    first = sum(r["train/loss"] for r in hist[:3]) / 3
+    last = sum(r["train/loss"] for r in hist[-3:]) / 3
     assert last < first - 0.3, (first, last)
     assert hist[-1]["train/acc_masked"] > hist[0]["train/acc_masked"]
     assert 0.4 < hist[-1]["train/masked_fraction"] < 0.7  # masking really happens
@@ -297,7 +299,8 @@ def test_max_steps_runs_exactly_that_many_steps_past_epochs(tmp_path, corpus):
     from ups.schedule import lr_at
 
     # 24 chunks / batch 4 = 6 steps per epoch; 1 epoch requested, 10 steps
-    summary = _run(_cfg("tiny", epochs=1, max_steps=10, log_every_steps=1, valid_every_steps=100), corpus, tmp_path)
+    cfg = _cfg("tiny", epochs=1, max_steps=10, log_every_steps=1, valid_every_steps=100)
+    summary = _run(cfg, corpus, tmp_path)
     assert summary["steps"] == 10 and summary["epoch"] >= 1
     lrs = [r["lr"] for r in _history(tmp_path) if "lr" in r]
     assert lrs[-1] == pytest.approx(lr_at(9, peak=5e-3, warmup_steps=2, total_steps=10))
@@ -336,10 +339,11 @@ def test_a_gpu_expected_but_absent_is_an_error(tmp_path, corpus, monkeypatch, ca
 
 def test_the_step_makes_at_most_one_host_sync(tmp_path, corpus, monkeypatch):
     # .item(), float(), bool() of a device tensor wait for the GPU: per micro-batch they stall
-    # the pipeline. Count them in the trainer's own code between log steps.
+    # the pipeline. Count them in the trainer's own code between log steps (on this CPU every
+    # tensor counts; ups.distributed.host_sum reads back host numbers only and is not counted).
     import sys as _sys
 
-    counted = ("ups/stages/train.py", "ups/pretraining.py", "ups/hubert_model.py", "ups/distributed.py")
+    counted = ("ups/stages/train.py", "ups/pretraining.py", "ups/hubert_model.py")
     calls = {"n": 0}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         orig = getattr(torch.Tensor, name)
