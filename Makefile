@@ -30,7 +30,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test stress demo train repro push pull lint bench report du \
+.PHONY: help setup test stress demo train repro push pull lint bench gpu-check report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -51,7 +51,7 @@ setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install u
 	@echo "ready: source $(VENV)/bin/activate"
 
 test: $(STAMP) ## Run the test suite (what CI runs)
-	$(PY) -m pytest -q -m "not stress"
+	$(PY) -m pytest -q -m "not stress and not cuda"
 
 stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), figures to bench/
 	UPS_STRESS=1 $(PY) -m pytest -q tests/faults
@@ -77,6 +77,9 @@ lint: $(STAMP) ## ruff and mypy on ups/
 
 bench: $(STAMP) ## Benchmarks, JSON results under bench/
 	$(PY) -m bench
+
+gpu-check: $(STAMP) ## On a GPU machine: CUDA tests, torchrun+NCCL, HuBERT-base MFU -> bench/results/gpu.json
+	$(PY) -m bench.gpu
 
 report: $(STAMP) ## One-page HTML report of the last run
 	$(VENV)/bin/ups report

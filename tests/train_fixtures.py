@@ -38,9 +38,21 @@ def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_corpus(
-    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0
+    root: Path,
+    *,
+    n_train: int = 24,
+    n_valid: int = 6,
+    n_shards: int = 3,
+    seconds=(1.0, 2.0),
+    seed: int = 0,
+    train_shard_sizes: list[int] | None = None,
+    chunks_per_file: int = 1,
 ) -> dict[str, Path]:
-    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs."""
+    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs.
+
+    `train_shard_sizes` gives the train split's chunks per shard (uneven shards, as source tars
+    make them); `chunks_per_file` consecutive chunk ids share one source file (`key`), as the
+    10 s chunks of one UPS recording do."""
     rng = np.random.default_rng(seed)
     chunk_id = 0
     for split, n in (("train", n_train), ("valid", n_valid)):
@@ -50,9 +62,12 @@ def write_corpus(
         label_dir.mkdir(parents=True, exist_ok=True)
         ids, labels = [], []
         per_shard = int(np.ceil(n / n_shards))
-        for k in range(n_shards):
+        sizes = [per_shard] * n_shards
+        if split == "train" and train_shard_sizes is not None:
+            sizes, n = list(train_shard_sizes), sum(train_shard_sizes)
+        for k, size in enumerate(sizes):
             with tarfile.open(shard_dir / f"{k:06d}-000.tar", "w") as tf:
-                for _ in range(per_shard):
+                for _ in range(size):
                     if len(ids) == n:
                         break
                     n_samples = int(rng.uniform(*seconds) * 16000)
@@ -64,7 +79,7 @@ def write_corpus(
                     meta = {
                         "chunk_id": chunk_id,
                         "tar": k,
-                        "key": f"item/file{chunk_id}",
+                        "key": f"item/file{chunk_id // chunks_per_file}",
                         "start_s": 0.0,
                         "end_s": n_samples / 16000,
                         "language": "xx",

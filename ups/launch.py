@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if cfg.gpus > 1:  # before torchrun starts N processes that would each fail (or train on CPU)
+        from ups.devices import resolve_device
+
+        try:
+            resolve_device(cfg.device, cfg.gpus)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached
