@@ -242,7 +242,8 @@ def _train(
         init = str(write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed))
     hubert, original_augment = load_hubert(
         ModelSetup(
-            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation
+            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation,
+            cfg.init_revision,
         )
     )
     head = PretrainingHead(
