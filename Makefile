@@ -30,7 +30,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test stress demo train repro push pull lint bench gpu-check report du \
+.PHONY: help setup test stress demo train iterate repro push pull lint bench gpu-check report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -61,6 +61,11 @@ demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (run
 
 train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params)
 	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+
+# iterate: RUN_DIR (default: this repo), LAYER (default: features.layer), SET='key=value ...'
+iterate: $(STAMP) ## Next iteration: labels from the continued model's layer, train again (LAYER, SET)
+	$(VENV)/bin/ups iterate $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(LAYER),--layer $(LAYER)) \
+	  $(foreach s,$(SET),--set '$(s)')
 
 repro: $(STAMP) ## dvc repro: rebuild only what changed
 	$(DVC) repro

@@ -88,6 +88,11 @@ def test_metrics_hold_init_and_continued(run_dir):
     labels = m["labels"]
     assert labels["n_clusters"] == 5 and 0 < labels["valid"]["usage_entropy_normalised"] <= 1
     assert labels["mi_cluster_language_bits"] >= 0
+    # the label set's two judging figures, side by side
+    ls = m["label_set"]
+    assert ls["init_masked_acc"] == masked["init_fitted_head"]["acc"]
+    assert ls["mi_cluster_language_bits"] == labels["mi_cluster_language_bits"]
+    assert 1 / 5 <= ls["majority_cluster_share"] <= 1 and ls["chance_loss"] == masked["chance_loss"]
     rows = list(csv.DictReader(open(run_dir / "reports" / "evaluate" / "probe_layers.csv")))
     assert [r["layer"] for r in rows] == ["0", "1", "2"]
     assert all(r["init_accuracy"] and r["continued_accuracy"] for r in rows)

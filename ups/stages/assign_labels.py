@@ -28,9 +28,16 @@ import pyarrow.parquet as pq
 
 from ups import failpoints
 from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
-from ups.config import AssignLabelsConfig, FeaturesConfig
-from ups.feature_store import layer_features_for, list_tars
-from ups.kmeans import Normaliser, assign, entropy_bits, mutual_information_from_counts, usage
+from ups.config import AssignLabelsConfig, FeaturesConfig, TrainConfig
+from ups.feature_store import iter_layer_features, list_tars
+from ups.kmeans import (
+    Normaliser,
+    TorchAssigner,
+    assign,
+    entropy_bits,
+    mutual_information_from_counts,
+    usage,
+)
 from ups.progress import bar
 from ups.report import write_report
 from ups.stages.fit_kmeans import load_model
@@ -48,7 +55,9 @@ FORMAT_VERSION = 1
 def model_digest(model: dict[str, Any]) -> str:
     """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
     h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "n_clusters"):
+    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters"):
+        if name not in model:  # models fitted before `revision` was recorded
+            continue
         a = np.asarray(model[name])
         h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
@@ -85,9 +94,18 @@ def label_tar(cfg: AssignLabelsConfig, features: FeaturesConfig, norm: Normalise
             labels[s:s + step] = lab
             inertia += ine
         return labels, inertia
-    feats = layer_features_for(tf, audio_dir, split, extract)
-    x = np.concatenate([feats[int(c)] for c in tf.chunk_ids])
-    return assign(norm.apply(x), centroids, cfg.block_frames, c_sq)
+    # kind hubert: each batch of layer features is labelled on the device that computed it and
+    # dropped; only int16 labels are kept (a tar's 768-dim features are never all in memory)
+    by_chunk: dict[int, np.ndarray] = {}
+    inertia = 0.0
+    for ids, h in iter_layer_features(tf, audio_dir, split, extract.features):
+        lab, ine = extract.assign(h.reshape(-1, h.shape[-1]), cfg.block_frames)
+        inertia += ine
+        for j, cid in enumerate(ids):
+            by_chunk[cid] = lab[j * h.shape[1]:(j + 1) * h.shape[1]]
+    labels = np.concatenate([by_chunk[int(c)] for c in tf.chunk_ids]) if len(tf.chunk_ids) else \
+        np.zeros(0, np.int16)
+    return labels, inertia
 
 
 def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
@@ -150,20 +168,58 @@ def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[s
     return ids[order].astype(np.int64), offsets, sorted_labels.astype(np.int16), inertia
 
 
+class HubertLabeller:
+    """Layer features and the nearest-centroid search on the extraction device: on a GPU the
+    frames never leave it (TorchAssigner), on the CPU numpy's `assign` (faster there than torch:
+    `python -m bench.labels`)."""
+
+    def __init__(self, features: Any, norm: Normaliser, centroids: np.ndarray) -> None:
+        self.features = features  # ups.hubert_features.LayerFeatures
+        self.norm = norm
+        self.centroids = centroids
+        self.c_sq = np.einsum("kd,kd->k", centroids, centroids)
+        self.on_gpu = not str(features.device).startswith("cpu")
+        self.gpu = TorchAssigner(norm, centroids, features.device) if self.on_gpu else None
+
+    def assign(self, h: Any, block_frames: int) -> tuple[np.ndarray, float]:
+        if self.gpu is not None:
+            return self.gpu(h, block_frames)
+        return assign(self.norm.apply(h.numpy()), self.centroids, block_frames, self.c_sq)
+
+
+def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source: Any) -> None:
+    """Refuse centroids fitted on other features than the ones configured now."""
+    fitted = (str(m["kind"]), int(m["layer"]), str(m["hubert_model"]), str(m.get("revision", "")))
+    wanted = (features.kind, features.layer if features.kind == "hubert" else 0,
+              source.name if source is not None else "",
+              source.pinned_revision if source is not None else "")
+    if fitted[:3] != wanted[:3] or (features.kind == "hubert" and "revision" in m
+                                    and fitted[3] != wanted[3]):
+        raise ValueError(f"{model} was fitted on {fitted[0]} features (layer {fitted[1]}, model "
+                         f"{fitted[2] or '-'} {fitted[3]}); features are now {wanted[0]} (layer "
+                         f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
+
+
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
-        audio_dir: Path, chunks: Path, out_dir: Path) -> dict[str, Any]:
+        audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
+    """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
     clear_stale_tmp(out_dir)  # temporaries of a killed run
     m = load_model(model)
-    if str(m["kind"]) != features.kind or (features.kind == "hubert" and int(m["layer"]) != features.layer):
-        raise ValueError(f"{model} was fitted on {m['kind']} features (layer {int(m['layer'])}); "
-                         f"features.kind is {features.kind}: re-run fit-kmeans")
+    source = None
+    if features.kind == "hubert":
+        from ups.hubert_features import feature_model
+
+        source = feature_model(features, train)
+    check_model(m, model, features, source)
     k = int(m["n_clusters"])
     extract = None
     if features.kind == "hubert":
         from ups.hubert_features import LayerFeatures
 
-        extract = LayerFeatures(features.hubert_model, features.layer, features.device,
-                                features.batch_chunks)
+        assert source is not None
+        lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
+                           features.precision)
+        extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
     table = pq.read_table(chunks, columns=["chunk_id", "language"])
     lang_of = dict(zip(table.column("chunk_id").to_pylist(), table.column("language").to_pylist(),
                        strict=True))
@@ -195,7 +251,10 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
                  len(labels), h)
     mi = mutual_information_from_counts(joint)
     lang_h = entropy_bits(joint.sum(axis=0))
-    fields: dict[str, Any] = {"features_kind": features.kind, "n_clusters": k, "splits": per_split,
+    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
+                 "revision": str(m.get("revision", "")), "n_clusters": k}
+    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
+                              "n_clusters": k, "splits": per_split,
               "languages": languages, "mi_cluster_language_bits": mi,
               "language_entropy_bits": lang_h,
               "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}

@@ -245,15 +245,20 @@ def setup(
     init = cfg.init
     # before any work (the tiny model is written just below)
     tiny = init == "tiny"
-    norm = TINY["feat_extract_norm"] if tiny else HubertConfig.from_pretrained(init).feat_extract_norm
+    norm = (TINY["feat_extract_norm"] if tiny
+            else HubertConfig.from_pretrained(init, revision=cfg.init_revision).feat_extract_norm)
     check_crop(cfg, str(norm))
 
     torch.manual_seed(cfg.seed)
-    if init == "tiny":
-        init = str(write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed))
+    if tiny:  # one writer: ranks (and nodes) share the state directory
+        if d.is_main:
+            write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed)
+        distributed.barrier(d)
+        init = str(state_dir / "tiny-init")
     hubert, original_augment = load_hubert(
         ModelSetup(
-            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation
+            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation,
+            cfg.init_revision,
         )
     )
     head = PretrainingHead(
