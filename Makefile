@@ -13,6 +13,9 @@ SETUPTOOLS_VERSION := 84.2.1
 
 HOURS  ?= 100
 GPUS   ?= 1
+# make train NODES=N (> 1) prints the per-node commands; RDZV is the first node's host:port.
+NODES  ?= 1
+RDZV   ?= $(shell hostname):29500
 IMAGE  ?= ups:latest
 DRY    ?=
 # docker-train mounts (see README, Docker): the repo at its own path, so paths in .dvc/config and
@@ -30,7 +33,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test stress demo train repro push pull lint bench report du \
+.PHONY: help setup test test-cluster stress demo train repro push pull lint bench report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -51,7 +54,14 @@ setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install u
 	@echo "ready: source $(VENV)/bin/activate"
 
 test: $(STAMP) ## Run the test suite (what CI runs)
-	$(PY) -m pytest -q -m "not stress"
+	$(PY) -m pytest -q -m "not stress and not cluster"
+
+test-cluster: $(STAMP) ## Both sbatch scripts on a real local Slurm (installs slurm-wlm + munge: root)
+	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || { \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends slurm-wlm munge >/dev/null; }
+	$(PY) -m pytest -q -m cluster tests/cluster
 
 stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), figures to bench/
 	UPS_STRESS=1 $(PY) -m pytest -q tests/faults
@@ -59,8 +69,12 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
 
-train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params)
+train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params); NODES=N prints per-node commands
+ifeq ($(NODES),1)
 	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+else
+	@$(PY) -m ups.cluster plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
+endif
 
 repro: $(STAMP) ## dvc repro: rebuild only what changed
 	$(DVC) repro
