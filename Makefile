@@ -26,7 +26,12 @@ HF_CACHE    ?= $(HOME)/.cache/huggingface
 DOCKER_GPUS ?= $(GPUS)
 DOCKER_USER ?= $(shell id -u):$(shell id -g)
 DOCKER_ARGS ?=
-CUDA_IMAGE  ?=
+BASE_IMAGE  ?=
+# Passed into the container by name only (docker copies each value when it is set): the hub token
+# and mirror, offline mode, and what a multi-node run needs on each node.
+DOCKER_ENV  := HF_TOKEN HF_ENDPOINT HF_HUB_OFFLINE UPS_RDZV_ENDPOINT UPS_RDZV_ID \
+               SLURM_STEP_NUM_NODES SLURM_STEP_NUM_TASKS NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_DEBUG \
+               GLOO_SOCKET_IFNAME
 
 export DVC_NO_ANALYTICS := 1
 # dvc.yaml runs `python -m ups ...`: that must be the venv's python.
@@ -40,17 +45,17 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
-# The venv is rebuilt when missing or older than requirements.txt / pyproject.toml.
-$(STAMP): requirements.txt pyproject.toml
+# The venv is rebuilt when missing or older than the requirements files / pyproject.toml.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q setuptools==$(SETUPTOOLS_VERSION)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install ups
+setup: $(STAMP) ## Create .venv from requirements.txt + requirements-dev.txt (exact pins) and install ups
 	@echo "ready: source $(VENV)/bin/activate"
 
 test: $(STAMP) ## Run the test suite (what CI runs)
@@ -98,20 +103,21 @@ report: $(STAMP) ## One-page HTML report of the last run
 du: $(STAMP) ## Disk used by each stage, the tar cache, the DVC cache and remote (JSON=1)
 	$(VENV)/bin/ups du $(if $(JSON),--json)
 
-docker-build: ## Build the CUDA image (DRY=1 prints the command; CUDA_IMAGE=tag@digest)
-	$(if $(DRY),@echo) docker build -f docker/Dockerfile -t $(IMAGE) \
-	  $(if $(CUDA_IMAGE),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) .
+docker-build: ## Build the image (DRY=1 prints the command; BASE_IMAGE=python:tag@digest)
+	$(if $(DRY),@echo) DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile -t $(IMAGE) \
+	  $(if $(BASE_IMAGE),--build-arg PYTHON_IMAGE=$(BASE_IMAGE)) .
 
-docker-train: ## Train in the image (HOURS, GPUS), repo/data/caches mounted (DRY=1 prints it)
+docker-train: ## Train in the image (HOURS, GPUS; NODES=N: this node's share), mounts (DRY=1 prints it)
 	$(if $(DRY),@echo) mkdir -p "$(DATA)" "$(DVC_CACHE)" "$(HF_CACHE)"
-	$(if $(DRY),@echo) docker run --rm --gpus $(DOCKER_GPUS) --ipc=host --user $(DOCKER_USER) \
-	  -e HF_TOKEN -e DVC_NO_ANALYTICS=1 \
+	$(if $(DRY),@echo) docker run --rm --init --ipc=host --gpus $(DOCKER_GPUS) --user $(DOCKER_USER) \
+	  $(if $(filter-out 1,$(NODES)),--network=host) \
+	  $(foreach v,$(DOCKER_ENV),-e $(v)) -e DVC_NO_ANALYTICS=1 \
 	  -v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" \
 	  -v "$(DATA):$(CURDIR)/data" \
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS))
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

@@ -5,7 +5,9 @@ directory: a random munge key, the munge socket, slurm.conf (free ports, state, 
 so nothing under /etc is read or changed and two runs never meet. Two "nodes" (n1, n2, one CPU
 each) are two slurmd processes with their own ports: srun and job arrays spread over them as over
 two machines, and the c10d rendezvous of a 2-node training really joins two torchrun agents.
-Cgroups are not needed (proctrack/linuxproc, task/none), nor accounting or systemd.
+Each node also declares 8 "GPUs" (generic resources backed by empty files), so that a job can ask
+for --gpus-per-node as on a GPU cluster and find no GPU inside. Cgroups are not needed
+(proctrack/linuxproc, task/none), nor accounting or systemd.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 NODES = ("n1", "n2")
+GPUS = 8  # per node, declared (no device behind them)
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo", "munge")
 
 
@@ -64,6 +67,10 @@ class LocalSlurm:
                         f"--seed-file={key_dir / 'seed'}"], check=True, timeout=30)
         self._wait(lambda: subprocess.run([self.bin["munge"], "-n", "-S", str(self.socket)],
                                           capture_output=True).returncode == 0, "munged")
+        for i in range(GPUS):
+            (r / "gpus" / f"gpu{i}").parent.mkdir(exist_ok=True)
+            (r / "gpus" / f"gpu{i}").touch()
+        (r / "gres.conf").write_text(f"Name=gpu File={r}/gpus/gpu[0-{GPUS - 1}]\n")  # beside slurm.conf
         self.conf.write_text(self._slurm_conf())
         subprocess.run([self.bin["slurmctld"], "-f", str(self.conf)], check=True, env=self.env, timeout=30)
         for node in NODES:
@@ -98,9 +105,10 @@ class LocalSlurm:
     def _slurm_conf(self) -> str:
         r, user, host = self.root, getpass.getuser(), socket.gethostname()
         nodes = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
-                          "CPUs=1 RealMemory=1000 State=UNKNOWN" for n in NODES)
+                          f"CPUs=1 Gres=gpu:{GPUS} RealMemory=1000 State=UNKNOWN" for n in NODES)
         return f"""\
 ClusterName=upstest
+GresTypes=gpu
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmUser={user}

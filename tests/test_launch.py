@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
-from tests.train_fixtures import write_corpus
+from tests.train_fixtures import assert_same_training, write_corpus
 from ups.config import ConfigError
 from ups.launch import check_slurm_step, command
 from ups.tiny_model import write_tiny_hubert
@@ -103,14 +101,5 @@ def test_two_nodes_on_localhost_match_one_process_at_the_same_global_batch(tmp_p
     assert [a.returncode for a in agents] == [0, 0], "\n".join(x[-2000:] for x in logs)
     report = json.loads((tmp_path / "two" / "model" / "training.json").read_text())
     assert report["world_size"] == 2
-    h1, h2 = _history(tmp_path / "one"), _history(tmp_path / "two")
-    assert len(h1) == len(h2) > 3
-    for a, b in zip(h1, h2, strict=True):
-        assert a["step"] == b["step"]
-        for k in ("train/loss", "train/acc_masked", "valid/loss"):
-            if k in a:
-                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
-    w1 = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)
+    assert_same_training(_history(tmp_path / "one"), _history(tmp_path / "two"), tmp_path / "one" / "model",
+                         tmp_path / "two" / "model")
