@@ -218,7 +218,7 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
 
         extract = LayerFeatures(features.hubert_model, features.layer, features.device,
                                 features.batch_chunks)
-    if share.world > 1:
+    if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
         if pg is not None:
             pg.barrier()
