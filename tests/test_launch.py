@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from tests.train_fixtures import assert_same_training, write_corpus
-from ups.config import ConfigError
+from ups.config import ConfigError, TrainConfig, from_dict
 from ups.launch import check_slurm_step, command
+from ups.stages import train
 from ups.tiny_model import write_tiny_hubert
 from ups.train_state import latest_state
 
@@ -87,19 +88,21 @@ def _history(out: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_nodes_on_localhost_match_one_process_at_the_same_global_batch(tmp_path):
     """The multi-node path for real: two `torchrun --nnodes=2` agents, one c10d endpoint."""
-    corpus = write_corpus(tmp_path / "corpus", n_train=24, n_valid=6, seconds=(1.0, 2.0))
+    corpus = write_corpus(tmp_path / "corpus", n_train=16, n_valid=4, seconds=(1.0, 2.0))
     write_tiny_hubert(tmp_path / "init", seed=2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "UPS_RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}", "UPS_RDZV_ID": f"test-{os.getpid()}"}
-    one = subprocess.run(_launch(tmp_path, corpus, "one", num_workers=2, grad_accum=2), cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
     two = _launch(tmp_path, corpus, "two", nodes=2, gpus=1, num_workers=1, grad_accum=1)
     agents = [subprocess.Popen(two, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True) for _ in range(2)]
+    # meanwhile, the reference in this process: one rank, twice the accumulation and the workers
+    one = tmp_path / "one"
+    train.run(from_dict(TrainConfig, {**TRAIN, "init": str(tmp_path / "init"), "num_workers": 2,
+                                      "grad_accum": 2}, "train"),
+              audio_dir=corpus["audio"], labels_dir=corpus["labels"], model_dir=one / "model",
+              state_dir=one / "state", live_dir=one / "live")
     logs = [a.communicate(timeout=300)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], "\n".join(x[-2000:] for x in logs)
     report = json.loads((tmp_path / "two" / "model" / "training.json").read_text())
-    assert report["world_size"] == 2
-    assert_same_training(_history(tmp_path / "one"), _history(tmp_path / "two"), tmp_path / "one" / "model",
-                         tmp_path / "two" / "model")
+    assert report["world_size"] == 2 and report["config"]["nodes"] == 2
+    assert_same_training(_history(one), _history(tmp_path / "two"), one / "model", tmp_path / "two" / "model")
