@@ -95,3 +95,22 @@ def write_corpus(
         np.save(label_dir / "offsets.npy", offsets)
         np.save(label_dir / "labels.npy", np.concatenate(labels).astype(np.int16))
     return {"audio": root / "audio", "labels": root / "labels"}
+
+
+def assert_same_training(h1: list[dict], h2: list[dict], model1: Path, model2: Path) -> None:
+    """Two runs at the same global batch (any split over ranks, nodes, accumulation, workers):
+    the same logged metrics step by step and, up to float summation order, the same weights."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    assert len(h1) == len(h2) > 3
+    for a, b in zip(h1, h2, strict=True):
+        assert a["step"] == b["step"]
+        for k in ("train/loss", "train/acc_masked", "valid/loss"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+    w1 = load_file(str(model1 / "model.safetensors"))
+    w2 = load_file(str(model2 / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)

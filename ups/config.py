@@ -353,6 +353,7 @@ class TrainConfig:
     init: str = "facebook/hubert-base-ls960"  # hub id or local directory of a HubertModel
     init_revision: str = "main"  # hub revision (commit sha to pin) of init; ignored for a directory
     gpus: int = 1  # processes (torchrun --nproc_per_node) on this node
+    nodes: int = 1  # machines (torchrun --nnodes), each running `gpus` processes
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     epochs: int = 4
@@ -396,6 +397,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.gpus >= 1, "train.gpus", "must be >= 1", self.gpus)
+        require(self.nodes >= 1, "train.nodes", "must be >= 1", self.nodes)
         require(bool(self.init), "train.init", "must not be empty", self.init)
         require(bool(self.init_revision), "train.init_revision", "must not be empty", self.init_revision)
         require(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)

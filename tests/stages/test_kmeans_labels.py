@@ -293,3 +293,60 @@ def test_layer_features_stream_a_few_chunks_at_a_time(prepared):
     assert sorted(cid for ids, _ in got for cid in ids) == sorted(tf.chunk_ids.tolist())
     with pytest.raises(ValueError, match="lack chunk"):
         list(iter_layer_features(tf, out / "audio", "train", rec, wanted={10**6}))
+
+
+@pytest.mark.parametrize("tasks", [(2, 0, 1), (0,)])
+def test_slurm_array_tasks_then_one_final_run_give_the_same_labels(prepared, corpus, tmp_path, monkeypatch,
+                                                                  caplog, tasks):
+    from tests.stages.conftest import tree_bytes
+    from tests.stages.test_prepare_audio import slurm_array_task
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "array-ref")
+    ref = out / "array-ref" / "labels"
+
+    def run() -> dict:
+        return assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params),
+                                 load_section(FeaturesConfig, "features", params),
+                                 model=out / "array-ref" / "kmeans" / "model.npz",
+                                 features_dir=out / "features", audio_dir=out / "audio",
+                                 chunks=corpus / "chunks.parquet", out_dir=tmp_path / "labels")
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for task in tasks:  # in any order; a one-task array labels everything itself
+        slurm_array_task(monkeypatch, task, count=len(tasks))
+        assert run() == {}
+    done = sorted(p.name for p in (tmp_path / "labels" / "_done").iterdir())
+    assert done == sorted(p.name for p in (ref / "_done").iterdir()) and len(done) == 5
+    assert not (tmp_path / "labels" / "report.json").exists()
+    assert not (tmp_path / "labels" / "train").exists()  # the join is the final step's
+    slurm_array_task(monkeypatch, None)
+    with caplog.at_level("INFO"):
+        report = run()
+    assert "train: reused 3 of 3" in caplog.text and "valid: reused 2 of 2" in caplog.text
+    assert report["splits"]["train"]["n_chunks"] > 0
+    assert tree_bytes(tmp_path / "labels") == tree_bytes(ref)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.stages.conftest import REPO, tree_bytes
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "ddp-ref")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "29573", "-m", "ups", "assign-labels", "--params", str(params),
+           "--model", str(out / "ddp-ref/kmeans/model.npz"), "--features-dir", str(out / "features"),
+           "--audio-dir", str(out / "audio"), "--chunks", str(corpus / "chunks.parquet"),
+           "--out-dir", str(tmp_path / "labels")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # rank 0 labels units 0, 2 and 4 of the 5 (logs are rank 0's); the join reuses every part
+    assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
+    assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
+    assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.train_fixtures import write_corpus
+from tests.train_fixtures import assert_same_training, write_corpus
 from ups.config import ConfigError, TrainConfig, from_dict
 from ups.stages import train
 from ups.tiny_model import write_tiny_hubert
@@ -170,17 +170,7 @@ def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path, corpus
     common = {"epochs": 2, "batch_size": 2, "valid_every_steps": 3}
     one, _ = _launch(tmp_path, corpus, "one", gpus=1, num_workers=2, grad_accum=2, **common)
     two, _ = _launch(tmp_path, corpus, "two", gpus=2, num_workers=1, grad_accum=1, **common)
-    h1, h2 = _history(one), _history(two)
-    assert len(h1) == len(h2) > 3
-    for a, b in zip(h1, h2, strict=True):
-        assert a["step"] == b["step"]
-        for k in ("train/loss", "train/acc_masked", "valid/loss"):
-            if k in a:
-                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
-    w1 = load_file(str(one / "model" / "model.safetensors"))
-    w2 = load_file(str(two / "model" / "model.safetensors"))
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)
+    assert_same_training(_history(one), _history(two), one / "model", two / "model")
 
 
 @pytest.mark.slow

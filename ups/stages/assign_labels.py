@@ -14,12 +14,18 @@ counts and prepare-audio's marker for the tar. A restart reuses a part only when
 the current fingerprint, so a killed run (or one with a few new tars) labels only what is missing,
 and the final files are byte-identical to an uninterrupted run. Parts of tars no longer present
 are deleted at the end.
+
+Parallelism: the (split, tar) units are split over torchrun ranks and Slurm array tasks
+(`ups.work_share`); each labels its share, then the process that finishes the stage (torchrun's
+rank 0 after a barrier, or the command run once after an array) reuses every part and joins them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ from ups.kmeans import (
 from ups.progress import bar
 from ups.report import write_report
 from ups.stages.fit_kmeans import load_model
+from ups.work_share import WorkShare, join_gloo, work_share
 
 log = logging.getLogger(__name__)
 
@@ -108,39 +115,71 @@ def label_tar(cfg: AssignLabelsConfig, features: FeaturesConfig, norm: Normalise
     return labels, inertia
 
 
+@dataclass(frozen=True)
+class _Km:
+    """What labelling one tar needs from model.npz, computed once."""
+
+    norm: Normaliser
+    centroids: np.ndarray
+    c_sq: np.ndarray
+    sha: str
+
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> _Km:
+        centroids = model["centroids"]
+        return cls(Normaliser(model["mean"], model["std"]), centroids,
+                   np.einsum("kd,kd->k", centroids, centroids), model_digest(model))
+
+
+def label_unit(cfg: AssignLabelsConfig, features: FeaturesConfig, km: _Km, tf: Any, audio_dir: Path,
+               out_dir: Path, split: str, extract: Any) -> tuple[np.ndarray, float, bool]:
+    """One (split, tar): its labels and inertia, from its part when the marker is current
+    (reused=True), else computed and written (part, then marker last)."""
+    part = out_dir / PARTS_DIR / split / f"{tf.tar:06d}.npz"
+    done_dir = out_dir / DONE_DIR
+    unit = f"{split}-{tf.tar:06d}"
+    fp = tar_fingerprint(km.sha, features, split, tf, read_done(audio_dir / AUDIO_DONE_DIR, f"{tf.tar:06d}"))
+    done = read_done(done_dir, unit)
+    if done is not None and done.get("fingerprint") == fp and part.is_file():
+        with np.load(part, allow_pickle=False) as z:
+            labels = z["labels"]
+        return labels, float(done["inertia"]), True
+    labels, inertia = label_tar(cfg, features, km.norm, km.centroids, km.c_sq, tf, audio_dir, split, extract)
+    with atomic_write(part) as fh:
+        np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
+    mark_done(done_dir, unit, {"fingerprint": fp, "inertia": inertia, "n_frames": int(len(labels))})
+    failpoints.hit("UPS_ASSIGN_FAIL_AFTER_TARS")
+    return labels, inertia, False
+
+
+def label_share(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
+                features_dir: Path, audio_dir: Path, out_dir: Path, share: WorkShare,
+                extract: Any) -> int:
+    """This process's share of the (split, tar) units, each labelled unless already done.
+    Returns how many it labelled; the join is left to the process that finishes the stage."""
+    km = _Km.of(model)
+    units = share.take([(split, tf) for split in SPLITS for tf in list_tars(features_dir, split)])
+    labelled = 0
+    for split, tf in bar(units, desc=STAGE, unit="tar"):
+        labelled += not label_unit(cfg, features, km, tf, audio_dir, out_dir, split, extract)[2]
+    log.info("%s: %s labelled %d of its %d tar(s)", STAGE, share.describe(), labelled, len(units))
+    return labelled
+
+
 def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
                 features_dir: Path, audio_dir: Path, out_dir: Path, split: str, extract: Any):
     """Label a split tar by tar (resuming from valid markers), then join the parts by chunk id."""
-    norm = Normaliser(model["mean"], model["std"])
-    centroids = model["centroids"]
-    c_sq = np.einsum("kd,kd->k", centroids, centroids)
-    model_sha = model_digest(model)
+    km = _Km.of(model)
     parts_dir, done_dir = out_dir / PARTS_DIR / split, out_dir / DONE_DIR
     tars = list_tars(features_dir, split)
     ids_parts, len_parts, label_parts = [], [], []
     inertia = 0.0
     reused = 0
     for tf in bar(tars, desc=f"{STAGE} {split}", unit="tar"):
-        unit = f"{split}-{tf.tar:06d}"
-        part = parts_dir / f"{tf.tar:06d}.npz"
-        fp = tar_fingerprint(model_sha, features, split, tf,
-                             read_done(audio_dir / AUDIO_DONE_DIR, f"{tf.tar:06d}"))
-        done = read_done(done_dir, unit)
-        if done is not None and done.get("fingerprint") == fp and part.is_file():
-            with np.load(part, allow_pickle=False) as z:
-                labels = z["labels"]
-            reused += 1
-            tar_inertia = float(done["inertia"])
-        else:
-            labels, tar_inertia = label_tar(cfg, features, norm, centroids, c_sq, tf, audio_dir, split,
-                                            extract)
-            with atomic_write(part) as fh:
-                np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
-            mark_done(done_dir, unit, {"fingerprint": fp, "inertia": tar_inertia,
-                                       "n_frames": int(len(labels))})
-            failpoints.hit("UPS_ASSIGN_FAIL_AFTER_TARS")
+        labels, tar_inertia, was_done = label_unit(cfg, features, km, tf, audio_dir, out_dir, split, extract)
+        reused += was_done
         if len(labels) != tf.n_frames:
-            raise ValueError(f"{part}: {len(labels)} labels for {tf.n_frames} frames")
+            raise ValueError(f"{parts_dir}/{tf.tar:06d}.npz: {len(labels)} labels for {tf.n_frames} frames")
         ids_parts.append(tf.chunk_ids)
         len_parts.append(np.diff(tf.offsets))
         label_parts.append(labels)
@@ -203,7 +242,23 @@ def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
-    clear_stale_tmp(out_dir)  # temporaries of a killed run
+    share = work_share(os.environ)
+    pg = join_gloo(share)
+    try:
+        if share.finishes:
+            clear_stale_tmp(out_dir)  # temporaries of a killed run (no other rank is writing yet)
+        if pg is not None:
+            pg.barrier()
+        return _run(cfg, features, share, pg, model=model, features_dir=features_dir,
+                    audio_dir=audio_dir, chunks=chunks, out_dir=out_dir, train=train)
+    finally:
+        if pg is not None:
+            pg.destroy_process_group()
+
+
+def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg: Any, *, model: Path,
+         features_dir: Path, audio_dir: Path, chunks: Path, out_dir: Path,
+         train: TrainConfig | None) -> dict[str, Any]:
     m = load_model(model)
     source = None
     if features.kind == "hubert":
@@ -220,6 +275,15 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
         lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
                            features.precision)
         extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+    if share.in_array or share.collective:
+        label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
+        if pg is not None:
+            pg.barrier()
+    if not share.finishes:
+        if share.in_array and share.group_rank == 0:
+            log.info("%s: %s done; the stage's command run once after the array joins the labels and "
+                     "writes the report", STAGE, share.describe())
+        return {}
     table = pq.read_table(chunks, columns=["chunk_id", "language"])
     lang_of = dict(zip(table.column("chunk_id").to_pylist(), table.column("language").to_pylist(),
                        strict=True))

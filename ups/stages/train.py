@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 # schedule keys are checked on their own: a change is refused, never silently applied.
 RUNTIME_KEYS = (
     "gpus",
+    "nodes",
     "device",
     "num_workers",
     "log_every_steps",
