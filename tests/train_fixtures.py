@@ -38,16 +38,22 @@ def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_corpus(
-    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0
+    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0,
+    n_eval: int = 0, chunks_per_file: int = 1,
 ) -> dict[str, Path]:
-    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs."""
+    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs.
+    With n_eval, also `root/audio/eval` (no labels, as assign-labels leaves it). Chunk c belongs to
+    file `item/file{c // chunks_per_file}`."""
     rng = np.random.default_rng(seed)
     chunk_id = 0
-    for split, n in (("train", n_train), ("valid", n_valid)):
+    for split, n in (("train", n_train), ("valid", n_valid), ("eval", n_eval)):
+        if n == 0 and split == "eval":
+            continue
         shard_dir = root / "audio" / split
         label_dir = root / "labels" / split
         shard_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
+        if split != "eval":
+            label_dir.mkdir(parents=True, exist_ok=True)
         ids, labels = [], []
         per_shard = int(np.ceil(n / n_shards))
         for k in range(n_shards):
@@ -64,7 +70,7 @@ def write_corpus(
                     meta = {
                         "chunk_id": chunk_id,
                         "tar": k,
-                        "key": f"item/file{chunk_id}",
+                        "key": f"item/file{chunk_id // chunks_per_file}",
                         "start_s": 0.0,
                         "end_s": n_samples / 16000,
                         "language": "xx",
@@ -75,6 +81,8 @@ def write_corpus(
                     ids.append(chunk_id)
                     labels.append(lab)
                     chunk_id += 1
+        if split == "eval":
+            continue
         offsets = np.concatenate([[0], np.cumsum([len(x) for x in labels])]).astype(np.int64)
         np.save(label_dir / "chunk_ids.npy", np.array(ids, dtype=np.int64))
         np.save(label_dir / "offsets.npy", offsets)
