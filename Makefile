@@ -30,7 +30,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test stress demo train repro push pull lint bench report du \
+.PHONY: help setup test stress demo plan train repro push pull lint bench report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -58,6 +58,9 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
+
+plan: $(STAMP) ## Before a real run: make plan HOURS=100 (download, disk, time; no audio fetched)
+	$(VENV)/bin/ups plan --hours $(HOURS)
 
 train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params)
 	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)

@@ -8,7 +8,9 @@ computed from the stored int16 PCM, so features match the training input exactly
 `<audio_dir>/_done/<tar:06d>.done.json` (last). The marker holds a fingerprint of the tar's rows
 and of the parameters that shape the output; a tar is skipped on restart only when its marker
 exists with the same fingerprint, so a killed run resumes where it stopped and a changed selection
-redoes exactly the tars it touches.
+redoes exactly the tars it touches. For the hub the fingerprint and the marker also hold the
+dataset commit (`revision`), read once from fetch-meta's record (`ups.dataset.pinned_config`):
+a marker written under another commit is not trusted, and no process resolves a branch again.
 
 Parallelism: tars are split over torchrun ranks (`i % WORLD_SIZE == RANK`, gloo barrier at the
 end) and, within a rank, over `prepare_audio.workers` spawned processes. Outputs do not depend on
@@ -91,13 +93,21 @@ def read_chunks(path: Path) -> dict[int, tuple[ChunkRow, ...]]:
     return {t: tuple(rows) for t, rows in sorted(by_tar.items())}
 
 
-def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, mfcc: MfccParams) -> str:
-    """What a tar's outputs depend on: its rows, the shaping parameters, the format version."""
+def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, mfcc: MfccParams,
+                revision: str | None = None) -> str:
+    """What a tar's outputs depend on: its rows, the shaping parameters, the format version, and
+    for the hub the dataset commit the tar is read at."""
     shaping = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    body = orjson.dumps({"tar": tar, "rows": [asdict(r) for r in rows], "cfg": shaping,
-                         "mfcc": asdict(mfcc), "version": FORMAT_VERSION},
-                        option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(body).hexdigest()
+    fields: dict[str, Any] = {"tar": tar, "rows": [asdict(r) for r in rows], "cfg": shaping,
+                              "mfcc": asdict(mfcc), "version": FORMAT_VERSION}
+    if revision is not None:
+        fields["revision"] = revision
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def dataset_revision(dataset: DatasetConfig) -> str | None:
+    """The commit a hub run reads (after `pinned_config`); None for a local mirror."""
+    return dataset.revision if dataset.source == "hub" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +253,7 @@ def process_tar(job: TarJob) -> dict[str, Any]:
         splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
                      "hours": round(seconds[s] / 3600, 6)}
     info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
+            "revision": dataset_revision(job.dataset),
             "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict()}
     mark_done(audio_dir / DONE_DIR, tag, info)
     return info
@@ -337,7 +348,12 @@ class Prefetcher:
 
 
 def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, chunks: Path,
-        audio_dir: Path, features_dir: Path, report: Path) -> dict[str, Any]:
+        audio_dir: Path, features_dir: Path, report: Path,
+        fetch_meta: Path = Path("data/meta/fetch_meta.json")) -> dict[str, Any]:
+    from ups.dataset import pinned_config
+
+    dataset = pinned_config(dataset, fetch_meta)  # one commit for every process of the run
+    revision = dataset_revision(dataset)
     rank, world = _world()
     by_tar = read_chunks(chunks)
     tars = list(by_tar)
@@ -354,7 +370,7 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
 
     jobs: list[TarJob] = []
     for t in mine:
-        fp = fingerprint(t, by_tar[t], cfg, mfcc)
+        fp = fingerprint(t, by_tar[t], cfg, mfcc, revision)
         done = read_done(audio_dir / DONE_DIR, f"{t:06d}")
         if done is not None and done.get("fingerprint") == fp:
             continue
@@ -382,7 +398,7 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
         pg.barrier()
     summary: dict[str, Any] = {}
     if rank == 0:
-        summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report)
+        summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report, revision)
     if pg is not None:
         pg.barrier()
         pg.destroy_process_group()
@@ -391,11 +407,11 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
 
 def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
             by_tar: dict[int, tuple[ChunkRow, ...]], audio_dir: Path, features_dir: Path,
-            report: Path) -> dict[str, Any]:
+            report: Path, revision: str | None = None) -> dict[str, Any]:
     markers: dict[int, dict[str, Any]] = {}
     for t in tars:
         m = read_done(audio_dir / DONE_DIR, f"{t:06d}")
-        if m is None or m.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc):
+        if m is None or m.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc, revision):
             raise RuntimeError(f"{STAGE}: tar {t:06d} has no valid completion marker after the run")
         markers[t] = m
     keep_audio, keep_feats = _expected_files(markers)
