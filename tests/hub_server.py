@@ -13,7 +13,9 @@ Faults are scripted per file path as a queue consumed one per GET: `("drop", n)`
 headers of a full answer and then only n bytes before closing; `("stall", n, s)` sends n bytes
 and then hangs s seconds; `("status", code, retry_after)` answers an error; `("corrupt",)` flips
 one byte; `("redirect", url_prefix)` answers 302 to `url_prefix + path`. Every request is
-recorded with its Range and Authorization headers; body bytes sent are counted per path and
+recorded with its Range and Authorization headers. `state.cdn` makes every resolve answer a
+redirect to the storage URL, as the hub does for LFS and Xet files; faults keyed `@cdn/<path>`
+apply to the storage URL. Body bytes sent are counted per path and
 connections are counted (a client that reuses connections opens few). Each handler times out
 after a few seconds and the server thread is a daemon: it stops by itself.
 """
@@ -50,6 +52,7 @@ class HubState:
     sha: str = SHA
     lfs: bool = True  # report files as LFS (sha256) or as plain git blobs (sha1 blob id)
     rate_bytes_per_s: float = 0.0  # > 0: file bodies trickle out at this rate (kill tests)
+    cdn: str | None = None  # set: every /resolve/ GET answers 302 to `cdn + path` (storage URL)
     faults: dict[str, deque] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)  # body bytes per file path
@@ -190,8 +193,10 @@ def make_handler(state: HubState):
                 return
             data = state.files[rel]
             with state.lock:
-                queue = state.faults.get(rel)
-                action = queue.popleft() if queue and not cdn else None
+                queue = state.faults.get("@cdn/" + rel if cdn else rel)
+                action = queue.popleft() if queue else None
+            if action is None and not cdn and state.cdn:
+                action = ("redirect", state.cdn)
             if action and action[0] == "status":
                 self.send_response(action[1])
                 if len(action) > 2 and action[2] is not None:

@@ -276,3 +276,20 @@ def test_the_stand_in_answers_huggingface_hubs_own_download_api(hub, tmp_path):
     assert Path(path).read_bytes() == hub.files[VAD]
     fs = HfFileSystem(endpoint=url, token=TOKEN)
     assert fs.cat_file(f"datasets/{REPO_ID}@{SHA}/{VAD}", start=10, end=20) == hub.files[VAD][10:20]
+
+
+def test_ranged_reads_resolve_once_then_go_to_the_storage_url(hub, tmp_path):
+    """The hub redirects /resolve/ to a signed storage URL; member and header reads reuse it, so
+    the rate-limited resolve endpoint sees one request per file, and an expired URL is resolved
+    again without counting as a failed attempt."""
+    hub.cdn = hub_url_as_localhost() + "/cdn/"  # another host: the token must not follow
+    ds, sleeps = make(tmp_path)
+    for k in range(5):
+        assert ds.read_file_range(VAD, 1000 * k, 500) == hub.files[VAD][1000 * k:1000 * k + 500]
+    resolves = [r for r in hub.gets(VAD) if "/resolve/" in r.path]
+    storage = [r for r in hub.gets(VAD) if r.path.startswith("/cdn/")]
+    assert len(resolves) == 1 and len(storage) == 5
+    assert all(r.authorization is None for r in storage)
+    hub.fault("@cdn/" + VAD, ("status", 403))  # the signed URL expired
+    assert ds.read_file_range(VAD, 0, 10) == hub.files[VAD][:10]
+    assert len([r for r in hub.gets(VAD) if "/resolve/" in r.path]) == 2 and sleeps == []

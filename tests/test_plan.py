@@ -63,6 +63,7 @@ def test_make_plan_on_the_sample_corpus_as_typed(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
     assert "Plan for select.hours=0.3: 0.30 h in 108 chunks, target reached" in out
+    assert "  tars     " in out and "  members  " in out and "<- dataset.fetch" in out
     for line in ("Download:", "Disk per stage:", "fetch-meta", "prepare-audio", "assign-labels",
                  "Time (bench/results", "Nothing has been downloaded"):
         assert line in out, out
@@ -83,8 +84,24 @@ def test_make_plan_on_the_sample_corpus_as_typed(tmp_path):
     plan = orjson.loads(res.stdout)
     report = orjson.loads((proj / "data/select/report.json").read_bytes())
     sizes = {int(p.stem): p.stat().st_size for p in (REPO / "sample").glob("audio*/*.tar")}
-    assert plan["download"]["tars"] == {"n_tars": len(report["tars"]),
+    assert plan["download"]["tars"] == {"n_tars": len(report["tars"]), "how": "exact (tar sizes)",
                                         "bytes": sum(sizes[t] for t in report["tars"])}
+    est = report["download"]["members"]  # dataset.fetch members (the default): select's estimate
+    assert plan["fetch"] == "members" and plan["download"]["members"] == {
+        "n_tars": est["n_tars"], "n_members": est["n_files"], "bytes": est["bytes_estimate"],
+        "how": "estimate (select.mp3_bytes_per_second)"}
+    assert plan["disk"]["tar cache (prepare-audio)"]["bytes"] == 0
+    assert plan["time"]["index-members"]["s"] > 0  # ~one header read per file of the chosen tars
+    # once index-members has indexed this selection, the member bytes are exact
+    venv_env = {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro", "index-members"], cwd=proj,
+                         env=venv_env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, "-m", "ups", "plan", "--hours", "0.3", "--no-repro",
+                          "--json"], cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+    exact = orjson.loads(res.stdout)["download"]["members"]
+    idx = orjson.loads((proj / "data/index/members/report.json").read_bytes())["download"]["members"]
+    assert exact["how"] == "exact (index-members)" and exact["bytes"] == idx["bytes"] > 0
     assert plan["disk"]["fetch-meta"]["bytes"] == sum(
         p.stat().st_size for p in (proj / "data/meta").iterdir())
     assert plan["disk"]["prepare-audio"]["bytes"] == pytest.approx(0.3 * 3600 * (32000 + 50 * 39 * 4))

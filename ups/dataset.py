@@ -108,11 +108,22 @@ class Dataset(abc.ABC):
     def tar(self, tar_number: int) -> contextlib.AbstractContextManager[Path]:
         """Context manager yielding a local path of the tar, valid (not evicted) while inside."""
 
+    @abc.abstractmethod
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        """What tells this tar's content apart, without reading it (for the member index)."""
+
+    @abc.abstractmethod
+    def local_tar_path(self, tar_number: int) -> Path:
+        """Where `tar()` puts (or finds) the tar; names it in reports whichever way it is read."""
+
     def read_tar_range(self, tar_number: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of tar `tar_number` without fetching the tar: one ranged
         request (a seek on a local mirror), resumed after a dropped connection, checked by length."""
-        rel = tar_path(tar_number)
-        return read_range(f"{rel} [{offset}, {offset + size})", self._opener(rel), offset, size,
+        return self.read_file_range(tar_path(tar_number), offset, size)
+
+    def read_file_range(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of any file of the dataset (a repo path), as above."""
+        return read_range(f"{path} [{offset}, {offset + size})", self._opener(path), offset, size,
                           max_retries=self.cfg.max_retries, backoff_s=self.cfg.retry_backoff_s,
                           sleep=self._sleep)
 
@@ -180,6 +191,13 @@ class LocalDataset(Dataset):
     def tar(self, tar_number: int) -> Iterator[Path]:
         yield self._local(tar_path(tar_number))
 
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        st = self._local(tar_path(tar_number)).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def local_tar_path(self, tar_number: int) -> Path:
+        return self.root / tar_path(tar_number)
+
 
 class HubDataset(Dataset):
     """`cfg.repo_id` (repo_type dataset) on the hub at `cfg.revision`, tars cached on disk.
@@ -195,6 +213,7 @@ class HubDataset(Dataset):
         self.cache = TarCache(cfg.tar_cache_dir, int(cfg.cache_budget_gb * GB))
         self._revision: str | None = None
         self._meta: dict[str, FileMeta] = {}
+        self._locations: dict[str, str] = {}  # resolve URL -> storage URL it redirected to
 
     # --- hub metadata --------------------------------------------------------------------------
 
@@ -296,7 +315,7 @@ class HubDataset(Dataset):
 
         url = hf_hub_url(self.cfg.repo_id, path, repo_type="dataset", revision=self.revision,
                          endpoint=self.endpoint)
-        return http_range(url, self._token, self.cfg.timeout_s, self.stats)
+        return http_range(url, self._token, self.cfg.timeout_s, self.stats, self._locations)
 
     # --- tars ----------------------------------------------------------------------------------
 
@@ -311,6 +330,13 @@ class HubDataset(Dataset):
         rels = {n: tar_path(n) for n in tar_numbers}
         meta = self.files_meta(rels.values())
         return {n: meta[rel].size for n, rel in rels.items()}
+
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        meta = self.file_meta_tar(tar_number)
+        return {"size": meta.size, "sha256": meta.sha256}
+
+    def local_tar_path(self, tar_number: int) -> Path:
+        return self.cache.path(tar_path(tar_number))
 
     @contextlib.contextmanager
     def tar(self, tar_number: int) -> Iterator[Path]:

@@ -353,21 +353,28 @@ def _base_headers() -> dict[str, str]:
 
 
 def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
-               stats: TransferStats | None = None) -> RangeOpener:
+               stats: TransferStats | None = None,
+               locations: dict[str, str] | None = None) -> RangeOpener:
     """GET `url` with `Range: bytes=<offset>-[<end - 1>]` through huggingface_hub's HTTP client;
     `token()` is called per request, sent as a header, dropped when a redirect leaves the host.
 
-    429 and 5xx raise `RetryableError` (with Retry-After); other 4xx raise `DownloadError`.
+    `locations` (shared by the caller across requests) remembers where `url` redirected to, so the
+    next ranged read of the same file goes straight to the storage URL: one hub `/resolve/`
+    request per file instead of one per member or header (the hub rate-limits resolve requests).
+    A remembered location that answers 4xx (a signed URL that expired) is forgotten and `url`
+    resolved again. 429 and 5xx raise `RetryableError` (with Retry-After); other 4xx raise
+    `DownloadError`.
     """
 
     @contextlib.contextmanager
     def open_range(offset: int, end: int | None) -> Iterator[tuple[int, Iterator[bytes]]]:
         from huggingface_hub import get_session
 
-        target = url
+        remembered = locations.get(url) if locations is not None else None
+        target = remembered or url
         origin = urllib.parse.urlsplit(url).netloc
         client = get_session()
-        for _ in range(MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 2):
             headers = {**_base_headers(), "Accept-Encoding": "identity"}
             if offset or end is not None:
                 headers["Range"] = f"bytes={offset}-" + ("" if end is None else str(end - 1))
@@ -382,6 +389,13 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
                 if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
                     target = urllib.parse.urljoin(target, response.headers["Location"])
                     continue
+                if remembered and target == remembered and 400 <= status < 500 and status != 416:
+                    assert locations is not None
+                    locations.pop(url, None)  # expired: resolve again, not counted as a failure
+                    remembered, target = None, url
+                    continue
+                if locations is not None and target != url and status in (200, 206):
+                    locations[url] = target
                 if status == 416:
                     # Our partial is no prefix of the file (or already complete): start over.
                     raise RetryableError("HTTP 416 (range not satisfiable)")

@@ -3,10 +3,12 @@ need and how long it will take, before any audio is fetched.
 
 It sets `select.hours` in params.yaml (what `make train HOURS=N`, a `dvc exp run -S`, does too),
 runs `dvc repro` up to the selection (fetch-meta, the indices, select: metadata only) and reads
-what those stages wrote. Sizes of the chosen tars come from the source's metadata (the hub's
-paths-info, or stat on a mirror), never from a download. Outputs not made yet are estimated from
-their formats (16 kHz int16 PCM, 50 Hz float32 MFCC, 50 Hz int16 labels); times from the recorded
-benchmarks in bench/results/*.json, which were measured on this project's 2-core machine.
+what those stages wrote. The download is given both ways: whole tars (their sizes from the
+source's metadata: the hub's paths-info, or stat on a mirror) and member by member (select's
+estimate from file durations, or the exact member sizes when index-members has indexed this
+selection). Outputs not made yet are estimated from their formats (16 kHz int16 PCM, 50 Hz
+float32 MFCC, 50 Hz int16 labels); times from the recorded benchmarks in bench/results/*.json,
+which were measured on this project's 2-core machine.
 """
 
 from __future__ import annotations
@@ -110,7 +112,38 @@ def _decoded_seconds(chunks: Path) -> float:
     return float(pc.sum(g["end_s_max"]).as_py())
 
 
-def build(project: Path, params: dict[str, Any], *, mb_per_s: float) -> dict[str, Any]:
+def _members_download(project: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Member-by-member bytes of this selection: index-members' exact figure when it indexed
+    this very chunks.parquet, else select's estimate (file durations x mp3_bytes_per_second)."""
+    import hashlib
+
+    est = report["download"]["members"]
+    out = {"n_tars": int(est["n_tars"]), "n_members": int(est["n_files"]),
+           "bytes": int(est["bytes_estimate"]), "how": "estimate (select.mp3_bytes_per_second)"}
+    idx = _read(project / "data" / "index" / "members" / "report.json")
+    chunks = project / "data" / "select" / "chunks.parquet"
+    if idx is not None and idx.get("chunks_sha256") == hashlib.sha256(chunks.read_bytes()).hexdigest():
+        m = idx["download"]["members"]
+        out.update(n_members=int(m["n_members"]), bytes=int(m["bytes"]), how="exact (index-members)")
+    return out
+
+
+def _header_walk_requests(project: Path, tars: list[int]) -> int:
+    """About one ranged read per file of each chosen tar (the VAD index counts them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = project / "data" / "index" / "vad" / "tars.parquet"
+    if not tars or not path.is_file():
+        return 0
+    t = pq.read_table(path, columns=["tar", "n_files"])
+    keep = pc.is_in(t["tar"], value_set=pa.array(tars, t["tar"].type))
+    return int(pc.sum(t.filter(keep)["n_files"]).as_py() or 0) + len(tars)
+
+
+def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
+          latency_s: float = 0.05) -> dict[str, Any]:
     """The plan as numbers, from the outputs of the stages up to select (already run)."""
     from ups.config import DatasetConfig, from_dict
     from ups.dataset import open_dataset, pinned_config
@@ -131,14 +164,23 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float) -> dict[str
     n_params = MODEL_PARAMS.get(str(params["train"]["init"]))
     tar_bytes = sum(tar_sizes.values())
     budget = float(params["dataset"]["cache_budget_gb"]) * GB
+    fetch = str(params["dataset"].get("fetch", "members"))
+    download = {"tars": {"n_tars": len(tars), "bytes": tar_bytes, "how": "exact (tar sizes)"},
+                "members": _members_download(project, report)}
+    fetched = download[fetch]["bytes"]
+    walk = _header_walk_requests(project, tars) if fetch == "members" else 0
+    workers = int(params["dataset"]["download_workers"])
     disk = {
         "fetch-meta": {"bytes": _tree_bytes(meta_dir), "how": "measured"},
         "index-vad": {"bytes": _tree_bytes(project / "data/index/vad"), "how": "measured"},
         "index-lang": {"bytes": _tree_bytes(project / "data/index/lang"), "how": "measured"},
         "select": {"bytes": _tree_bytes(select_dir), "how": "measured"},
-        "tar cache (prepare-audio)": {
-            "bytes": int(min(tar_bytes, budget)),
-            "how": f"the chosen tars, at most dataset.cache_budget_gb={budget / GB:g}; deleted LRU"},
+        "tar cache (prepare-audio)": (
+            {"bytes": int(min(tar_bytes, budget)),
+             "how": f"the chosen tars, at most dataset.cache_budget_gb={budget / GB:g}; deleted LRU"}
+            if fetch == "tars" else
+            {"bytes": 0, "how": f"none: members are held in memory, {workers} at a time per worker "
+                                "(a damaged tar is fetched whole)"}),
         "prepare-audio": {"bytes": int(audio_s * (PCM_BYTES_PER_S + FRAME_RATE * feat_dim * 4)),
                           "how": "16 kHz int16 shards + 50 Hz float32 MFCC"},
         "assign-labels": {"bytes": int(audio_s * FRAME_RATE * 2), "how": "50 Hz int16 labels"},
@@ -146,10 +188,17 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float) -> dict[str
                   "how": "model export + state (weights, 2 AdamW moments), fp32"
                   if n_params else f"train.init {params['train']['init']!r}: size unknown"},
     }
-    time_s: dict[str, dict[str, Any]] = {
-        "download": {"s": tar_bytes / (mb_per_s * 1e6) if mb_per_s > 0 else None,
-                     "how": f"{tar_bytes / GB:.1f} GB at {mb_per_s:g} MB/s (ups plan --mb-per-s)"},
-    }
+    time_s: dict[str, dict[str, Any]] = {}
+    if fetch == "members":
+        from ups.stages.index_members import WALKS_PER_WORKER
+
+        walks = WALKS_PER_WORKER * workers
+        time_s["index-members"] = {
+            "s": walk * latency_s / walks,
+            "how": f"~{walk} header reads (one per file of the chosen tars), {latency_s * 1e3:g} ms "
+                   f"each (--latency-ms), {walks} tars at a time"}
+    time_s["download"] = {"s": fetched / (mb_per_s * 1e6) if mb_per_s > 0 else None,
+                          "how": f"{fetched / GB:.1f} GB ({fetch}) at {mb_per_s:g} MB/s (--mb-per-s)"}
     workers = int(params["prepare_audio"]["workers"])
     if (pa := _bench("prepare_audio", project)) is not None:
         x = float(pa["end_to_end"]["workers_1"]["x_real_time_per_core_wall"])
@@ -172,8 +221,7 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float) -> dict[str
         "select_hours": float(params["select"]["hours"]), "selected_hours": hours,
         "target_reached": bool(report.get("target_reached_within_1pct")),
         "n_chunks": int(report["n_chunks"]), "decoded_hours": decoded_s / 3600,
-        "fetch": str(params["dataset"].get("fetch", "tars")),
-        "download": {"tars": {"n_tars": len(tars), "bytes": tar_bytes}},
+        "fetch": fetch, "download": download,
         "disk": disk, "time": time_s, "source": ds_cfg.source,
     }
 
@@ -198,7 +246,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         mark = "  <- dataset.fetch" if strategy == plan["fetch"] else ""
         what = (f"{d['n_tars']} tars" if strategy == "tars"
                 else f"{d['n_members']} members of {d['n_tars']} tars")
-        out.append(f"  {strategy:<8} {what}, {_gb(d['bytes'])}{mark}")
+        out.append(f"  {strategy:<8} {what}, {_gb(d['bytes'])}, {d['how']}{mark}")
     out += ["", "Disk per stage:"]
     out += [f"  {k:<26} {_gb(v['bytes']):>10}  {v['how']}" for k, v in plan["disk"].items()]
     total = sum(v["bytes"] or 0 for v in plan["disk"].values())
@@ -210,7 +258,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def run(project: Path, hours: float, *, params_path: Path, mb_per_s: float, repro: bool = True,
-        as_json: bool = False) -> int:
+        as_json: bool = False, latency_ms: float = 50.0) -> int:
     import yaml
 
     if hours <= 0:
@@ -224,7 +272,7 @@ def run(project: Path, hours: float, *, params_path: Path, mb_per_s: float, repr
         if res.returncode != 0:
             raise PlanError(f"dvc repro {' '.join(REPRO_TARGETS)} failed (exit {res.returncode})")
     params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    plan = build(project, params, mb_per_s=mb_per_s)
+    plan = build(project, params, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3)
     if as_json:
         sys.stdout.write(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

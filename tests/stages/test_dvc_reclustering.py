@@ -12,7 +12,7 @@ import yaml
 
 from tests.stages.conftest import REPO, write_params
 
-ISSUE4_STAGES = ("prepare-audio", "fit-kmeans", "assign-labels")
+ISSUE4_STAGES = ("index-members", "prepare-audio", "fit-kmeans", "assign-labels")
 
 
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -28,6 +28,7 @@ def _project(tmp_path: Path, corpus: Path, **dataset) -> Path:
     params = write_params(tmp_path / "params.yaml", corpus / "sample", prepare_audio={"workers": 2})
     p = yaml.safe_load(params.read_text())
     p["dataset"].update({"source": "hub", "revision": "main", "tar_cache_dir": str(tmp_path / "cache"),
+                         "fetch": "tars",  # the tar cache keyed by content (members: test_member_fetch)
                          "retry_backoff_s": 0.01, "download_workers": 2, **dataset})
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     return params

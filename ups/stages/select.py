@@ -11,6 +11,10 @@ Memory: only tar, key, duration and speech of files.parquet are loaded whole. Ca
 caps are computed per batch of whole tars (segment lists read from the row groups that hold
 them) and reduced to a tars x languages hours matrix; after the tar choice the candidates are
 rebuilt for the chosen tars only. files.parquet must be sorted by tar, as index-vad writes it.
+
+With `fetch="members"` (dataset.fetch) the tar choice is replaced by a download budget
+(select.max_download_gb, files estimated at select.mp3_bytes_per_second): ups/member_selection.py.
+The report gives the bytes to fetch both ways (`download.members`, `download.tars`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ups import member_selection as msel
 from ups import selection as sel
 from ups.atomic import atomic_dir
 from ups.config import SelectConfig
@@ -117,7 +122,38 @@ def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
     return lang, coverage
 
 
-def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
+def _member_pick(segs: _SegmentReader, elig_idx: np.ndarray, file_count: np.ndarray,
+                 lang_num: np.ndarray, file_bytes: np.ndarray, duration_s: np.ndarray,
+                 density: np.ndarray, tar: np.ndarray, shares: np.ndarray, avail_h: np.ndarray,
+                 cfg: SelectConfig, max_file: int, max_tar: int, n_langs: int) -> dict:
+    """Steps 4-5 for dataset.fetch members: chosen files within select.max_download_gb, then
+    their candidates (from whole tars, so the caps are those of the first pass) and the pick."""
+    chunk_h = cfg.chunk_seconds / 3600.0
+    tie = sel.tie_break(np.arange(len(file_count)), np.zeros(len(file_count)), cfg.chunk_seconds,
+                        cfg.seed)
+    lay = msel.layout(lang_num, file_count, file_bytes, density, tie, n_langs)
+    choice = msel.fit_budget(lay, shares, avail_h, cfg.hours, chunk_h, cfg.max_download_gb * 1e9)
+    if choice.scale < 1.0:
+        log.warning("select: the files for %.2f h would exceed select.max_download_gb=%g; taking "
+                    "%.1f %% of the hours in every language", cfg.hours, cfg.max_download_gb,
+                    100 * choice.scale)
+    rank = np.full(len(file_count), -1, dtype=np.int64)
+    rank[choice.files] = choice.rank
+    in_tars = elig_idx[np.isin(tar[elig_idx], np.unique(tar[choice.files]))]
+    parts = []
+    for ids in _tar_batches(in_tars, tar):
+        f, st, r, sc, _ = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
+        keep = rank[f] >= 0
+        parts.append((f[keep], st[keep], r[keep], sc[keep]))
+    cf, cs, cr, sc = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
+                      for i in range(4))
+    cf = cf.astype(np.int64)
+    pick = msel.pick(lang_num[cf], rank[cf], sc, choice.n_chunks)
+    return {"cf": cf, "cs": cs, "cr": cr, "pick": pick, "scale": choice.scale,
+            "bytes": choice.bytes}
+
+
+def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path, fetch: str = "tars") -> dict:
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     files_path = index_dir / "vad" / "files.parquet"
@@ -172,40 +208,52 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     tar_rows = np.unique(tar[elig_idx])
     avail = np.zeros((len(tar_rows), len(languages)))
     n_candidates = n_after_caps = 0
+    file_count = np.zeros(len(files), dtype=np.int64)  # capped candidates per file (fetch: members)
     for ids in _tar_batches(elig_idx, tar):
         c = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
         n_candidates += c[4]
         n_after_caps += len(c[0])
         np.add.at(avail, (np.searchsorted(tar_rows, tar[c[0]]), lang_num[c[0]]), chunk_h)
+        u, n = np.unique(c[0], return_counts=True)
+        file_count[u] += n
 
     # 3. temperature shares and quotas over all tars
     n_l = np.array([table.get(x, 0.0) for x in languages])
     shares = sel.temperature_shares(n_l, cfg.alpha)
     quota_all = sel.water_fill(shares, avail.sum(axis=0), cfg.hours)
 
-    # 4. tars, then the candidates of the chosen tars only
-    tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
-    tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
-    chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
-                             tolerance=0.005 * cfg.hours)
-    avail_chosen = avail[chosen].sum(axis=0)
-    quota = sel.water_fill(shares, avail_chosen, cfg.hours)
-    in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
-    cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
-                                           max_file, max_tar)
-    cl = lang_num[cf]
-    in_chosen = np.ones(len(cf), dtype=bool)
+    file_bytes = duration_s * cfg.mp3_bytes_per_second  # estimated member size of every file
+    budget = None
+    if fetch == "members":
+        # 4-5 on a download budget: files by usable chunks per byte, quotas over all tars
+        # (ups/member_selection.py); candidates rebuilt for the chosen files' tars only
+        budget = _member_pick(segs, elig_idx, file_count, lang_num, file_bytes, duration_s, density,
+                              tar, shares, avail.sum(axis=0), cfg, max_file, max_tar, len(languages))
+        cf, cs, cr, pick = budget["cf"], budget["cs"], budget["cr"], budget["pick"]
+    else:
+        # 4. tars, then the candidates of the chosen tars only
+        tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
+        tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
+        chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
+                                 tolerance=0.005 * cfg.hours)
+        avail_chosen = avail[chosen].sum(axis=0)
+        quota = sel.water_fill(shares, avail_chosen, cfg.hours)
+        in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
+        cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
+                                               max_file, max_tar)
+        cl = lang_num[cf]
+        in_chosen = np.ones(len(cf), dtype=bool)
 
-    # 5. chunks per language (largest remainder), best-scored first
-    cap = np.round(avail_chosen / chunk_h).astype(np.int64)
-    target_chunks = int(round(cfg.hours / chunk_h))
-    n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
-    pick = np.zeros(len(cf), dtype=bool)
-    for k in range(len(languages)):
-        rows = np.flatnonzero(in_chosen & (cl == k))
-        if n_chunks[k] and len(rows):
-            best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
-            pick[best] = True
+        # 5. chunks per language (largest remainder), best-scored first
+        cap = np.round(avail_chosen / chunk_h).astype(np.int64)
+        target_chunks = int(round(cfg.hours / chunk_h))
+        n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
+        pick = np.zeros(len(cf), dtype=bool)
+        for k in range(len(languages)):
+            rows = np.flatnonzero(in_chosen & (cl == k))
+            if n_chunks[k] and len(rows):
+                best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
+                pick[best] = True
     pf, ps, pr = cf[pick], cs[pick], cr[pick]
     plang = lang[pf]
 
@@ -224,6 +272,8 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     out = out.add_column(0, "chunk_id", pa.array(np.arange(len(out), dtype=np.int64))).cast(CHUNKS_SCHEMA)
 
     sel_tars = np.unique(tar[pf])
+    sel_files = np.unique(pf)
+    member_bytes = float(file_bytes[sel_files].sum())
     tar_dur = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["duration_s"].to_pylist(), strict=True))
     dl_seconds = float(sum(tar_dur.get(int(t), 0.0) for t in sel_tars))
     hours_sel = len(pf) * chunk_h
@@ -241,11 +291,26 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
             tmp / "report.json", stage="select", config=cfg, skips=skips,
             target_hours=cfg.hours, selected_hours=hours_sel, n_chunks=len(out),
             target_reached_within_1pct=bool(reached),
-            shortfall_reason=None if reached else "took all eligible chunks under caps/max_tars",
+            shortfall_reason=None if reached else (
+                f"download budget select.max_download_gb={cfg.max_download_gb:g}"
+                if budget is not None and budget["scale"] < 1.0
+                else "took all eligible chunks under caps/max_tars"),
             valid_hours=float(valid.sum() * chunk_h), n_files=int(len(np.unique(pf))),
             n_tars=int(len(sel_tars)), tars=[int(t) for t in sel_tars],
             download_audio_hours=dl_seconds / 3600,
             download_bytes_estimate=int(dl_seconds * cfg.mp3_bytes_per_second),
+            download={
+                "fetch": fetch,
+                "members": {"bytes_estimate": int(member_bytes), "n_files": int(len(sel_files)),
+                            "n_tars": int(len(sel_tars)),
+                            "audio_hours": float(duration_s[sel_files].sum() / 3600)},
+                "tars": {"bytes_estimate": int(dl_seconds * cfg.mp3_bytes_per_second),
+                         "n_tars": int(len(sel_tars)), "audio_hours": dl_seconds / 3600},
+                "limit": ({"max_download_gb": cfg.max_download_gb,
+                           "budget_bound": bool(budget["scale"] < 1.0),
+                           "hours_scale": float(budget["scale"])} if budget is not None
+                          else {"max_tars": cfg.max_tars}),
+            },
             n_candidates=n_candidates, n_candidates_after_caps=int(n_after_caps),
             max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
             language_shares=dict(zip(languages, shares.tolist(), strict=True)),
