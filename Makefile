@@ -38,7 +38,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test test-cluster stress demo train iterate repro push pull lint bench gpu-check report du \
+.PHONY: help setup test test-cluster stress demo plan train iterate repro push pull lint bench gpu-check report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -73,6 +73,9 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
+
+plan: $(STAMP) ## Before a real run: make plan HOURS=100 (download, disk, time; no audio fetched)
+	$(VENV)/bin/ups plan --hours $(HOURS)
 
 train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params); NODES=N prints per-node commands
 ifeq ($(NODES),1)
