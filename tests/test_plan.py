@@ -37,7 +37,8 @@ def _project(tmp_path: Path) -> Path:
     """A copy of the repo's project files on the bundled sample corpus (a local mirror)."""
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("Makefile", "dvc.yaml", "params.yaml", "requirements.txt", "pyproject.toml"):
+    for name in ("Makefile", "dvc.yaml", "params.yaml", "requirements.txt", "requirements-dev.txt",
+                 "pyproject.toml"):
         shutil.copy2(REPO / name, proj / name)  # copy2: the venv stamp stays newer
     shutil.copytree(REPO / "ups", proj / "ups", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "bench" / "results", proj / "bench" / "results")

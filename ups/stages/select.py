@@ -171,13 +171,13 @@ def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_c
         "eligible_files": f"the eligible files (a LID label that is a Whisper code) hold "
                           f"{hours['eligible_hours']:.3f} h of {whole}",
         "min_speech_ratio": f"only {hours['candidate_hours']:.3f} h ({n_candidates} {whole}) have VAD "
-                            f"speech >= min_speech_ratio {cfg.min_speech_ratio:g}",
+                            f"speech >= select.min_speech_ratio {cfg.min_speech_ratio:g}",
         "caps": f"the caps leave {hours['after_caps_hours']:.3f} h: at most {max_file} chunk(s) per file "
-                f"(max_file_fraction {cfg.max_file_fraction:g}) and {max_tar} per tar "
-                f"(max_tar_fraction {cfg.max_tar_fraction:g})",
-        "max_tars": f"max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
+                f"(select.max_file_fraction {cfg.max_file_fraction:g}) and {max_tar} per tar "
+                f"(select.max_tar_fraction {cfg.max_tar_fraction:g})",
+        "max_tars": f"select.max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
                     f"{hours['within_download_limit_hours']:.3f} h of capped candidates",
-        "max_download_gb": f"max_download_gb {cfg.max_download_gb:g}: the files that fit it give every "
+        "max_download_gb": f"select.max_download_gb {cfg.max_download_gb:g}: the files that fit it give every "
                            f"language {100 * budget_scale:.1f} % of its hours "
                            f"({hours['within_download_limit_hours']:.3f} h of capped candidates)",
     }[binding]
