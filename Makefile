@@ -13,6 +13,8 @@ SETUPTOOLS_VERSION := 84.2.1
 
 HOURS  ?= 100
 GPUS   ?= 1
+ARGS   ?=
+MSG    ?= ups: save the last run (dvc.lock, params, metrics)
 IMAGE  ?= ups:latest
 DRY    ?=
 # docker-train mounts (see README, Docker): the repo at its own path, so paths in .dvc/config and
@@ -26,11 +28,32 @@ DOCKER_ARGS ?=
 CUDA_IMAGE  ?=
 
 export DVC_NO_ANALYTICS := 1
-# dvc.yaml runs `python -m ups ...`: that must be the venv's python.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# dvc.yaml runs `python -m ups ...`: that must be the venv's python (VENV relative or absolute).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test stress demo train repro push pull lint bench report du \
+# `dvc exp run` and `make save` make git commits. Where git config lacks user.name or user.email
+# they would stop ("Git user name and email must be configured"), so then each of the author and
+# committer name and email comes from the environment (GIT_AUTHOR_NAME, ...), else git config, else
+# this fallback. With both set in git config nothing is added. Evaluated per use.
+FALLBACK_GIT_NAME  := ups
+FALLBACK_GIT_EMAIL := ups@localhost.invalid
+GIT_CFG_NAME  = $(shell git config user.name 2>/dev/null)
+GIT_CFG_EMAIL = $(shell git config user.email 2>/dev/null)
+GIT_ID_ENV = $(if $(and $(GIT_CFG_NAME),$(GIT_CFG_EMAIL)),,\
+  GIT_AUTHOR_NAME='$(or $(GIT_AUTHOR_NAME),$(GIT_CFG_NAME),$(FALLBACK_GIT_NAME))' \
+  GIT_AUTHOR_EMAIL='$(or $(GIT_AUTHOR_EMAIL),$(GIT_CFG_EMAIL),$(FALLBACK_GIT_EMAIL))' \
+  GIT_COMMITTER_NAME='$(or $(GIT_COMMITTER_NAME),$(GIT_CFG_NAME),$(FALLBACK_GIT_NAME))' \
+  GIT_COMMITTER_EMAIL='$(or $(GIT_COMMITTER_EMAIL),$(GIT_CFG_EMAIL),$(FALLBACK_GIT_EMAIL))')
+# What `make save` commits: the lock, the params, the metrics and plots DVC keeps in git, and
+# the .gitignore files DVC writes beside its outputs (the outputs themselves are in the cache).
+SAVE_PATHS := dvc.yaml dvc.lock params.yaml dvclive reports/evaluate/metrics.json \
+              reports/evaluate/probe_layers.csv
+# `make exps`: the parameters that tell runs apart and the metrics that say which one helped, as
+# a Markdown table (complete at any terminal width; DVC's own table elides columns past 80).
+EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(kind|layer)|valid\.(loss|acc_masked)|probe\.(init|continued)\.best_accuracy)$$
+
+.PHONY: help setup test stress demo train exps save repro push pull lint bench report du \
         docker-build docker-train clean
 
 help: ## List the targets
@@ -59,8 +82,16 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
 
-train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params)
-	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run)
+	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
+
+exps: $(STAMP) ## Compare runs: dvc exp show, hours/clusters/features and key metrics only
+	@$(DVC) exp show --no-pager --md --precision 3 --drop '.*' --keep '$(EXPS_KEEP)'
+
+save: ## Commit the last run to git (dvc.lock, params, metrics) so a clone can pull it: MSG="..."
+	git add -- $(wildcard $(SAVE_PATHS)) '*.gitignore'
+	@if git diff --cached --quiet; then echo "nothing to save: dvc.lock and params.yaml are committed"; \
+	  else $(GIT_ID_ENV) git commit -q -m "$(MSG)" && git log -1 --format='saved as %h: %s'; fi
 
 repro: $(STAMP) ## dvc repro: rebuild only what changed
 	$(DVC) repro
@@ -68,8 +99,9 @@ repro: $(STAMP) ## dvc repro: rebuild only what changed
 push: $(STAMP) ## dvc push: share artifacts through the DVC remote
 	$(DVC) push
 
-pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote
-	$(DVC) pull --allow-missing
+pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote (an error if it lacks any)
+	$(VENV)/bin/ups remote-check
+	$(DVC) pull
 
 lint: $(STAMP) ## ruff and mypy on ups/
 	$(VENV)/bin/ruff check $(wildcard ups tests scripts bench)
@@ -97,7 +129,7 @@ docker-train: ## Train in the image (HOURS, GPUS), repo/data/caches mounted (DRY
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+	  dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import yaml
 
+from tests.conftest import corrupt_cache_objects, linked_to_cache
 from tests.stages.conftest import REPO, write_params
 
 ISSUE4_STAGES = ("prepare-audio", "fit-kmeans", "assign-labels")
@@ -41,6 +42,7 @@ def project(corpus, tmp_path, tiny_hubert_dir):
     (tmp_path / "data" / "select").mkdir(parents=True)
     shutil.copy(corpus / "chunks.parquet", tmp_path / "data" / "select" / "chunks.parquet")
     dvc("init", "--no-scm", "-q", cwd=tmp_path)
+    dvc("config", "cache.type", "hardlink,symlink", cwd=tmp_path)  # as the repo's .dvc/config
     return tmp_path
 
 
@@ -93,3 +95,9 @@ def test_reclustering_does_not_redecode(project):
     assert stat_tree(project / "data" / "audio") | stat_tree(project / "data" / "features") == audio
     report = orjson.loads((project / "data/labels/report.json").read_bytes())
     assert report["features_kind"] == "hubert" and report["n_clusters"] == 5
+    # assign-labels re-ran twice over its persisted, cache-linked outputs (DVC unprotects them
+    # first): no cache object was written through a link, and the new outputs are links again.
+    assert corrupt_cache_objects(project) == []
+    outs = [p for d in ("data/audio", "data/features", "data/labels") for p in (project / d).rglob("*")
+            if p.is_file()]
+    assert outs and all(linked_to_cache(project, p) for p in outs)
