@@ -15,6 +15,9 @@ HOURS  ?= 100
 GPUS   ?= 1
 ARGS   ?=
 MSG    ?= ups: save the last run (dvc.lock, params, metrics)
+# make train NODES=N (> 1) prints the per-node commands; RDZV is the first node's host:port.
+NODES  ?= 1
+RDZV   ?= $(shell hostname):29500
 IMAGE  ?= ups:latest
 DRY    ?=
 # docker-train mounts (see README, Docker): the repo at its own path, so paths in .dvc/config and
@@ -25,14 +28,19 @@ HF_CACHE    ?= $(HOME)/.cache/huggingface
 DOCKER_GPUS ?= $(GPUS)
 DOCKER_USER ?= $(shell id -u):$(shell id -g)
 DOCKER_ARGS ?=
-CUDA_IMAGE  ?=
+BASE_IMAGE  ?=
+# Passed into the container by name only (docker copies each value when it is set): the hub token
+# and mirror, offline mode, and what a multi-node run needs on each node.
+DOCKER_ENV  := HF_TOKEN HF_ENDPOINT HF_HUB_OFFLINE UPS_RDZV_ENDPOINT UPS_RDZV_ID \
+               SLURM_STEP_NUM_NODES SLURM_STEP_NUM_TASKS NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_DEBUG \
+               GLOO_SOCKET_IFNAME
 
 export DVC_NO_ANALYTICS := 1
 # dvc.yaml runs `python -m ups ...`: that must be the venv's python (VENV relative or absolute).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# `dvc exp run` and `make save` make git commits. Where git config lacks user.name or user.email
+# `dvc exp run` (train, iterate) and `make save` make git commits. Where git config lacks user.name or user.email
 # they would stop ("Git user name and email must be configured"), so then each of the author and
 # committer name and email comes from the environment (GIT_AUTHOR_NAME, ...), else git config, else
 # this fallback. With both set in git config nothing is added. Evaluated per use.
@@ -53,28 +61,35 @@ SAVE_PATHS := dvc.yaml dvc.lock params.yaml dvclive reports/evaluate/metrics.jso
 # a Markdown table (complete at any terminal width; DVC's own table elides columns past 80).
 EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(kind|layer)|valid\.(loss|acc_masked)|probe\.(init|continued)\.best_accuracy)$$
 
-.PHONY: help setup test stress demo train exps save repro push pull lint bench report du \
-        docker-build docker-train clean
+.PHONY: help setup test test-cluster stress demo train exps save iterate repro push pull lint bench \
+        gpu-check report du docker-build docker-train clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
-# The venv is rebuilt when missing or older than requirements.txt / pyproject.toml.
-$(STAMP): requirements.txt pyproject.toml
+# The venv is rebuilt when missing or older than the requirements files / pyproject.toml.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q setuptools==$(SETUPTOOLS_VERSION)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv from requirements.txt (exact pins) and install ups
+setup: $(STAMP) ## Create .venv from requirements.txt + requirements-dev.txt (exact pins) and install ups
 	@echo "ready: source $(VENV)/bin/activate"
 
 test: $(STAMP) ## Run the test suite (what CI runs)
-	$(PY) -m pytest -q -m "not stress"
+	$(PY) -m pytest -q -m "not stress and not cluster and not cuda"
+
+test-cluster: $(STAMP) ## Both sbatch scripts on a real local Slurm (installs slurm-wlm + munge: root)
+	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || { \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends slurm-wlm munge >/dev/null; }
+	$(PY) -m pytest -q -m cluster tests/cluster
 
 stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), figures to bench/
 	UPS_STRESS=1 $(PY) -m pytest -q tests/faults
@@ -82,8 +97,12 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
 
-train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run)
+train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run); NODES=N prints per-node commands
+ifeq ($(NODES),1)
 	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
+else
+	@$(PY) -m ups.cluster plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
+endif
 
 exps: $(STAMP) ## Compare runs: dvc exp show, hours/clusters/features and key metrics only
 	@$(DVC) exp show --no-pager --md --precision 3 --drop '.*' --keep '$(EXPS_KEEP)'
@@ -92,6 +111,11 @@ save: ## Commit the last run to git (dvc.lock, params, metrics) so a clone can p
 	git add -- $(wildcard $(SAVE_PATHS)) '*.gitignore'
 	@if git diff --cached --quiet; then echo "nothing to save: dvc.lock and params.yaml are committed"; \
 	  else $(GIT_ID_ENV) git commit -q -m "$(MSG)" && git log -1 --format='saved as %h: %s'; fi
+
+# iterate: RUN_DIR (default: this repo), LAYER (default: features.layer), SET='key=value ...'
+iterate: $(STAMP) ## Next iteration: labels from the continued model's layer, train again (LAYER, SET)
+	$(GIT_ID_ENV) $(VENV)/bin/ups iterate $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(LAYER),--layer $(LAYER)) \
+	  $(foreach s,$(SET),--set '$(s)')
 
 repro: $(STAMP) ## dvc repro: rebuild only what changed
 	$(DVC) repro
@@ -110,26 +134,30 @@ lint: $(STAMP) ## ruff and mypy on ups/
 bench: $(STAMP) ## Benchmarks, JSON results under bench/
 	$(PY) -m bench
 
+gpu-check: $(STAMP) ## On a GPU machine: CUDA tests, torchrun+NCCL, HuBERT-base MFU -> bench/results/gpu.json
+	$(PY) -m bench.gpu
+
 report: $(STAMP) ## One-page HTML report of the last run
 	$(VENV)/bin/ups report
 
 du: $(STAMP) ## Disk used by each stage, the tar cache, the DVC cache and remote (JSON=1)
 	$(VENV)/bin/ups du $(if $(JSON),--json)
 
-docker-build: ## Build the CUDA image (DRY=1 prints the command; CUDA_IMAGE=tag@digest)
-	$(if $(DRY),@echo) docker build -f docker/Dockerfile -t $(IMAGE) \
-	  $(if $(CUDA_IMAGE),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) .
+docker-build: ## Build the image (DRY=1 prints the command; BASE_IMAGE=python:tag@digest)
+	$(if $(DRY),@echo) DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile -t $(IMAGE) \
+	  $(if $(BASE_IMAGE),--build-arg PYTHON_IMAGE=$(BASE_IMAGE)) .
 
-docker-train: ## Train in the image (HOURS, GPUS), repo/data/caches mounted (DRY=1 prints it)
+docker-train: ## Train in the image (HOURS, GPUS; NODES=N: this node's share), mounts (DRY=1 prints it)
 	$(if $(DRY),@echo) mkdir -p "$(DATA)" "$(DVC_CACHE)" "$(HF_CACHE)"
-	$(if $(DRY),@echo) docker run --rm --gpus $(DOCKER_GPUS) --ipc=host --user $(DOCKER_USER) \
-	  -e HF_TOKEN -e DVC_NO_ANALYTICS=1 \
+	$(if $(DRY),@echo) docker run --rm --init --ipc=host --gpus $(DOCKER_GPUS) --user $(DOCKER_USER) \
+	  $(if $(filter-out 1,$(NODES)),--network=host) \
+	  $(foreach v,$(DOCKER_ENV),-e $(v)) -e DVC_NO_ANALYTICS=1 \
 	  -v "$(CURDIR):$(CURDIR)" -w "$(CURDIR)" \
 	  -v "$(DATA):$(CURDIR)/data" \
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
+	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS))
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

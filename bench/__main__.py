@@ -14,13 +14,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL: list[list[str]] = [
-    ["index_vad"], ["select"], ["prepare_audio"], ["kmeans"], ["train"],
+    ["index_vad"], ["select"], ["prepare_audio"], ["kmeans"], ["labels"], ["train"],
 ]
 QUICK: list[list[str]] = [
     ["index_vad", "--files", "200000", "--repeats", "1", "--naive-mb", "50"],
     ["select", "--files", "200000", "--hours", "10"],
     ["prepare_audio", "--hours", "0.5"],
     ["kmeans", "--frames", "1000000", "--baseline-frames", "200000"],
+    ["labels", "--chunks", "4", "--frames", "100000", "--n-init", "3", "--assign-frames", "100000"],
     ["train", "--steps", "10", "--chunks", "32"],
 ]
 

@@ -7,9 +7,14 @@ same batch size, in the same run. Throughput counts real audio only (padding is 
 MFU = achieved model FLOP/s / peak, with the CPU's peak taken as the best fp32 matmul rate
 measured in the same run.
 
+`--compare SRC` also times the trainer of another source tree (a checkout of an earlier
+commit) on the same corpus and config, alternating the two (A B A B) so both see the same
+machine load, and records the ratio: how a change to the trainer moved its speed.
+
 GPU: `python -m bench.train --device cuda --model base` times HuBERT-base (random weights,
-bf16) through the trainer with the auto batch table, plus the data loader alone, and reports
-MFU against the GPU's dense bf16 peak (H100 SXM 989 TFLOP/s, H200 989, A100 312).
+bf16) through the trainer with the auto batch table on 10 s chunks (`--compile` for
+torch.compile), plus the data loader alone, and reports MFU against the GPU's dense bf16 peak
+(H100 SXM 989 TFLOP/s, H200 989, A100 312). `make gpu-check` runs it (bench/gpu.py).
 
 Results: bench/results/train_<device>.json.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -60,7 +66,14 @@ def cpu_peak_flops() -> float:
     return best
 
 
-def trainer_rate(cfg: TrainConfig, corpus: dict, work: Path) -> float:
+def logged_rates(live_dir: Path) -> list[float]:
+    """The trainer's audio-s/s at each log step, from dvclive (timings are not in the state)."""
+    lines = (live_dir / "plots" / "metrics" / "train" / "audio_s_per_s.tsv").read_text().splitlines()
+    col = lines[0].split("\t").index("audio_s_per_s")
+    return [float(line.split("\t")[col]) for line in lines[1:]]
+
+
+def trainer_rate(cfg: TrainConfig, corpus: dict, work: Path, warmup_logs: int = 1) -> float:
     from ups.stages import train
 
     train.run(
@@ -71,9 +84,32 @@ def trainer_rate(cfg: TrainConfig, corpus: dict, work: Path) -> float:
         state_dir=work / "state",
         live_dir=work / "live",
     )
-    hist = json.loads((sorted((work / "state").glob("step-*"))[-1] / "history.json").read_text())
-    rates = [r["train/audio_s_per_s"] for r in hist if "train/audio_s_per_s" in r][1:]  # first: warm-up
-    return statistics.median(rates)
+    return statistics.median(logged_rates(work / "live")[warmup_logs:])  # first logs: warm-up
+
+
+_OTHER_TREE = """
+import json, sys
+cfg, corpus, work = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, sys.argv[4])
+import ups
+assert ups.__file__.startswith(sys.argv[4]), ups.__file__
+from pathlib import Path
+from ups.config import TrainConfig, from_dict
+from ups.stages import train
+train.run(from_dict(TrainConfig, cfg, "train"), audio_dir=Path(corpus["audio"]),
+          labels_dir=Path(corpus["labels"]), model_dir=Path(work) / "model",
+          state_dir=Path(work) / "state", live_dir=Path(work) / "live")
+"""
+
+
+def tree_rate(src: Path, cfg: dict, corpus: dict, work: Path) -> float:
+    """The trainer of source tree `src` on the same corpus and config, in its own process."""
+    import subprocess
+
+    corpus_s = json.dumps({k: str(v) for k, v in corpus.items()})
+    subprocess.run([sys.executable, "-c", _OTHER_TREE, json.dumps(cfg), corpus_s, str(work), str(src)],
+                   cwd=src, check=True, capture_output=True)
+    return statistics.median(logged_rates(work / "live")[1:])
 
 
 def plain_rate(init: Path, corpus: dict, batch_size: int, steps: int, n_clusters: int) -> float:
@@ -129,15 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--chunks", type=int, default=96)
     p.add_argument("--batch-size", default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--compare", default=None, metavar="SRC",
+                   help="also time the trainer of this source tree (CPU), alternating with this one")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each trainer with --compare")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     work = Path(
         tempfile.mkdtemp(prefix="bench-train-")
     )
     try:
-        corpus = write_corpus(
-            work / "corpus", n_train=args.chunks, n_valid=4, n_shards=8, seconds=(2.0, 10.0)
-        )
+        seconds = (2.0, 10.0) if args.device == "cpu" else (10.0, 10.0)  # GPU: UPS's 10 s chunks
+        corpus = write_corpus(work / "corpus", n_train=args.chunks, n_valid=4, n_shards=8, seconds=seconds)
         arch = SMALL if args.model == "small" else base_config_dict()
         init = write_tiny_hubert(work / "init", seed=0, **arch)
         from transformers import HubertConfig
@@ -145,29 +184,44 @@ def main(argv: list[str] | None = None) -> int:
         flops = flops_per_audio_second(HubertConfig.from_pretrained(init), 10.0)
         if args.device == "cpu":
             bs = int(args.batch_size or 4)
-            cfg = from_dict(
-                TrainConfig,
-                {
-                    "init": str(init),
-                    "device": "cpu",
-                    "batch_size": bs,
-                    "grad_accum": 1,
-                    "num_workers": 1,
-                    "max_steps": args.steps,
-                    "warmup_steps": 1,
-                    "log_every_steps": 5,
-                    "valid_every_steps": 10**6,
-                    "save_every_steps": 10**6,
-                    "shuffle_buffer": 32,
-                    "bucket_batches": 8,
-                    "max_sample_seconds": 10.0,
-                },
-                "train",
-            )
-            rate = trainer_rate(cfg, corpus, work / "run")
+            cfg_dict = {
+                "init": str(init),
+                "device": "cpu",
+                "batch_size": bs,
+                "grad_accum": 1,
+                "num_workers": 1,
+                "max_steps": args.steps,
+                "warmup_steps": 1,
+                "log_every_steps": 5,
+                "valid_every_steps": 10**6,
+                "save_every_steps": 10**6,
+                "shuffle_buffer": 32,
+                "bucket_batches": 8,
+                "max_sample_seconds": 10.0,
+            }
+            cfg = from_dict(TrainConfig, cfg_dict, "train")
+            compared: dict = {}
+            if args.compare:
+                ours, theirs = [], []
+                for k in range(args.repeats):
+                    ours.append(trainer_rate(cfg, corpus, work / f"run{k}"))
+                    src = Path(args.compare).resolve()
+                    theirs.append(tree_rate(src, cfg_dict, corpus, work / f"other{k}"))
+                rate = statistics.median(ours)
+                compared = {
+                    "compared_tree": args.compare,
+                    "trainer_audio_s_per_s_runs": ours,
+                    "compared_trainer_audio_s_per_s_runs": theirs,
+                    "compared_trainer_audio_s_per_s": statistics.median(theirs),
+                    "speedup_vs_compared_trainer": rate / statistics.median(theirs),
+                }
+            else:
+                rate = trainer_rate(cfg, corpus, work / "run")
             base = plain_rate(init, corpus, bs, args.steps, 5)
             peak = cpu_peak_flops()
             result = {
+                **compared,
+                "load_average": os.getloadavg(),
                 "device": f"cpu: {platform.machine()}, {torch.get_num_threads()} threads",
                 "model": args.model,
                 "params_model": arch,
@@ -199,16 +253,18 @@ def main(argv: list[str] | None = None) -> int:
                     "save_every_steps": 10**6,
                     "shuffle_buffer": 64,
                     "bucket_batches": 8,
-                    "compile": False,
+                    "compile": args.compile,
                 },
                 "train",
             )
-            rate = trainer_rate(cfg, corpus, work / "run")
+            rate = trainer_rate(cfg, corpus, work / "run", warmup_logs=2 if args.compile else 1)
             loader = loader_rate(cfg, corpus)
             peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
             result = {
                 "device": name,
                 "model": args.model,
+                "compile": args.compile,
+                "batch_size": cfg.batch_size,
                 "steps": args.steps,
                 "flops_per_audio_second": flops,
                 "trainer_audio_s_per_s": rate,

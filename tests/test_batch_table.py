@@ -6,8 +6,8 @@ from ups.schedule import lr_at
 
 @pytest.mark.parametrize(("gib", "batch", "accum"), [
     (15.0, 8, 4),     # T4
-    (15.8, 8, 4),     # V100-16GB
-    (31.7, 16, 2),    # V100-32GB
+    (15.6, 8, 4),     # RTX 4080 16GB
+    (22.5, 16, 2),    # L4 24GB
     (39.4, 32, 2),    # A100-40GB
     (79.2, 64, 1),    # A100-80GB
     (79.6, 64, 1),    # H100-80GB

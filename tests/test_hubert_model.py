@@ -73,7 +73,8 @@ def test_feature_grad_scale_scales_cnn_gradients(tmp_path):
         logits, _ = model(x, mask_time_indices=torch.zeros(1, 24, dtype=torch.bool))
         logits.sum().backward()
         grads.append(model.hubert.feature_extractor.conv_layers[0].conv.weight.grad.clone())
-    torch.testing.assert_close(grads[1], grads[0] * 0.1, rtol=1e-4, atol=1e-6)
+    # the same backward pass but for the scale: equal up to float32 summation order
+    torch.testing.assert_close(grads[1], grads[0] * 0.1, rtol=1e-3, atol=1e-5)
 
 
 def test_frozen_feature_encoder(tmp_path):

@@ -37,6 +37,40 @@ def test_assign_matches_brute_force_and_reports_inertia():
     assert inertia == pytest.approx(d.min(1).sum(), rel=1e-4)
 
 
+def test_torch_assigner_normalises_and_labels_as_numpy_does():
+    import torch
+
+    from ups.kmeans import TorchAssigner
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3001, 48)) * 3 + 1).astype(np.float32)
+    c = rng.standard_normal((23, 48)).astype(np.float32)
+    norm = fit_normaliser(x)
+    want, want_inertia = assign(norm.apply(x), c)
+    got, inertia = TorchAssigner(norm, c, "cpu")(torch.from_numpy(x), block_frames=1000)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, want)
+    assert inertia == pytest.approx(want_inertia, rel=1e-4)
+
+
+def test_kmeans_plusplus_runs_pick_distinct_data_points_spread_over_the_clusters():
+    from ups.kmeans import kmeans_plusplus_runs
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((10, 16)).astype(np.float32) * 20
+    x = (centres[rng.integers(0, 10, 2000)] + rng.standard_normal((2000, 16))).astype(np.float32)
+    runs = kmeans_plusplus_runs(x, 10, 4, np.random.default_rng(0))
+    assert runs.shape == (4, 10, 16) and runs.dtype == np.float32
+    rows = {r.tobytes() for r in x}
+    for run in runs:
+        assert all(c.tobytes() in rows for c in run)  # every centre is a data point
+        nearest = ((run[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        assert len(set(nearest.tolist())) >= 9  # D^2 sampling covers (almost) every true cluster
+    assert not np.array_equal(runs[0], runs[1])  # independent runs
+    again = kmeans_plusplus_runs(x, 10, 4, np.random.default_rng(0))
+    np.testing.assert_array_equal(runs, again)
+
+
 def test_fit_finds_well_separated_clusters():
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((4, 3)) * 20
@@ -50,6 +84,18 @@ def test_fit_finds_well_separated_clusters():
 def test_fit_refuses_fewer_frames_than_clusters():
     with pytest.raises(ValueError, match="sample_hours"):
         fit_kmeans(np.zeros((3, 2), np.float32), KmeansConfig(n_clusters=4))
+
+
+def test_blocked_normaliser_equals_numpy_and_applies_in_place():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((1000, 7)) * [1, 2, 3, 4, 5, 6, 0] + 100).astype(np.float32)
+    norm = fit_normaliser(x, block=64)
+    np.testing.assert_allclose(norm.mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(norm.std, np.maximum(x.astype(np.float64).std(0), 1e-5), rtol=1e-5)
+    want = norm.apply(x)
+    y = x.copy()
+    assert norm.apply_inplace(y, block=100) is y
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
 def test_normaliser_gives_zero_mean_unit_std_and_floors_constant_dims():

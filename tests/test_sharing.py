@@ -76,8 +76,8 @@ def machine_a(demo_dir: Path, root: Path, env: dict[str, str]) -> None:
     would make the next `dvc exp run` start from a baseline without one and redo every stage)."""
     shutil.copytree(demo_dir, root, symlinks=True,
                     ignore=shutil.ignore_patterns("tmp", "config", "__pycache__", "report.html"))
-    for rel in ("Makefile", "requirements.txt", "pyproject.toml", ".gitignore", ".dvcignore",
-                ".dvc/config", ".dvc/.gitignore"):
+    for rel in ("Makefile", "requirements.txt", "requirements-dev.txt", "pyproject.toml", ".gitignore",
+                ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy2(REPO / rel, root / rel)
     sh(["git", "init", "-q"], root, env)
     # The copied outputs become links to the copied cache, and DVC writes its .gitignore files.

@@ -38,9 +38,21 @@ def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_corpus(
-    root: Path, *, n_train: int = 24, n_valid: int = 6, n_shards: int = 3, seconds=(1.0, 2.0), seed: int = 0
+    root: Path,
+    *,
+    n_train: int = 24,
+    n_valid: int = 6,
+    n_shards: int = 3,
+    seconds=(1.0, 2.0),
+    seed: int = 0,
+    train_shard_sizes: list[int] | None = None,
+    chunks_per_file: int = 1,
 ) -> dict[str, Path]:
-    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs."""
+    """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs.
+
+    `train_shard_sizes` gives the train split's chunks per shard (uneven shards, as source tars
+    make them); `chunks_per_file` consecutive chunk ids share one source file (`key`), as the
+    10 s chunks of one UPS recording do."""
     rng = np.random.default_rng(seed)
     chunk_id = 0
     for split, n in (("train", n_train), ("valid", n_valid)):
@@ -50,9 +62,12 @@ def write_corpus(
         label_dir.mkdir(parents=True, exist_ok=True)
         ids, labels = [], []
         per_shard = int(np.ceil(n / n_shards))
-        for k in range(n_shards):
+        sizes = [per_shard] * n_shards
+        if split == "train" and train_shard_sizes is not None:
+            sizes, n = list(train_shard_sizes), sum(train_shard_sizes)
+        for k, size in enumerate(sizes):
             with tarfile.open(shard_dir / f"{k:06d}-000.tar", "w") as tf:
-                for _ in range(per_shard):
+                for _ in range(size):
                     if len(ids) == n:
                         break
                     n_samples = int(rng.uniform(*seconds) * 16000)
@@ -64,7 +79,7 @@ def write_corpus(
                     meta = {
                         "chunk_id": chunk_id,
                         "tar": k,
-                        "key": f"item/file{chunk_id}",
+                        "key": f"item/file{chunk_id // chunks_per_file}",
                         "start_s": 0.0,
                         "end_s": n_samples / 16000,
                         "language": "xx",
@@ -80,3 +95,22 @@ def write_corpus(
         np.save(label_dir / "offsets.npy", offsets)
         np.save(label_dir / "labels.npy", np.concatenate(labels).astype(np.int16))
     return {"audio": root / "audio", "labels": root / "labels"}
+
+
+def assert_same_training(h1: list[dict], h2: list[dict], model1: Path, model2: Path) -> None:
+    """Two runs at the same global batch (any split over ranks, nodes, accumulation, workers):
+    the same logged metrics step by step and, up to float summation order, the same weights."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    assert len(h1) == len(h2) > 3
+    for a, b in zip(h1, h2, strict=True):
+        assert a["step"] == b["step"]
+        for k in ("train/loss", "train/acc_masked", "valid/loss"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+    w1 = load_file(str(model1 / "model.safetensors"))
+    w2 = load_file(str(model2 / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)

@@ -2,6 +2,8 @@
 
 The seed's table (10 s chunks, HuBERT-base, mixed precision), extended to H100 and H200. Rows
 are matched by total memory in GiB, so a GPU not named here gets the row of its memory size.
+The names are GPUs that torch's CUDA 13 build runs on (compute capability 7.5 and newer; the
+seed's V100 rows are gone with Volta's support).
 The effective batch per optimizer step is batch_size x grad_accum x processes.
 """
 
@@ -9,8 +11,8 @@ from __future__ import annotations
 
 # (memory up to GiB, name, batch_size, grad_accum)
 TABLE: list[tuple[float, str, int, int]] = [
-    (20.0, "T4 / V100-16GB", 8, 4),
-    (36.0, "V100-32GB", 16, 2),
+    (20.0, "T4 / RTX 4080 (16 GB)", 8, 4),
+    (36.0, "L4 / A10 / RTX 4090 (24 GB)", 16, 2),
     (48.0, "A100-40GB", 32, 2),
     (100.0, "A100-80GB / H100-80GB", 64, 1),
     (float("inf"), "H200-141GB", 128, 1),

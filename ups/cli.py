@@ -125,13 +125,14 @@ def _add_prepare_audio(sub: Any) -> None:
 
 
 def _fit_kmeans(args: argparse.Namespace) -> int:
-    from ups.config import FeaturesConfig, KmeansConfig
+    from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 
     cfg = load_section(KmeansConfig, "kmeans", args.params)
     features = load_section(FeaturesConfig, "features", args.params)
+    train = load_section(TrainConfig, "train", args.params)  # features.hubert_model: init
     from ups.stages import fit_kmeans
     fit_kmeans.run(cfg, features, features_dir=Path(args.features_dir), audio_dir=Path(args.audio_dir),
-                   out_dir=Path(args.out_dir))
+                   out_dir=Path(args.out_dir), train=train)
     return 0
 
 
@@ -144,14 +145,15 @@ def _add_fit_kmeans(sub: Any) -> None:
 
 
 def _assign_labels(args: argparse.Namespace) -> int:
-    from ups.config import AssignLabelsConfig, FeaturesConfig
+    from ups.config import AssignLabelsConfig, FeaturesConfig, TrainConfig
 
     cfg = load_section(AssignLabelsConfig, "assign_labels", args.params)
     features = load_section(FeaturesConfig, "features", args.params)
+    train = load_section(TrainConfig, "train", args.params)  # features.hubert_model: init
     from ups.stages import assign_labels
     assign_labels.run(cfg, features, model=Path(args.model), features_dir=Path(args.features_dir),
                       audio_dir=Path(args.audio_dir), chunks=Path(args.chunks),
-                      out_dir=Path(args.out_dir))
+                      out_dir=Path(args.out_dir), train=train)
     return 0
 
 
@@ -234,6 +236,26 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(handler=_demo)
 
 
+def _iterate(args: argparse.Namespace) -> int:
+    from ups import iterate
+
+    return iterate.run(Path(args.run_dir), layer=args.layer, extra=args.set, dry_run=args.dry_run)
+
+
+def _add_iterate(sub: Any) -> None:
+    p = sub.add_parser("iterate", help="Next HuBERT iteration: labels from the continued model's "
+                       "layer, then train again (dvc exp run; dvc repro without Git).",
+                       description="Copy models/hubert-cpt to models/iter/<sha>, then re-run the "
+                       "pipeline with train.init = that copy, features.kind hubert, "
+                       "features.hubert_model init (docs/training.md).")
+    p.add_argument("--run-dir", default=".", help="the DVC project (default: here)")
+    p.add_argument("--layer", type=int, default=None, help="features.layer (default: params.yaml's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="more overrides, as dvc exp run -S (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="snapshot and print the command only")
+    p.set_defaults(handler=_iterate)
+
+
 def _du(args: argparse.Namespace) -> int:
     import orjson
 
@@ -307,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select,
         _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
-        _add_train, _add_evaluate, _add_demo, _add_du, _add_remote_check, _add_report,
+        _add_train, _add_evaluate, _add_demo, _add_iterate, _add_du, _add_remote_check, _add_report,
     ):
         add(sub)
     return parser

@@ -271,15 +271,20 @@ class MfccParams:
 class FeaturesConfig:
     """Section `features`: what k-means clusters. prepare-audio reads only `features.mfcc`."""
 
-    kind: Literal["mfcc", "hubert"] = "mfcc"
-    layer: int = 6  # HuBERT transformer layer (kind: hubert), 1-based as in fairseq's recipe
-    hubert_model: str = "facebook/hubert-base-ls960"  # hub id or local directory
-    batch_chunks: int = 8  # chunks per forward pass (kind: hubert)
+    kind: Literal["mfcc", "hubert"] = "hubert"
+    layer: int = 9  # HuBERT transformer layer (kind: hubert), 1-based as in fairseq's recipe
+    # "init": the trainer's initial model (train.init at train.init_revision); else a hub id or dir
+    hubert_model: str = "init"
+    revision: str = "main"  # hub revision of hubert_model when it is not "init"
+    batch_chunks: int = 16  # chunks per forward pass (kind: hubert)
     device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     mfcc: MfccParams = field(default_factory=MfccParams)
 
     def __post_init__(self) -> None:
         require(self.layer >= 1, "features.layer", "must be >= 1", self.layer)
+        require(bool(self.hubert_model), "features.hubert_model", "must not be empty", self.hubert_model)
+        require(bool(self.revision), "features.revision", "must not be empty", self.revision)
         require(self.batch_chunks >= 1, "features.batch_chunks", "must be >= 1", self.batch_chunks)
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 "features.device", "must be auto, cpu, cuda or cuda:N", self.device)
@@ -303,8 +308,8 @@ class PrepareAudioConfig:
 class KmeansConfig:
     """Section `kmeans`: MiniBatchKMeans with fairseq's settings as defaults."""
 
-    n_clusters: int = 100
-    sample_hours: float = 50.0  # training audio sampled (uniformly over frames) for the fit
+    n_clusters: int = 500
+    sample_hours: float = 10.0  # training audio sampled for the fit (fairseq: 10 % of the data)
     batch_size: int = 10000
     max_no_improvement: int = 100
     n_init: int = 20
@@ -346,7 +351,9 @@ class TrainConfig:
     """Section `train`: HuBERT continued pre-training (ups/stages/train.py). See params.yaml."""
 
     init: str = "facebook/hubert-base-ls960"  # hub id or local directory of a HubertModel
+    init_revision: str = "main"  # hub revision (commit sha to pin) of init; ignored for a directory
     gpus: int = 1  # processes (torchrun --nproc_per_node) on this node
+    nodes: int = 1  # machines (torchrun --nnodes), each running `gpus` processes
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     epochs: int = 4
@@ -390,7 +397,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.gpus >= 1, "train.gpus", "must be >= 1", self.gpus)
+        require(self.nodes >= 1, "train.nodes", "must be >= 1", self.nodes)
         require(bool(self.init), "train.init", "must not be empty", self.init)
+        require(bool(self.init_revision), "train.init_revision", "must not be empty", self.init_revision)
         require(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
         require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null",
                 self.max_steps)

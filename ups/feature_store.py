@@ -1,4 +1,4 @@
-"""Read the per-tar features prepare-audio wrote, or compute HuBERT layer features from the shards.
+"""Read the per-tar features prepare-audio wrote, or stream HuBERT layer features from the shards.
 
 Layout written by prepare-audio, per split and source tar:
 `<features_dir>/<split>/<tar:06d>.feats.npy` (float32, frames x 39, the chunks' 50 Hz MFCC one
@@ -8,9 +8,10 @@ chunk ids and frame counts hold for any feature kind, since frames are always n_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,17 +53,20 @@ def iter_pcm(audio_dir: Path, split: str, tar: int) -> Iterator[tuple[int, np.nd
             yield int(meta["chunk_id"]), pcm
 
 
-def layer_features_for(tf: TarFeatures, audio_dir: Path, split: str,
-                       extract: Callable[[list[np.ndarray]], list[np.ndarray]],
-                       wanted: set[int] | None = None, batch: int = 64) -> dict[int, np.ndarray]:
-    """HuBERT features of a tar's chunks (all, or the `wanted` ids), keyed by chunk id."""
-    out: dict[int, np.ndarray] = {}
+def iter_layer_features(tf: TarFeatures, audio_dir: Path, split: str, extract: Any,
+                        wanted: set[int] | None = None, read_chunks: int = 64
+                        ) -> Iterator[tuple[list[int], Any]]:
+    """(chunk ids, float32 tensor (B, T, dim) on the extractor's device) for a tar's chunks (all,
+    or the `wanted` ids), a few batches at a time: at most `read_chunks` chunks of PCM and one
+    batch of features are in memory, so a tar's 768-dim features never are (nor touch the disk)."""
     ids: list[int] = []
     pcms: list[np.ndarray] = []
+    seen: set[int] = set()
 
-    def flush() -> None:
-        for cid, f in zip(ids, extract(pcms), strict=True):
-            out[cid] = f
+    def flush() -> Iterator[tuple[list[int], Any]]:
+        for part, h in extract.batches(pcms):
+            yield [ids[i] for i in part], h
+        seen.update(ids)
         ids.clear()
         pcms.clear()
 
@@ -71,11 +75,10 @@ def layer_features_for(tf: TarFeatures, audio_dir: Path, split: str,
             continue
         ids.append(cid)
         pcms.append(pcm)
-        if len(ids) >= batch:
-            flush()
+        if len(ids) >= read_chunks:
+            yield from flush()
     if ids:
-        flush()
-    missing = (set(tf.chunk_ids.tolist()) if wanted is None else wanted) - set(out)
+        yield from flush()
+    missing = (set(tf.chunk_ids.tolist()) if wanted is None else wanted) - seen
     if missing:
         raise ValueError(f"shards of tar {tf.tar:06d} ({split}) lack chunk(s) {sorted(missing)[:5]}")
-    return out

@@ -85,6 +85,7 @@ class ModelSetup:
     min_masks: int
     layerdrop: float | None
     attn_implementation: str
+    revision: str = "main"  # hub revision of `init` (a commit sha pins it); unused for a directory
 
 
 def load_hubert(setup: ModelSetup) -> tuple[Any, dict[str, Any]]:
@@ -93,7 +94,7 @@ def load_hubert(setup: ModelSetup) -> tuple[Any, dict[str, Any]]:
     Returns the model and the initial config's SpecAugment settings (restored at export)."""
     from transformers import HubertConfig, HubertModel
 
-    config = HubertConfig.from_pretrained(setup.init)
+    config = HubertConfig.from_pretrained(setup.init, revision=setup.revision)  # ignored for a dir
     original = {k: getattr(config, k) for k in AUGMENT_KEYS}
     overrides: dict[str, Any] = {
         "apply_spec_augment": True,
@@ -107,7 +108,7 @@ def load_hubert(setup: ModelSetup) -> tuple[Any, dict[str, Any]]:
     for k, v in overrides.items():
         setattr(config, k, v)
     model = HubertModel.from_pretrained(
-        setup.init, config=config, attn_implementation=setup.attn_implementation
+        setup.init, config=config, attn_implementation=setup.attn_implementation, revision=setup.revision
     )
     return model, original
 

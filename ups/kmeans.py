@@ -6,7 +6,7 @@ features, with sklearn 1.9.1's algorithm re-written here because its `fit` is un
 frames: every minibatch is drawn by `RandomState.choice(n, batch, p=weights)`, which converts,
 checks and cumsums the n-long weight vector (0.23 s per step at n = 10 M, against ~3 ms for the
 step itself), so a 10 M fit ran for more than 6 minutes on one core. `fit_kmeans` keeps sklearn's
-maths (n_init k-means++ runs on random `init_size` subsamples, the best by inertia on a fixed
+maths (n_init k-means++ runs, in lockstep on one random `init_size` subsample, the best by inertia on a fixed
 validation subsample; minibatch centre updates with per-cluster counts; early stop on the
 exponentially weighted batch inertia after `max_no_improvement` steps without a new minimum;
 random reassignment of small clusters when reassignment_ratio > 0) with uniform minibatches drawn
@@ -17,6 +17,7 @@ Assignment is a blocked nearest-centroid search in float32 BLAS: argmin_c (|c|^2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +34,28 @@ class Normaliser:
     def apply(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
 
+    def apply_inplace(self, x: np.ndarray, block: int = 65536) -> np.ndarray:
+        """`apply` on a float32 array without a second copy of it (a 10 h x 768 sample is 5.5 GB)."""
+        for s in range(0, len(x), block):
+            xb = x[s:s + block]
+            xb -= self.mean
+            xb /= self.std
+        return x
 
-def fit_normaliser(x: np.ndarray) -> Normaliser:
-    """Per-dimension mean and standard deviation (float64 accumulation) of the training sample."""
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+
+def fit_normaliser(x: np.ndarray, block: int = 65536) -> Normaliser:
+    """Per-dimension mean and standard deviation of the training sample, two passes over blocks
+    with float64 sums (no float64 copy of the sample: 11 GB for 10 h of 768-dim frames)."""
+    n = max(1, len(x))
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for s in range(0, len(x), block):
+        total += x[s:s + block].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros_like(total)
+    for s in range(0, len(x), block):
+        d = x[s:s + block].astype(np.float64) - mean
+        sq += np.einsum("nd,nd->d", d, d)
+    std = np.sqrt(sq / n)
     return Normaliser(mean.astype(np.float32), np.maximum(std, STD_FLOOR).astype(np.float32))
 
 
@@ -82,31 +100,58 @@ def fit_kmeans(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
     if n < cfg.n_clusters:
         raise ValueError(f"{n} sampled frames cannot make {cfg.n_clusters} clusters "
                          "(raise kmeans.sample_hours or lower kmeans.n_clusters)")
-    # one BLAS thread, as sklearn's minibatch loop: the products are small (batch x d x k) and
-    # a second thread costs more than it gives (measured 17 ms vs 1.7 ms per step on a busy host)
-    with threadpool_limits(limits=1, user_api="blas"):
+    # small products (39-dim MFCC, k = 100: batch x d x k = 39 M) run on one BLAS thread, as
+    # sklearn's minibatch loop: a second thread cost more than it gave (17 ms vs 1.7 ms per step on
+    # a busy host); 768-dim HuBERT frames with k = 500 (3.8 G per step) use every core
+    threads = 1 if x.shape[1] * cfg.n_clusters < 100_000 else None
+    with threadpool_limits(limits=threads, user_api="blas"):
         return _fit(np.ascontiguousarray(x, dtype=np.float32), cfg)
 
 
-def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
-    from sklearn.cluster import kmeans_plusplus
+def kmeans_plusplus_runs(x: np.ndarray, k: int, n_runs: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_runs` greedy k-means++ initialisations of `x` at once: (n_runs, k, d) float32 centres.
 
+    sklearn's algorithm (first centre uniform, then 2 + ln k candidates drawn by squared distance
+    to the nearest centre, the one that lowers the potential most is kept), with the runs in
+    lockstep on the same points so that each step is ONE float32 product (n x d) @ (d x n_runs *
+    trials) instead of n_runs memory-bound (n x d) @ (d x trials) ones: at 30000 x 768, k = 500,
+    20 runs, sklearn's float64 runs one after another took 27 s each on this machine."""
+    n, d = x.shape
+    trials = 2 + int(np.log(k))
+    x_sq = np.einsum("nd,nd->n", x, x)
+    centres = np.empty((n_runs, k, d), dtype=np.float32)
+    first = rng.integers(0, n, n_runs)
+    centres[:, 0] = x[first]
+    closest = np.maximum(x_sq[None, :] - 2.0 * (x[first] @ x.T) + x_sq[first, None], 0.0)
+    runs = np.arange(n_runs)
+    for c in range(1, k):
+        cum = np.cumsum(closest, axis=1, dtype=np.float64)
+        r = rng.random((n_runs, trials)) * cum[:, -1:]
+        cand = np.minimum(np.stack([np.searchsorted(cum[i], r[i]) for i in runs]), n - 1)
+        flat = cand.ravel()
+        dist = x[flat] @ x.T  # (runs * trials, n), in place from here on
+        dist *= -2.0
+        dist += x_sq[None, :]
+        dist += x_sq[flat, None]
+        dist = dist.reshape(n_runs, trials, n)
+        np.minimum(dist, closest[:, None, :], out=dist)
+        np.maximum(dist, 0.0, out=dist)
+        best = dist.sum(axis=2, dtype=np.float64).argmin(axis=1)
+        closest = dist[runs, best]
+        centres[:, c] = x[cand[runs, best]]
+    return centres
+
+
+def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
     n = len(x)
     k = cfg.n_clusters
     rng = np.random.default_rng(cfg.seed)
     init_size = _init_size(cfg, n)
     valid = x[rng.integers(0, n, init_size)]
-    best, best_inertia, inertias = None, np.inf, []
-    for _ in range(cfg.n_init):
-        # float64: sklearn's float32 distance path upcasts chunk by chunk (0.49 s vs 0.31 s here)
-        sub = x[rng.integers(0, n, init_size)].astype(np.float64)
-        centres, _ = kmeans_plusplus(sub, k, random_state=int(rng.integers(2**31 - 1)))
-        _, inertia = assign(valid, centres)
-        inertias.append(inertia)
-        if inertia < best_inertia:
-            best, best_inertia = centres, inertia
-    assert best is not None  # n_init >= 1 (checked by KmeansConfig)
-    centres = best.astype(np.float64)
+    sub = x[rng.integers(0, n, init_size)]
+    inits = kmeans_plusplus_runs(sub, k, cfg.n_init, rng)
+    inertias = [assign(valid, c)[1] for c in inits]
+    centres = inits[int(np.argmin(inertias))].astype(np.float64)
     counts = np.zeros(k, dtype=np.float64)
     batch = cfg.batch_size
     n_steps = max(1, (cfg.max_iter * n) // batch)
@@ -185,6 +230,36 @@ def assign(x: np.ndarray, centroids: np.ndarray, block_frames: int = 65536,
         inertia += float(d[np.arange(len(xb)), best].sum(dtype=np.float64)
                          + np.einsum("nd,nd->", xb, xb, dtype=np.float64))
     return labels, inertia
+
+
+class TorchAssigner:
+    """`Normaliser.apply` + `assign` in torch on the features' own device (the GPU that computed
+    them): only int16 labels go back to the host, never the 768-dim frames. Same maths as
+    `assign` in float32 (labels can differ from it only at exact ties / rounding)."""
+
+    def __init__(self, norm: Normaliser, centroids: np.ndarray, device: str) -> None:
+        import torch
+
+        self._torch = torch
+        self.mean = torch.from_numpy(np.asarray(norm.mean, np.float32)).to(device)
+        self.std = torch.from_numpy(np.asarray(norm.std, np.float32)).to(device)
+        c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(device)
+        self.ct = c.T.contiguous()
+        self.c_sq = (c * c).sum(dim=1)
+
+    def __call__(self, h: Any, block_frames: int = 65536) -> tuple[np.ndarray, float]:
+        """h: (N, d) float tensor -> (int16 labels, sum of squared distances)."""
+        torch = self._torch
+        labels, inertia = [], 0.0
+        with torch.inference_mode():
+            for s in range(0, len(h), block_frames):
+                xb = (h[s:s + block_frames].float() - self.mean) / self.std
+                d = torch.addmm(self.c_sq, xb, self.ct, alpha=-2.0)
+                best, idx = d.min(dim=1)
+                labels.append(idx.to(torch.int16))
+                inertia += float(best.double().sum() + (xb.double() ** 2).sum())
+        out = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, np.int16)
+        return out, inertia
 
 
 def usage(labels: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -1,39 +1,62 @@
-"""`python -m ups.launch train [ARGS]`: run `ups train` as train.gpus processes.
+"""`python -m ups.launch train [ARGS]`: run `ups train` as train.nodes x train.gpus processes.
 
-With `train.gpus` 1 this replaces itself with `python -m ups train ARGS`; above 1 with
-`python -m torch.distributed.run --nproc_per_node=<gpus> -m ups train ARGS` (torchrun), one
-node by default (`--standalone`). Several nodes: set UPS_NNODES, UPS_NODE_RANK and
-UPS_RDZV_ENDPOINT (host:port of node 0) on every node and run the same command on each.
+- one node, `train.gpus` 1: replaces itself with `python -m ups train ARGS`;
+- one node, more: `python -m torch.distributed.run --standalone --nproc_per_node=<gpus> -m ups train`;
+- `train.nodes` > 1: the same command on every node at the same time, with `UPS_RDZV_ENDPOINT`
+  (host:port on the first node) set on each. torchrun's c10d rendezvous, hosted there by the
+  first node's agent, numbers the nodes, so no node rank is needed. `UPS_RDZV_ID` names the
+  rendezvous (default `ups-train`; scripts/slurm/train.sbatch uses the job id) so that two jobs
+  that happen to share an endpoint never join each other.
+
+scripts/slurm/train.sbatch sets the endpoint from `scontrol show hostnames`; `make train NODES=N`
+prints the per-node commands. Under `srun`, a step that does not run exactly one task on each of
+`train.nodes` nodes is refused before anything starts: two independent trainings writing one
+state directory, or a rendezvous that waits forever for a missing node, are worse than an error.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from ups.config import ConfigError, TrainConfig, load_section
 
 
-def command(argv: list[str], gpus: int, env: dict[str, str]) -> list[str]:
-    """The command line to exec for `ups <argv>` with `gpus` processes on this node."""
-    if gpus <= 1 and int(env.get("UPS_NNODES", "1")) <= 1:
+def command(argv: list[str], gpus: int, nodes: int, env: Mapping[str, str]) -> list[str]:
+    """The command line to exec for `ups <argv>` with `gpus` processes on each of `nodes` nodes."""
+    if gpus <= 1 and nodes <= 1:
         return [sys.executable, "-m", "ups", *argv]
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
-    nnodes = int(env.get("UPS_NNODES", "1"))
-    if nnodes > 1:
+    if nodes > 1:
         endpoint = env.get("UPS_RDZV_ENDPOINT")
         if not endpoint:
-            raise ConfigError("UPS_RDZV_ENDPOINT (host:port of node 0) is required when UPS_NNODES > 1")
+            raise ConfigError(f"train.nodes is {nodes}: set UPS_RDZV_ENDPOINT=host:port (the first node) "
+                              "on every node (scripts/slurm/train.sbatch does), or train.nodes: 1 "
+                              "for one machine")
         launcher += [
-            f"--nnodes={nnodes}",
-            f"--node_rank={env.get('UPS_NODE_RANK', '0')}",
+            f"--nnodes={nodes}",
             "--rdzv_backend=c10d",
             f"--rdzv_endpoint={endpoint}",
-            f"--rdzv_id={env.get('UPS_RDZV_ID', 'ups-train')}",
+            f"--rdzv_id={env.get('UPS_RDZV_ID') or 'ups-train'}",
         ]
     else:
         launcher += ["--standalone", "--nnodes=1"]
     return [*launcher, "-m", "ups", *argv]
+
+
+def check_slurm_step(nodes: int, env: Mapping[str, str]) -> None:
+    """Inside an srun step: one task per node, on train.nodes nodes (see the module docstring)."""
+    if "SLURM_STEP_NUM_NODES" not in env:
+        return
+    step_nodes = int(env["SLURM_STEP_NUM_NODES"])
+    step_tasks = int(env.get("SLURM_STEP_NUM_TASKS", step_nodes))
+    if step_tasks != step_nodes:
+        raise ConfigError(f"this srun step runs {step_tasks} tasks on {step_nodes} node(s): run one task "
+                          "per node (srun --ntasks-per-node=1); each starts train.gpus processes")
+    if step_nodes != nodes:
+        raise ConfigError(f"train.nodes is {nodes} but this srun step spans {step_nodes} node(s) "
+                          "(SLURM_STEP_NUM_NODES)")
 
 
 def _params_path(argv: list[str]) -> str:
@@ -52,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_section(TrainConfig, "train", _params_path(argv))
-        cmd = command(argv, cfg.gpus, dict(os.environ))
+        check_slurm_step(cfg.nodes, os.environ)
+        cmd = command(argv, cfg.gpus, cfg.nodes, os.environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if cfg.gpus > 1 or cfg.device == "cuda":  # before torchrun starts N processes that would fail
+        from ups.devices import resolve_device
+
+        try:
+            resolve_device(cfg.device, cfg.gpus)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached

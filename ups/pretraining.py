@@ -3,7 +3,8 @@
 The cosine head follows the HuBERT paper (and fairseq's `HubertModel`): project the encoder
 output to `final_dim`, then logits are the cosine similarity with one learned embedding per
 cluster, divided by a temperature (0.1). The linear head is a plain `Linear(hidden, n_clusters)`.
-The head is always new: its label set is this run's k-means clusters.
+The head is always new: its label set is this run's k-means clusters. It runs in fp32 even
+under autocast (the encoder runs in bf16), like fairseq's logits.
 
 The loss is cross-entropy summed over the scored frames: masked frames, plus unmasked frames
 weighted by `unmasked_weight` when that is > 0; padding is never scored. Sums (not means) are
@@ -45,12 +46,15 @@ class PretrainingHead(nn.Module):
             self.final_proj = nn.Linear(hidden_size, n_clusters)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.final_proj(hidden)
-        if self.kind == "linear":
-            return x
-        x = F.normalize(x.float(), dim=-1, eps=1e-8)
-        e = F.normalize(self.label_embs.float(), dim=-1, eps=1e-8)
-        return x @ e.t() / self.temperature
+        # fp32 whatever the autocast around it, as fairseq computes its logits: in bf16 the
+        # cosine logits (+-10 at temperature 0.1) were off by up to 0.06.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            x = self.final_proj(hidden.float())
+            if self.kind == "linear":
+                return x
+            x = F.normalize(x, dim=-1, eps=1e-8)
+            e = F.normalize(self.label_embs.float(), dim=-1, eps=1e-8)
+            return x @ e.t() / self.temperature
 
 
 @dataclass
@@ -65,10 +69,14 @@ class LossSums:
     correct_masked: torch.Tensor
     correct_unmasked: torch.Tensor
 
-    def as_floats(self) -> list[float]:
-        """The six logged sums in the order the trainer accumulates and all-reduces them."""
-        return [float(self.ce_masked), float(self.n_masked), float(self.correct_masked),
-                float(self.ce_unmasked), float(self.n_unmasked), float(self.correct_unmasked)]
+    def as_tensor(self) -> torch.Tensor:
+        """The six logged sums as one float64 vector on their device, in `SUM_NAMES` order, so a
+        caller accumulates them without reading anything back to the host."""
+        return torch.stack([self.ce_masked, self.n_masked, self.correct_masked,
+                            self.ce_unmasked, self.n_unmasked, self.correct_unmasked]).double()
+
+
+SUM_NAMES = ("ce_masked", "n_masked", "correct_masked", "ce_unmasked", "n_unmasked", "correct_unmasked")
 
 
 def masked_prediction_sums(
@@ -88,11 +96,10 @@ def masked_prediction_sums(
     unmasked = ~mask & valid
     flat_logits = logits.reshape(-1, logits.shape[-1]).float()
     flat_labels = labels.reshape(-1).long()
-    ce = torch.zeros(flat_labels.shape, dtype=flat_logits.dtype, device=flat_logits.device)
-    # CE only where something is counted (metrics for unmasked frames are computed without grad).
-    sel = (masked | unmasked).reshape(-1)
-    ce[sel] = F.cross_entropy(flat_logits[sel], flat_labels[sel], reduction="none")
-    ce = ce.reshape(labels.shape)
+    # CE on every frame, padding zeroed by `where` (no boolean indexing: that waits for the GPU
+    # to count the selected frames); metrics for unmasked frames are computed without grad.
+    ce = F.cross_entropy(flat_logits, flat_labels, reduction="none").reshape(labels.shape)
+    ce = torch.where(valid, ce, torch.zeros((), dtype=ce.dtype, device=ce.device))
     weights = masked.float() + unmasked_weight * unmasked.float()
     objective = (ce * weights).sum()
     with torch.no_grad():
@@ -109,6 +116,7 @@ def masked_prediction_sums(
         )
 
 
-def scored_weight(mask: torch.Tensor, valid: torch.Tensor, unmasked_weight: float) -> torch.Tensor:
-    """The normaliser of one micro-batch: masked frames + unmasked_weight * unmasked frames."""
-    return (mask & valid).sum().float() + unmasked_weight * (~mask & valid).sum().float()
+def scored_weight(n_masked: int, n_unmasked: int, unmasked_weight: float) -> float:
+    """The normaliser of one micro-batch: masked frames + unmasked_weight * unmasked frames
+    (host counts, known from the batch's masks before any GPU work)."""
+    return n_masked + unmasked_weight * n_unmasked

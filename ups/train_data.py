@@ -1,22 +1,28 @@
 """Training batches from the pre-decoded WebDataset shards and the frame labels.
 
 One epoch of one *stream* (a DataLoader worker on one rank; `n_streams` = ranks x workers) is a
-pure function of (seed, epoch, stream index): shard order is reshuffled per epoch; a stream reads
-its share of the shards `open_shards` at a time, interleaved, through a shuffle buffer of
-`shuffle_buffer` samples (so the buffer spans many shards); samples are gathered in pools of
-`bucket_batches` batches, sorted by length and cut into batches (length bucketing), and the
-batch order within a pool is shuffled. Each batch is cropped and masked with a generator seeded
-by (seed, epoch, stream, batch index), so a resumed run that skips the batches it already
-consumed sees exactly the same batches as a run never stopped.
+pure function of (seed, epoch, stream index). When the dataset is built, each shard's tar
+headers are walked once (no audio is read) into a catalogue of its trainable samples: chunk id,
+byte offset of the pcm member, label frames. Every epoch the shard order is reshuffled and the
+catalogued samples, in that order, are cut into `n_streams` runs of exactly the same length
+(`plan_streams`): an epoch is every chunk once across all ranks and workers, whatever the shard
+sizes, and every stream yields the same number of batches (the remainder, fewer than
+`n_streams` samples, sits out that epoch; the next shard order moves it). A stream reads its
+runs `open_shards` at a time, interleaved, through a shuffle buffer of `shuffle_buffer` samples;
+samples are gathered in pools of `bucket_batches` batches, sorted by length with ties broken at
+random (so a batch mixes recordings) and cut into batches (length bucketing), and the batch
+order within a pool is shuffled. Each batch is cropped and masked with a generator seeded by
+(seed, epoch, stream, batch index), so a resumed run that skips the batches it already consumed
+sees exactly the same batches as a run never stopped.
 
-When there are fewer shards than streams every stream reads every shard and keeps every
-`n_streams`-th sample. Each stream ends with an `END` batch: the trainer ends the epoch at the
-first one it sees (on any rank), so all ranks run the same number of steps.
+Each stream ends with an `END` batch. A sample that turns out unreadable only when read makes
+its stream one sample short: the trainer then ends the epoch for every rank at the first END
+(the step's vote), so all ranks always run the same number of steps.
 
 Crop modes: `shortest` crops every sample of a batch to the batch's shortest (at most
 `max_sample_seconds`) at a random frame-aligned offset, so no compute goes to padding (fairseq's
 HuBERT recipe); `pad` crops to `max_sample_seconds` only and zero-pads, with an attention mask;
-padded frames are never masked or scored.
+padded frames are never masked or scored (the trainer refuses `pad` for group-norm CNNs).
 """
 
 from __future__ import annotations
@@ -85,6 +91,14 @@ class LabelIndex:
             return None
         row = int(self._order[i])
         return np.asarray(self.labels[int(self.offsets[row]) : int(self.offsets[row + 1])])
+
+    def n_frames(self, chunk_id: int) -> int | None:
+        """Label frames of a chunk, or None when it has no labels (nothing is read but offsets)."""
+        i = int(np.searchsorted(self._sorted, chunk_id))
+        if i >= len(self._sorted) or int(self._sorted[i]) != chunk_id:
+            return None
+        row = int(self._order[i])
+        return int(self.offsets[row + 1]) - int(self.offsets[row])
 
     def max_label(self) -> int:
         return int(np.max(self.labels)) if len(self.labels) else -1
@@ -262,13 +276,17 @@ def collate(
     mask = compute_mask(
         frames, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length, min_masks=spec.min_masks, rng=rng
     )
+    valid = frame_valid(frames, n_t)
     out: dict[str, Any] = {
         "input_values": torch.from_numpy(audio),
         "attention_mask": None,
         "labels": torch.from_numpy(labels),
         "mask": torch.from_numpy(mask),
-        "valid": torch.from_numpy(frame_valid(frames, n_t)),
+        "valid": torch.from_numpy(valid),
         "n_samples": int(target.sum()),
+        # scored-frame counts as host numbers: the step's normaliser needs no device sync
+        "n_masked": int((mask & valid).sum()),
+        "n_unmasked": int((~mask & valid).sum()),
         "chunk_ids": [int(s[0]) for s in samples],
     }
     if spec.crop == "pad" and (target != n_cols).any():
@@ -276,6 +294,104 @@ def collate(
             (np.arange(n_cols)[None, :] < target[:, None]).astype(np.int64)
         )
     return out
+
+
+# --- which samples each stream reads -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """The trainable samples of one shard: chunk ids and where each pcm member's bytes lie."""
+
+    path: Path
+    chunk_ids: np.ndarray  # int64, file order
+    offsets: np.ndarray  # int64, byte offset of each `.pcm.npy` member's data
+    sizes: np.ndarray  # int64, its size in bytes
+    frames: np.ndarray  # int64, label frames of each chunk
+
+
+def catalog_shard(path: Path, labels: LabelIndex, min_frames: int, skips: Counter[str]) -> ShardEntry:
+    """Walk one shard's tar headers (no sample data is read) and keep the samples that can train:
+    a `.pcm.npy` member, labels for its chunk id, at least `min_frames` label frames."""
+    ids, offsets, sizes, frames = [], [], [], []
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                if ext != "pcm.npy":
+                    continue
+                try:
+                    chunk_id = int(key)
+                except ValueError:
+                    skips["bad_sample"] += 1
+                    continue
+                lab = labels.n_frames(chunk_id)
+                if lab is None:
+                    skips["no_labels"] += 1
+                elif lab < min_frames:
+                    skips["shorter_than_min"] += 1
+                else:
+                    ids.append(chunk_id)
+                    offsets.append(member.offset_data)
+                    sizes.append(member.size)
+                    frames.append(lab)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        log.warning("shard %s unreadable past some point: %s", path, exc)
+        skips["bad_shard"] += 1
+    as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return ShardEntry(Path(path), as64(ids), as64(offsets), as64(sizes), as64(frames))
+
+
+def plan_streams(
+    counts: list[int], order: list[int], n_streams: int, equal: bool
+) -> list[list[tuple[int, int, int]]]:
+    """Cut the samples of the shards, taken in `order`, into `n_streams` contiguous runs:
+    `(shard, first, stop)` ranges per stream. `equal`: every stream gets the same number of
+    samples (the remainder, fewer than `n_streams`, sits out this epoch); else the first
+    `total % n_streams` streams take one more, so every sample is in exactly one stream.
+
+    Sample counts, not whole shards: source tars make shards of very uneven sizes, and dealing
+    them whole left some streams with 50 chunks and others with 1."""
+    total = sum(counts[i] for i in order)
+    base, extra = divmod(total, n_streams)
+    bounds = [0]
+    for s in range(n_streams):
+        bounds.append(bounds[-1] + base + (0 if equal or s >= extra else 1))
+    plan: list[list[tuple[int, int, int]]] = [[] for _ in range(n_streams)]
+    pos = 0  # position of the current shard's first sample in the concatenation
+    for shard in order:
+        n = counts[shard]
+        for s in range(n_streams):
+            lo, hi = max(bounds[s], pos), min(bounds[s + 1], pos + n)
+            if lo < hi:
+                plan[s].append((shard, lo - pos, hi - pos))
+        pos += n
+    return plan
+
+
+def read_samples(
+    entry: ShardEntry, first: int, stop: int, skips: Counter[str]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(chunk_id, int16 pcm) of samples `first:stop` of a catalogued shard, read at their offsets."""
+    try:
+        with open(entry.path, "rb") as fh:
+            for i in range(first, stop):
+                fh.seek(int(entry.offsets[i]))
+                data = fh.read(int(entry.sizes[i]))
+                try:
+                    pcm = np.load(io.BytesIO(data), allow_pickle=False)
+                except (ValueError, OSError, EOFError):
+                    skips["bad_sample"] += 1
+                    continue
+                if pcm.ndim != 1 or pcm.dtype != np.int16:
+                    skips["bad_pcm_format"] += 1
+                    continue
+                yield int(entry.chunk_ids[i]), pcm
+    except OSError as exc:
+        log.warning("shard %s unreadable: %s", entry.path, exc)
+        skips["bad_shard"] += 1
 
 
 # --- the dataset -----------------------------------------------------------------------------
@@ -305,7 +421,20 @@ class ShardBatches(IterableDataset):
         self.world_size = world_size
         self.epoch = 0
         self.skip_per_worker: list[int] = []  # batches to skip, per worker (resume)
-        self._labels: LabelIndex | None = None
+        self._labels = LabelIndex(self.label_dir)
+        min_len = max(int(round(spec.min_sample_seconds * SAMPLE_RATE)), 400)
+        self.catalog_skips: Counter[str] = Counter()  # counted once, when the shards are listed
+        self.entries = [catalog_shard(p, self._labels, n_cnn_frames(min_len), self.catalog_skips)
+                        for p in self.shards]
+
+    @property
+    def n_samples(self) -> int:
+        """Trainable samples of the split (after the catalogue's checks)."""
+        return sum(len(e.chunk_ids) for e in self.entries)
+
+    def batches_per_stream(self, n_streams: int) -> int:
+        """Full batches every training stream yields per epoch (the same for all streams)."""
+        return (self.n_samples // n_streams) // self.spec.batch_size
 
     def set_position(self, epoch: int, skip_per_worker: list[int]) -> None:
         self.epoch = epoch
@@ -322,26 +451,23 @@ class ShardBatches(IterableDataset):
         yield from self.iter_stream(stream, n_streams, skip)
 
     def iter_stream(self, stream: int, n_streams: int, skip: int = 0) -> Iterator[dict[str, Any]]:
-        if self._labels is None:
-            self._labels = LabelIndex(self.label_dir)
         spec = self.spec
         epoch = self.epoch if self.train else 0
         rng = np.random.default_rng([self.seed, epoch, stream, 0])
-        shards = list(self.shards)
+        order = list(range(len(self.entries)))
         if self.train:  # one shard order per epoch, shared by every stream
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
-            shards = [shards[i] for i in order]
+            order = [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(order))]
+        ranges = plan_streams([len(e.chunk_ids) for e in self.entries], order, n_streams, equal=self.train)
         skips: Counter[str] = Counter()
-        if len(shards) >= n_streams:
-            mine, stride = shards[stream::n_streams], 1
-        else:
-            mine, stride = shards, n_streams
-        samples = self._samples(mine, stride, stream % stride if stride > 1 else 0, skips)
+        samples = self._samples(ranges[stream], skips)
         if self.train:
             samples = shuffled(samples, spec.shuffle_buffer, rng)
+        # Ties in length (every UPS chunk is 10 s) are broken at random, not by chunk id: ids
+        # follow (tar, file, start), so sorted ids made a batch a run of one recording's chunks.
+        keyed = ((len(s[1]), float(rng.random()) if self.train else 0.0, s) for s in samples)
         batches = bucketed(
-            samples,
-            lambda s: (len(s[1]), s[0]),
+            keyed,
+            lambda k: (k[0], k[1]),
             spec.batch_size,
             spec.bucket_batches,
             rng if self.train else None,
@@ -351,31 +477,23 @@ class ShardBatches(IterableDataset):
             if b < skip:
                 continue
             brng = np.random.default_rng([self.seed, epoch, stream, b + 1])
-            out = collate(batch, spec, brng, random_crop=self.train)
+            out = collate([k[2] for k in batch], spec, brng, random_crop=self.train)
             out["skips"] = dict(skips)
             skips.clear()
             yield out
         yield {END: True, "skips": dict(skips)}
 
     def _samples(
-        self, shards: list[Path], stride: int, offset: int, skips: Counter[str]
+        self, ranges: list[tuple[int, int, int]], skips: Counter[str]
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        assert self._labels is not None
-        min_len = max(int(round(self.spec.min_sample_seconds * SAMPLE_RATE)), 400)
-        k = 0
-        for chunk_id, pcm in interleave([read_shard(p, skips) for p in shards], self.spec.open_shards):
-            k += 1
-            if (k - 1) % stride != offset:
-                continue
+        readers = [read_samples(self.entries[shard], lo, hi, skips) for shard, lo, hi in ranges]
+        for chunk_id, pcm in interleave(readers, self.spec.open_shards):
             labels = self._labels.get(chunk_id)
-            if labels is None:
+            if labels is None:  # the catalogue checked; labels changed under a running job
                 skips["no_labels"] += 1
                 continue
             if len(labels) != n_cnn_frames(len(pcm)):
                 skips["label_length_mismatch"] += 1
-                continue
-            if len(pcm) < min_len:
-                skips["shorter_than_min"] += 1
                 continue
             yield chunk_id, pcm, labels
 

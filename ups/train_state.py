@@ -2,10 +2,16 @@
 
 `<state_dir>/step-<N>/` holds model.safetensors (HuBERT + head), optimizer.safetensors plus the
 param groups in state.json, rng.safetensors (every rank's torch CPU/CUDA generator state),
-state.json (step, epoch, data position, scaler, counters, config) and history.json (the logged
-metrics so far); `done.json` is written last. A state is built in `step-<N>.partial` and renamed,
-then `latest.json` is pointed at it, then older states beyond the previous good one are removed,
-so a kill at any point leaves at least one complete state.
+state.json (step, epoch, data position, scaler, counters, config, fingerprint) and history.json
+(the logged metrics so far); `done.json` is written last. A state is built in
+`step-<N>.partial` and renamed, then `latest.json` is pointed at it, then older states beyond
+the previous good one are removed, so a kill at any point leaves at least one complete state.
+
+`latest.json` is the authority on which state to resume; the trainer compares its fingerprint
+with the run's and, on a fresh start, removes every earlier state (`discard_states`, each named
+in the log). So the states in a directory are always one run's, and pruning by step never
+deletes the state just written (it once kept "the two highest steps" and deleted a new run's
+step 25 beside an old run's 104 and 117).
 """
 
 from __future__ import annotations
@@ -83,8 +89,9 @@ def save_state(
         shutil.rmtree(final)
     os.replace(partial, final)
     _fsync_dir(state_dir)
-    write_json(state_dir / "latest.json", {"step": step, "dir": name})
-    for old in complete_states(state_dir)[:-KEEP]:
+    write_json(state_dir / "latest.json", {"step": step, "dir": name, "fingerprint": info.get("fingerprint")})
+    others = [p for p in complete_states(state_dir) if p != final]
+    for old in others[: max(0, len(others) - (KEEP - 1))]:
         shutil.rmtree(old)
     return final
 
@@ -102,8 +109,32 @@ def complete_states(state_dir: Path) -> list[Path]:
 
 
 def latest_state(state_dir: Path) -> Path | None:
+    """The state `latest.json` names when it is complete; else the newest complete one (a kill
+    between the rename and `latest.json`, or a directory from before `latest.json`)."""
+    pointer = Path(state_dir) / "latest.json"
+    if pointer.is_file():
+        try:
+            named = Path(state_dir) / str(read_json(pointer)["dir"])
+        except (ValueError, KeyError, TypeError):
+            named = None
+        if named is not None and _DIR.match(named.name) and (named / "done.json").is_file():
+            return named
     states = complete_states(state_dir)
     return states[-1] if states else None
+
+
+def discard_states(state_dir: Path) -> list[str]:
+    """Remove every state (complete or partial) and `latest.json`; returns the names removed."""
+    state_dir = Path(state_dir)
+    if not state_dir.is_dir():
+        return []
+    gone = []
+    for p in sorted(state_dir.iterdir()):
+        if p.is_dir() and (_DIR.match(p.name) or _DIR.match(p.name.removesuffix(".partial"))):
+            shutil.rmtree(p)
+            gone.append(p.name)
+    (state_dir / "latest.json").unlink(missing_ok=True)
+    return gone
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -51,6 +51,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "select": {"hours": 0.15, "max_file_fraction": 1.0, "max_tar_fraction": 1.0,
                "valid_fraction": 0.2},
     "prepare_audio": {"workers": 1, "shard_max_chunks": 4},
+    # MFCC labels: the repo default (layer 9 of train.init) has no layer 9 in the tiny model
+    "features": {"kind": "mfcc", "device": "cpu"},
     "kmeans": {"n_clusters": 16, "sample_hours": 0.05, "n_init": 2, "max_iter": 20},
     "train": {"init": "tiny", "device": "cpu", "epochs": 1, "max_steps": 8, "learning_rate": 2e-3,
               "warmup_steps": 2, "batch_size": 4, "grad_accum": 1, "num_workers": 0,

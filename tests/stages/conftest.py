@@ -86,6 +86,7 @@ def write_params(path: Path, local_root: Path, **overrides: dict) -> Path:
     params["prepare_audio"]["workers"] = 1
     params["prepare_audio"]["shard_max_chunks"] = 2
     params["kmeans"].update({"n_clusters": 8, "sample_hours": 0.01, "n_init": 2})
+    params["features"]["kind"] = "mfcc"  # the repo default (hubert of train.init) needs the hub
     for section, values in overrides.items():
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,10 +124,105 @@ def test_hubert_layer_features_label_every_chunk(prepared, corpus, tiny_hubert):
 
 
 def test_hubert_layer_out_of_range_fails_naming_the_parameter(tiny_hubert):
-    from ups.hubert_features import LayerFeatures
+    from ups.hubert_features import FeatureModel, LayerFeatures
 
     with pytest.raises(ValueError, match="features.layer"):
-        LayerFeatures(str(tiny_hubert), 3, "cpu")
+        LayerFeatures(FeatureModel(str(tiny_hubert)), 3, "cpu")
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_layer_features_are_transformers_hidden_states_of_that_layer(tiny_hubert, layer):
+    """The truncated forward (layers above `layer` dropped, output read by a hook) gives exactly
+    hidden_states[layer] of the whole model, on the trainer's input scaling (int16 / 32768)."""
+    import torch
+    from transformers import HubertModel
+
+    from ups.hubert_features import FeatureModel, LayerFeatures
+
+    rng = np.random.default_rng(0)
+    pcms = [rng.integers(-8000, 8000, n).astype(np.int16) for n in (16000, 16000, 9000, 16000)]
+    lf = LayerFeatures(FeatureModel(str(tiny_hubert)), layer, "cpu", batch_chunks=2)
+    assert len(lf.model.encoder.layers) == layer
+    got = lf(pcms)
+    full = HubertModel.from_pretrained(tiny_hubert).eval()
+    for pcm, g in zip(pcms, got, strict=True):
+        x = torch.from_numpy(pcm.astype(np.float32)[None] / 32768.0)
+        with torch.inference_mode():
+            want = full(x, output_hidden_states=True).hidden_states[layer][0].numpy()
+        assert g.shape == (n_cnn_frames(len(pcm)), 32)
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+    # the GPU's bf16 autocast path, run on the CPU: same frames, bf16 rounding only
+    bf = LayerFeatures(FeatureModel(str(tiny_hubert)), layer, "cpu", batch_chunks=2, precision="bf16")
+    for a, b in zip(got, bf(pcms), strict=True):
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.98
+
+
+def test_hubert_model_init_follows_the_trainers_initial_model_and_revision(monkeypatch, tmp_path):
+    import transformers
+
+    from ups.config import TrainConfig
+    from ups.hubert_features import FeatureModel, feature_model, load_feature_model
+
+    feats = FeaturesConfig()
+    assert (feats.kind, feats.layer, feats.hubert_model) == ("hubert", 9, "init")
+    train = TrainConfig(init="org/model", init_revision="abc123", seed=5)
+    assert feature_model(feats, train) == FeatureModel("org/model", "abc123", 5)
+    import dataclasses
+    other = dataclasses.replace(feats, hubert_model="org/other", revision="def456")
+    assert feature_model(other, train) == FeatureModel("org/other", "def456", 0)
+    calls = []
+    monkeypatch.setattr(transformers.HubertModel, "from_pretrained",
+                        classmethod(lambda cls, name, **kw: calls.append((str(name), kw)) or
+                                    transformers.HubertModel(transformers.HubertConfig(
+                                        hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=8, conv_dim=(4,) * 7,
+                                        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2))))
+    load_feature_model(FeatureModel("org/model", "abc123"))
+    load_feature_model(FeatureModel(str(tmp_path), "abc123"))  # a local directory: no revision
+    assert calls == [("org/model", {"revision": "abc123"}), (str(tmp_path), {})]
+
+
+def test_tiny_init_labels_every_chunk_with_the_trainers_tiny_model(prepared, corpus):
+    """features.hubert_model: init with train.init: tiny -> the trainer's seeded tiny model."""
+    from ups.config import TrainConfig
+
+    out, params = prepared
+    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert",
+                                layer=1, hubert_model="init", device="cpu")
+    km = load_section(KmeansConfig, "kmeans", params)
+    train = TrainConfig(init="tiny", seed=3)
+    fit = fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                         out_dir=out / "tinyinit" / "kmeans", train=train)
+    assert fit["feature_model"]["hubert_model"] == "tiny" and fit["dim"] == 32
+    report = assign_labels.run(AssignLabelsConfig(), feats, model=out / "tinyinit/kmeans/model.npz",
+                               features_dir=out / "features", audio_dir=out / "audio",
+                               chunks=corpus / "chunks.parquet", out_dir=out / "tinyinit" / "labels",
+                               train=train)
+    check_labels(out, "tinyinit", 8)
+    assert report["label_set"] == {"kind": "hubert", "layer": 1, "hubert_model": "tiny",
+                                   "revision": "", "n_clusters": 8}
+    # the same features, labelled again by hand: TorchAssigner's labels are the numpy ones
+    from ups.hubert_features import FeatureModel, LayerFeatures
+    from ups.kmeans import Normaliser, assign
+    from ups.stages.fit_kmeans import load_model
+
+    m = load_model(out / "tinyinit/kmeans/model.npz")
+    lf = LayerFeatures(FeatureModel("tiny", tiny_seed=3), 1, "cpu")
+    ids = np.load(out / "tinyinit/labels/train/chunk_ids.npy")
+    offsets = np.load(out / "tinyinit/labels/train/offsets.npy")
+    labels = np.load(out / "tinyinit/labels/train/labels.npy")
+    pcm = {meta["chunk_id"]: p for shard in (out / "audio" / "train").glob("*.tar")
+           for _, p, meta in iter_shard(shard)}
+    for i, cid in enumerate(ids):
+        x = Normaliser(m["mean"], m["std"]).apply(lf([pcm[int(cid)]])[0])
+        assert (assign(x, m["centroids"])[0] == labels[offsets[i]:offsets[i + 1]]).mean() > 0.99
+    # another initial model is another label set: the centroids are refused
+    with pytest.raises(ValueError, match="re-run fit-kmeans"):
+        assign_labels.run(AssignLabelsConfig(), feats, model=out / "tinyinit/kmeans/model.npz",
+                          features_dir=out / "features", audio_dir=out / "audio",
+                          chunks=corpus / "chunks.parquet", out_dir=out / "tinyinit" / "other",
+                          train=TrainConfig(init="org/model"))
 
 
 @pytest.mark.parametrize("fail_after", ["1", "3"])
@@ -173,3 +270,83 @@ def test_assign_labels_does_not_trust_a_marker_of_another_model(prepared, corpus
                       chunks=corpus / "chunks.parquet", out_dir=tmp_path / "labels")
     with np.load(tmp_path / "labels" / "_parts" / "train" / "000001.npz") as z:
         assert z["labels"].any()
+
+
+def test_layer_features_stream_a_few_chunks_at_a_time(prepared):
+    """assign-labels never holds a tar's features: the extractor sees at most `read_chunks` PCMs."""
+    from ups.feature_store import iter_layer_features, list_tars
+
+    out, _ = prepared
+
+    class Recorder:
+        calls: list[int] = []
+
+        def batches(self, pcms):
+            self.calls.append(len(pcms))
+            for i, p in enumerate(pcms):
+                yield [i], np.full((1, n_cnn_frames(len(p)), 4), float(len(p)), np.float32)
+
+    (tf,) = [t for t in list_tars(out / "features", "train") if len(t.chunk_ids) >= 2][:1]
+    rec = Recorder()
+    got = list(iter_layer_features(tf, out / "audio", "train", rec, read_chunks=1))
+    assert rec.calls == [1] * len(tf.chunk_ids)
+    assert sorted(cid for ids, _ in got for cid in ids) == sorted(tf.chunk_ids.tolist())
+    with pytest.raises(ValueError, match="lack chunk"):
+        list(iter_layer_features(tf, out / "audio", "train", rec, wanted={10**6}))
+
+
+@pytest.mark.parametrize("tasks", [(2, 0, 1), (0,)])
+def test_slurm_array_tasks_then_one_final_run_give_the_same_labels(prepared, corpus, tmp_path, monkeypatch,
+                                                                  caplog, tasks):
+    from tests.stages.conftest import tree_bytes
+    from tests.stages.test_prepare_audio import slurm_array_task
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "array-ref")
+    ref = out / "array-ref" / "labels"
+
+    def run() -> dict:
+        return assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params),
+                                 load_section(FeaturesConfig, "features", params),
+                                 model=out / "array-ref" / "kmeans" / "model.npz",
+                                 features_dir=out / "features", audio_dir=out / "audio",
+                                 chunks=corpus / "chunks.parquet", out_dir=tmp_path / "labels")
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for task in tasks:  # in any order; a one-task array labels everything itself
+        slurm_array_task(monkeypatch, task, count=len(tasks))
+        assert run() == {}
+    done = sorted(p.name for p in (tmp_path / "labels" / "_done").iterdir())
+    assert done == sorted(p.name for p in (ref / "_done").iterdir()) and len(done) == 5
+    assert not (tmp_path / "labels" / "report.json").exists()
+    assert not (tmp_path / "labels" / "train").exists()  # the join is the final step's
+    slurm_array_task(monkeypatch, None)
+    with caplog.at_level("INFO"):
+        report = run()
+    assert "train: reused 3 of 3" in caplog.text and "valid: reused 2 of 2" in caplog.text
+    assert report["splits"]["train"]["n_chunks"] > 0
+    assert tree_bytes(tmp_path / "labels") == tree_bytes(ref)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.stages.conftest import REPO, tree_bytes
+
+    out, params = prepared
+    fit_and_label(out, params, corpus, "ddp-ref")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "29573", "-m", "ups", "assign-labels", "--params", str(params),
+           "--model", str(out / "ddp-ref/kmeans/model.npz"), "--features-dir", str(out / "features"),
+           "--audio-dir", str(out / "audio"), "--chunks", str(corpus / "chunks.parquet"),
+           "--out-dir", str(tmp_path / "labels")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # rank 0 labels units 0, 2 and 4 of the 5 (logs are rank 0's); the join reuses every part
+    assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
+    assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
+    assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")

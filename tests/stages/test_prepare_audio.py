@@ -136,6 +136,34 @@ def test_torchrun_two_gloo_ranks_give_the_same_shards(done, corpus, tmp_path):
     assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
 
 
+def slurm_array_task(monkeypatch, task: int | None, count: int = 2, lo: int = 3) -> None:
+    """Set (or, with task None, clear) the variables Slurm gives an array task."""
+    for name in ("ID", "COUNT", "MIN", "MAX"):
+        monkeypatch.delenv(f"SLURM_ARRAY_TASK_{name}", raising=False)
+    if task is not None:
+        for name, value in (("ID", lo + task), ("COUNT", count), ("MIN", lo), ("MAX", lo + count - 1)):
+            monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", str(value))
+
+
+def test_slurm_array_tasks_then_one_final_run_give_the_same_bytes(done, corpus, tmp_path, monkeypatch,
+                                                                 caplog):
+    out, _ = done
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for task in (1, 0):  # array tasks run in any order, at any time
+        slurm_array_task(monkeypatch, task)
+        assert run_stage(corpus, tmp_path) == {}
+    assert not (tmp_path / "audio" / "report.json").exists()  # no task finishes the stage
+    assert sorted(p.name for p in (tmp_path / "audio" / "_done").iterdir()) == [
+        "000001.done.json", "000002.done.json", "000003.done.json"]
+    slurm_array_task(monkeypatch, None)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        summary = run_stage(corpus, tmp_path)  # the final step: nothing left to decode
+    assert "3 tar(s) already done, 0 to do" in caplog.text and summary["n_chunks_written"] == 7
+    assert tree_bytes(tmp_path / "audio") == tree_bytes(out / "audio")
+    assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
+
+
 def test_bad_selection_column_fails_naming_it(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -14,12 +14,18 @@ counts and prepare-audio's marker for the tar. A restart reuses a part only when
 the current fingerprint, so a killed run (or one with a few new tars) labels only what is missing,
 and the final files are byte-identical to an uninterrupted run. Parts of tars no longer present
 are deleted at the end.
+
+Parallelism: the (split, tar) units are split over torchrun ranks and Slurm array tasks
+(`ups.work_share`); each labels its share, then the process that finishes the stage (torchrun's
+rank 0 after a barrier, or the command run once after an array) reuses every part and joins them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +34,20 @@ import pyarrow.parquet as pq
 
 from ups import failpoints
 from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
-from ups.config import AssignLabelsConfig, FeaturesConfig
-from ups.feature_store import layer_features_for, list_tars
-from ups.kmeans import Normaliser, assign, entropy_bits, mutual_information_from_counts, usage
+from ups.config import AssignLabelsConfig, FeaturesConfig, TrainConfig
+from ups.feature_store import iter_layer_features, list_tars
+from ups.kmeans import (
+    Normaliser,
+    TorchAssigner,
+    assign,
+    entropy_bits,
+    mutual_information_from_counts,
+    usage,
+)
 from ups.progress import bar
 from ups.report import write_report
 from ups.stages.fit_kmeans import load_model
+from ups.work_share import WorkShare, join_gloo, work_share
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +62,9 @@ FORMAT_VERSION = 1
 def model_digest(model: dict[str, Any]) -> str:
     """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
     h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "n_clusters"):
+    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters"):
+        if name not in model:  # models fitted before `revision` was recorded
+            continue
         a = np.asarray(model[name])
         h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
@@ -85,44 +101,85 @@ def label_tar(cfg: AssignLabelsConfig, features: FeaturesConfig, norm: Normalise
             labels[s:s + step] = lab
             inertia += ine
         return labels, inertia
-    feats = layer_features_for(tf, audio_dir, split, extract)
-    x = np.concatenate([feats[int(c)] for c in tf.chunk_ids])
-    return assign(norm.apply(x), centroids, cfg.block_frames, c_sq)
+    # kind hubert: each batch of layer features is labelled on the device that computed it and
+    # dropped; only int16 labels are kept (a tar's 768-dim features are never all in memory)
+    by_chunk: dict[int, np.ndarray] = {}
+    inertia = 0.0
+    for ids, h in iter_layer_features(tf, audio_dir, split, extract.features):
+        lab, ine = extract.assign(h.reshape(-1, h.shape[-1]), cfg.block_frames)
+        inertia += ine
+        for j, cid in enumerate(ids):
+            by_chunk[cid] = lab[j * h.shape[1]:(j + 1) * h.shape[1]]
+    labels = np.concatenate([by_chunk[int(c)] for c in tf.chunk_ids]) if len(tf.chunk_ids) else \
+        np.zeros(0, np.int16)
+    return labels, inertia
+
+
+@dataclass(frozen=True)
+class _Km:
+    """What labelling one tar needs from model.npz, computed once."""
+
+    norm: Normaliser
+    centroids: np.ndarray
+    c_sq: np.ndarray
+    sha: str
+
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> _Km:
+        centroids = model["centroids"]
+        return cls(Normaliser(model["mean"], model["std"]), centroids,
+                   np.einsum("kd,kd->k", centroids, centroids), model_digest(model))
+
+
+def label_unit(cfg: AssignLabelsConfig, features: FeaturesConfig, km: _Km, tf: Any, audio_dir: Path,
+               out_dir: Path, split: str, extract: Any) -> tuple[np.ndarray, float, bool]:
+    """One (split, tar): its labels and inertia, from its part when the marker is current
+    (reused=True), else computed and written (part, then marker last)."""
+    part = out_dir / PARTS_DIR / split / f"{tf.tar:06d}.npz"
+    done_dir = out_dir / DONE_DIR
+    unit = f"{split}-{tf.tar:06d}"
+    fp = tar_fingerprint(km.sha, features, split, tf, read_done(audio_dir / AUDIO_DONE_DIR, f"{tf.tar:06d}"))
+    done = read_done(done_dir, unit)
+    if done is not None and done.get("fingerprint") == fp and part.is_file():
+        with np.load(part, allow_pickle=False) as z:
+            labels = z["labels"]
+        return labels, float(done["inertia"]), True
+    labels, inertia = label_tar(cfg, features, km.norm, km.centroids, km.c_sq, tf, audio_dir, split, extract)
+    with atomic_write(part) as fh:
+        np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
+    mark_done(done_dir, unit, {"fingerprint": fp, "inertia": inertia, "n_frames": int(len(labels))})
+    failpoints.hit("UPS_ASSIGN_FAIL_AFTER_TARS")
+    return labels, inertia, False
+
+
+def label_share(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
+                features_dir: Path, audio_dir: Path, out_dir: Path, share: WorkShare,
+                extract: Any) -> int:
+    """This process's share of the (split, tar) units, each labelled unless already done.
+    Returns how many it labelled; the join is left to the process that finishes the stage."""
+    km = _Km.of(model)
+    units = share.take([(split, tf) for split in SPLITS for tf in list_tars(features_dir, split)])
+    labelled = 0
+    for split, tf in bar(units, desc=STAGE, unit="tar"):
+        labelled += not label_unit(cfg, features, km, tf, audio_dir, out_dir, split, extract)[2]
+    log.info("%s: %s labelled %d of its %d tar(s)", STAGE, share.describe(), labelled, len(units))
+    return labelled
 
 
 def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[str, Any],
                 features_dir: Path, audio_dir: Path, out_dir: Path, split: str, extract: Any):
     """Label a split tar by tar (resuming from valid markers), then join the parts by chunk id."""
-    norm = Normaliser(model["mean"], model["std"])
-    centroids = model["centroids"]
-    c_sq = np.einsum("kd,kd->k", centroids, centroids)
-    model_sha = model_digest(model)
+    km = _Km.of(model)
     parts_dir, done_dir = out_dir / PARTS_DIR / split, out_dir / DONE_DIR
     tars = list_tars(features_dir, split)
     ids_parts, len_parts, label_parts = [], [], []
     inertia = 0.0
     reused = 0
     for tf in bar(tars, desc=f"{STAGE} {split}", unit="tar"):
-        unit = f"{split}-{tf.tar:06d}"
-        part = parts_dir / f"{tf.tar:06d}.npz"
-        fp = tar_fingerprint(model_sha, features, split, tf,
-                             read_done(audio_dir / AUDIO_DONE_DIR, f"{tf.tar:06d}"))
-        done = read_done(done_dir, unit)
-        if done is not None and done.get("fingerprint") == fp and part.is_file():
-            with np.load(part, allow_pickle=False) as z:
-                labels = z["labels"]
-            reused += 1
-            tar_inertia = float(done["inertia"])
-        else:
-            labels, tar_inertia = label_tar(cfg, features, norm, centroids, c_sq, tf, audio_dir, split,
-                                            extract)
-            with atomic_write(part) as fh:
-                np.savez(fh, chunk_ids=tf.chunk_ids, offsets=tf.offsets, labels=labels)
-            mark_done(done_dir, unit, {"fingerprint": fp, "inertia": tar_inertia,
-                                       "n_frames": int(len(labels))})
-            failpoints.hit("UPS_ASSIGN_FAIL_AFTER_TARS")
+        labels, tar_inertia, was_done = label_unit(cfg, features, km, tf, audio_dir, out_dir, split, extract)
+        reused += was_done
         if len(labels) != tf.n_frames:
-            raise ValueError(f"{part}: {len(labels)} labels for {tf.n_frames} frames")
+            raise ValueError(f"{parts_dir}/{tf.tar:06d}.npz: {len(labels)} labels for {tf.n_frames} frames")
         ids_parts.append(tf.chunk_ids)
         len_parts.append(np.diff(tf.offsets))
         label_parts.append(labels)
@@ -150,20 +207,83 @@ def label_split(cfg: AssignLabelsConfig, features: FeaturesConfig, model: dict[s
     return ids[order].astype(np.int64), offsets, sorted_labels.astype(np.int16), inertia
 
 
+class HubertLabeller:
+    """Layer features and the nearest-centroid search on the extraction device: on a GPU the
+    frames never leave it (TorchAssigner), on the CPU numpy's `assign` (faster there than torch:
+    `python -m bench.labels`)."""
+
+    def __init__(self, features: Any, norm: Normaliser, centroids: np.ndarray) -> None:
+        self.features = features  # ups.hubert_features.LayerFeatures
+        self.norm = norm
+        self.centroids = centroids
+        self.c_sq = np.einsum("kd,kd->k", centroids, centroids)
+        self.on_gpu = not str(features.device).startswith("cpu")
+        self.gpu = TorchAssigner(norm, centroids, features.device) if self.on_gpu else None
+
+    def assign(self, h: Any, block_frames: int) -> tuple[np.ndarray, float]:
+        if self.gpu is not None:
+            return self.gpu(h, block_frames)
+        return assign(self.norm.apply(h.numpy()), self.centroids, block_frames, self.c_sq)
+
+
+def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source: Any) -> None:
+    """Refuse centroids fitted on other features than the ones configured now."""
+    fitted = (str(m["kind"]), int(m["layer"]), str(m["hubert_model"]), str(m.get("revision", "")))
+    wanted = (features.kind, features.layer if features.kind == "hubert" else 0,
+              source.name if source is not None else "",
+              source.pinned_revision if source is not None else "")
+    if fitted[:3] != wanted[:3] or (features.kind == "hubert" and "revision" in m
+                                    and fitted[3] != wanted[3]):
+        raise ValueError(f"{model} was fitted on {fitted[0]} features (layer {fitted[1]}, model "
+                         f"{fitted[2] or '-'} {fitted[3]}); features are now {wanted[0]} (layer "
+                         f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
+
+
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
-        audio_dir: Path, chunks: Path, out_dir: Path) -> dict[str, Any]:
-    clear_stale_tmp(out_dir)  # temporaries of a killed run
+        audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
+    """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
+    share = work_share(os.environ)
+    pg = join_gloo(share)
+    try:
+        if share.finishes:
+            clear_stale_tmp(out_dir)  # temporaries of a killed run (no other rank is writing yet)
+        if pg is not None:
+            pg.barrier()
+        return _run(cfg, features, share, pg, model=model, features_dir=features_dir,
+                    audio_dir=audio_dir, chunks=chunks, out_dir=out_dir, train=train)
+    finally:
+        if pg is not None:
+            pg.destroy_process_group()
+
+
+def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg: Any, *, model: Path,
+         features_dir: Path, audio_dir: Path, chunks: Path, out_dir: Path,
+         train: TrainConfig | None) -> dict[str, Any]:
     m = load_model(model)
-    if str(m["kind"]) != features.kind or (features.kind == "hubert" and int(m["layer"]) != features.layer):
-        raise ValueError(f"{model} was fitted on {m['kind']} features (layer {int(m['layer'])}); "
-                         f"features.kind is {features.kind}: re-run fit-kmeans")
+    source = None
+    if features.kind == "hubert":
+        from ups.hubert_features import feature_model
+
+        source = feature_model(features, train)
+    check_model(m, model, features, source)
     k = int(m["n_clusters"])
     extract = None
     if features.kind == "hubert":
         from ups.hubert_features import LayerFeatures
 
-        extract = LayerFeatures(features.hubert_model, features.layer, features.device,
-                                features.batch_chunks)
+        assert source is not None
+        lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
+                           features.precision)
+        extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+    if share.in_array or share.collective:
+        label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
+        if pg is not None:
+            pg.barrier()
+    if not share.finishes:
+        if share.in_array and share.group_rank == 0:
+            log.info("%s: %s done; the stage's command run once after the array joins the labels and "
+                     "writes the report", STAGE, share.describe())
+        return {}
     table = pq.read_table(chunks, columns=["chunk_id", "language"])
     lang_of = dict(zip(table.column("chunk_id").to_pylist(), table.column("language").to_pylist(),
                        strict=True))
@@ -195,7 +315,10 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
                  len(labels), h)
     mi = mutual_information_from_counts(joint)
     lang_h = entropy_bits(joint.sum(axis=0))
-    fields: dict[str, Any] = {"features_kind": features.kind, "n_clusters": k, "splits": per_split,
+    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
+                 "revision": str(m.get("revision", "")), "n_clusters": k}
+    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
+                              "n_clusters": k, "splits": per_split,
               "languages": languages, "mi_cluster_language_bits": mi,
               "language_entropy_bits": lang_h,
               "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}

@@ -17,7 +17,9 @@ Three measurements, all written to `<out_dir>/metrics.json` (flat enough for `dv
 2. A language-ID linear probe (ups/probe.py) per layer for both models (mean-pooled hidden
    states, eval mode, no masking, one forward with output_hidden_states), plus the MFCC
    mean + std control, fitted on chunks of LID-train files and scored on LID-test files.
-3. Label quality: cluster usage entropy, empty clusters and I(cluster; language) per frame.
+3. Label quality: cluster usage entropy, empty clusters and I(cluster; language) per frame;
+   `label_set` puts what the labels are (kind, layer, model, clusters) beside the initial
+   model's masked accuracy on them and that mutual information: the figures that judge the choice.
 
 Chunks of equal length are batched (no padding changes a frame).
 """
@@ -143,11 +145,11 @@ def resolve_init(train: TrainConfig, scratch: Path) -> str:
     return train.init
 
 
-def load_encoder(path: str, train: TrainConfig, device: Any) -> Any:
+def load_encoder(path: str, train: TrainConfig, device: Any, revision: str = "main") -> Any:
     from ups.hubert_model import ModelSetup, load_hubert
 
     model, _ = load_hubert(ModelSetup(path, train.mask_prob, train.mask_length, train.min_masks,
-                                      None, train.attn_implementation))
+                                      None, train.attn_implementation, revision))
     return model.eval().to(device)
 
 
@@ -197,7 +199,7 @@ def run(
 
     with tempfile.TemporaryDirectory(prefix="ups-evaluate-") as scratch:
         init_path = resolve_init(train, Path(scratch))
-        models = {"init": load_encoder(init_path, train, device),
+        models = {"init": load_encoder(init_path, train, device, train.init_revision),
                   "continued": load_encoder(str(model_dir), train, device)}
     n_layers = int(models["init"].config.num_hidden_layers)
     if int(models["continued"].config.num_hidden_layers) != n_layers:
@@ -211,7 +213,8 @@ def run(
         masked.update(_trainer_losses(Path(live_dir)))
     labels = label_quality(labels_dir, rows)
 
-    metrics = {"probe": _probe_metrics(probe, layers), "masked": masked, "labels": labels}
+    metrics = {"probe": _probe_metrics(probe, layers), "masked": masked, "labels": labels,
+               "label_set": label_set_summary(labels_dir, masked, labels)}
     with atomic_dir(out_dir / "detail") as tmp:
         write_json(tmp / "probe.json", probe)
         from ups.figures import probe_figure
@@ -487,6 +490,26 @@ def _probe_metrics(probe: dict[str, Any], layers: list[int]) -> dict[str, Any]:
 
 # --- 3. label quality ------------------------------------------------------------------------
 
+def label_set_summary(labels_dir: Path, masked: dict[str, Any], labels: dict[str, Any]) -> dict[str, Any]:
+    """What the labels are (assign-labels' report) beside the two figures that judge the choice:
+    how well the initial model's frozen encoder already predicts them under masking (high: a
+    gentle continuation; near chance: training must first move toward new targets) and how much
+    they say about the language, I(cluster; language)."""
+    from ups.atomic import read_json
+
+    report = labels_dir / "report.json"
+    rep: dict[str, Any] = read_json(report) if report.is_file() else {}
+    out: dict[str, Any] = dict(rep.get("label_set") or {"kind": rep.get("features_kind"),
+                                                         "n_clusters": rep.get("n_clusters")})
+    init = masked.get("init_fitted_head") or {}
+    out.update(init_masked_acc=init.get("acc"), init_masked_loss=init.get("loss"),
+               chance_loss=masked.get("chance_loss"),
+               majority_cluster_share=labels.get("majority_cluster_share"),
+               mi_cluster_language_bits=labels.get("mi_cluster_language_bits"),
+               mi_over_language_entropy=labels.get("mi_over_language_entropy"))
+    return out
+
+
 def label_quality(labels_dir: Path, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Usage entropy, empty clusters and I(cluster; language) per frame, per split and overall."""
     lang_of = {r["chunk_id"]: r["language"] for s in rows.values() for r in s}
@@ -516,6 +539,8 @@ def label_quality(labels_dir: Path, rows: dict[str, list[dict[str, Any]]]) -> di
                       "mi_cluster_language_bits": mutual_information_from_counts(joint)}
     mi = mutual_information_from_counts(joint_all)
     lang_h = entropy_bits(joint_all.sum(axis=0))
+    per_cluster = joint_all.sum(axis=1)
     out.update(mi_cluster_language_bits=mi, language_entropy_bits=lang_h,
+               majority_cluster_share=float(per_cluster.max() / max(1, per_cluster.sum())),
                mi_over_language_entropy=mi / lang_h if lang_h > 0 else 0.0)
     return out

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ups.atomic import atomic_write, clear_stale_tmp
-from ups.config import FeaturesConfig, KmeansConfig
-from ups.feature_store import layer_features_for, list_tars
+from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
+from ups.feature_store import iter_layer_features, list_tars
 from ups.kmeans import assign, entropy_bits, fit_kmeans, fit_normaliser, sample_frames, usage
 from ups.progress import bar
 from ups.report import write_report
@@ -32,7 +32,10 @@ FRAME_RATE_HZ = 50
 
 
 def sample_training_frames(cfg: KmeansConfig, features: FeaturesConfig, features_dir: Path,
-                           audio_dir: Path) -> np.ndarray:
+                           audio_dir: Path, extract: Any = None) -> np.ndarray:
+    """The fit sample, float32 (frames x dim). kind mfcc: `sample_hours` of frames drawn uniformly
+    from the memory-mapped MFCC; kind hubert: whole training chunks drawn (seeded) until the frame
+    budget is met, their layer features written straight into one preallocated array."""
     tars = list_tars(features_dir, "train")
     if not tars:
         raise FileNotFoundError(f"no training features under {features_dir}/train (run prepare-audio)")
@@ -44,10 +47,6 @@ def sample_training_frames(cfg: KmeansConfig, features: FeaturesConfig, features
                  if len(p)]
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
-    from ups.hubert_features import LayerFeatures
-
-    extract = LayerFeatures(features.hubert_model, features.layer, features.device,
-                            features.batch_chunks)
     chunks = [(ti, int(cid), int(t.offsets[i + 1] - t.offsets[i]))
               for ti, t in enumerate(tars) for i, cid in enumerate(t.chunk_ids)]
     order = rng.permutation(len(chunks))
@@ -57,21 +56,43 @@ def sample_training_frames(cfg: KmeansConfig, features: FeaturesConfig, features
     for i in order[:n_take]:
         ti, cid, _ = chunks[i]
         wanted.setdefault(ti, set()).add(cid)
-    parts = []
+    # rows of each chosen chunk in the sample: tar order, then the tar's chunk order
+    row: dict[tuple[int, int], int] = {}
+    total = 0
+    for ti in sorted(wanted):
+        t = tars[ti]
+        for i, cid in enumerate(t.chunk_ids):
+            if int(cid) in wanted[ti]:
+                row[(ti, int(cid))] = total
+                total += int(t.offsets[i + 1] - t.offsets[i])
+    x = np.empty((total, extract.dim), dtype=np.float32)
     for ti in bar(sorted(wanted), desc=STAGE, unit="tar"):
-        feats = layer_features_for(tars[ti], audio_dir, "train", extract, wanted[ti])
-        parts.extend(feats[c] for c in sorted(feats))
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        for ids, h in iter_layer_features(tars[ti], audio_dir, "train", extract, wanted[ti]):
+            hn = h.cpu().numpy()
+            for j, cid in enumerate(ids):
+                x[row[(ti, cid)]:row[(ti, cid)] + hn.shape[1]] = hn[j]
+    return x
 
 
 def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audio_dir: Path,
-        out_dir: Path) -> dict[str, Any]:
+        out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
+    """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
     t0 = time.perf_counter()
-    x = sample_training_frames(cfg, features, features_dir, audio_dir)
-    log.info("%s: %d sampled frames (%.2f h) of dim %d", STAGE, len(x),
-             len(x) / FRAME_RATE_HZ / 3600, x.shape[1])
+    extract, source = None, {}
+    if features.kind == "hubert":
+        from ups.hubert_features import LayerFeatures, feature_model
+
+        fm = feature_model(features, train)
+        extract = LayerFeatures(fm, features.layer, features.device, features.batch_chunks,
+                                features.precision)
+        source = {"hubert_model": fm.name, "revision": fm.pinned_revision, "commit": extract.commit or "",
+                  "device": extract.device, "precision": extract.precision}
+    x = sample_training_frames(cfg, features, features_dir, audio_dir, extract)
+    extract_s = time.perf_counter() - t0
+    log.info("%s: %d sampled frames (%.2f h) of dim %d in %.1f s", STAGE, len(x),
+             len(x) / FRAME_RATE_HZ / 3600, x.shape[1], extract_s)
     norm = fit_normaliser(x)
-    x = norm.apply(x)
+    x = norm.apply_inplace(x)
     t1 = time.perf_counter()
     km = fit_kmeans(x, cfg)
     fit_s = time.perf_counter() - t1
@@ -84,11 +105,13 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         np.savez(fh, centroids=centroids, mean=norm.mean, std=norm.std,
                  kind=np.array(features.kind), layer=np.array(features.layer if features.kind == "hubert"
                                                               else 0, dtype=np.int64),
-                 hubert_model=np.array(features.hubert_model if features.kind == "hubert" else ""),
+                 hubert_model=np.array(source.get("hubert_model", "")),
+                 revision=np.array(source.get("revision", "")),
                  n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
     h = entropy_bits(counts)
     fields = {
-        "features": asdict(features),
+        "features": asdict(features), "feature_model": source,
+        "extract_seconds": round(extract_s, 3),
         "n_sample_frames": int(len(x)), "sample_hours": round(len(x) / FRAME_RATE_HZ / 3600, 6),
         "dim": int(x.shape[1]), "inertia_per_frame": inertia / len(x),
         "n_steps": km.n_steps, "converged": km.converged, "fit_seconds": round(fit_s, 3),

@@ -97,8 +97,8 @@ def iter_blocks(path: Path, block_bytes: int):
 
 
 def block_table(block: bytes | memoryview, sample_rate: int, counts: Counter[str],
-                examples: dict[str, list[str]]) -> tuple[pa.Table, int, int]:
-    """Parse, repair and normalise one block; returns (rows, lines seen, lines on the fast path)."""
+                examples: dict[str, list[str]]) -> tuple[pa.Table, int]:
+    """Parse, repair and normalise one block; returns (rows, non-blank lines seen)."""
     pb = parse_block(block, counts, examples)
     seg = repair_segments(pb.seg_count, pb.seg_start, pb.seg_end, pb.duration_s, sample_rate, counts)
     offsets = np.zeros(len(seg.count) + 1, dtype=np.int32)
@@ -113,7 +113,7 @@ def block_table(block: bytes | memoryview, sample_rate: int, counts: Counter[str
         "seg_start_s": pa.ListArray.from_arrays(off, pa.array(seg.start_s)),
         "seg_end_s": pa.ListArray.from_arrays(off, pa.array(seg.end_s)),
     }, schema=FILES_SCHEMA)
-    return table, pb.n_lines, pb.n_fast
+    return table, pb.n_lines
 
 
 def _adjacent_dups(t: pa.Table) -> np.ndarray:
@@ -163,7 +163,7 @@ def run(cfg: IndexVadConfig, *, vad_jsonl: Path, out_dir: Path) -> dict:
     log.info("index-vad: %s (%.1f MB) -> %s", vad_jsonl, size / 1e6, out_dir)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
-    n_lines = n_fast = 0
+    n_lines = 0
     with atomic_dir(out_dir) as tmp:
         spill = tmp / "_spill"
         spill.mkdir()
@@ -174,9 +174,8 @@ def run(cfg: IndexVadConfig, *, vad_jsonl: Path, out_dir: Path) -> dict:
         with bar(desc="index-vad", unit="B", unit_scale=True, total=size) as pbar:
             for block, n_read in iter_blocks(vad_jsonl, cfg.block_mb * 2**20):
                 if block:
-                    table, nl, nf = block_table(block, cfg.vad_sample_rate, counts, examples)
+                    table, nl = block_table(block, cfg.vad_sample_rate, counts, examples)
                     n_lines += nl
-                    n_fast += nf
                     if len(table):
                         tar = table["tar"].to_numpy()
                         order = np.argsort(tar, kind="stable")
@@ -223,7 +222,7 @@ def run(cfg: IndexVadConfig, *, vad_jsonl: Path, out_dir: Path) -> dict:
         duration_s = float(pc.sum(tars["duration_s"]).as_py() or 0.0)
         speech_s = float(pc.sum(tars["speech_s"]).as_py() or 0.0)
         write_report(tmp / "report.json", stage="index-vad", config=cfg, skips=skips,
-                     input_bytes=size, n_lines=n_lines, n_lines_fast_path=n_fast,
+                     input_bytes=size, n_lines=n_lines,
                      n_files=n_files, n_tars=len(tars), duration_h=duration_s / 3600,
                      speech_h=speech_s / 3600, repairs=repairs,
                      elapsed_s=round(elapsed, 3), mb_per_s=round(size / 1e6 / max(elapsed, 1e-9), 1))

@@ -10,9 +10,10 @@ and of the parameters that shape the output; a tar is skipped on restart only wh
 exists with the same fingerprint, so a killed run resumes where it stopped and a changed selection
 redoes exactly the tars it touches.
 
-Parallelism: tars are split over torchrun ranks (`i % WORLD_SIZE == RANK`, gloo barrier at the
-end) and, within a rank, over `prepare_audio.workers` spawned processes. Outputs do not depend on
-either. Rank 0 then deletes files no marker accounts for and writes the report from the markers.
+Parallelism: tars are split over torchrun ranks and Slurm array tasks (`ups.work_share`: gloo
+barrier at the end for torchrun) and, within a rank, over `prepare_audio.workers` spawned processes.
+Outputs do not depend on either. Rank 0 then deletes files no marker accounts for and writes the
+report from the markers; array tasks leave that to the command run once after the array.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
 from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
 from ups.progress import bar
 from ups.report import Skips, write_report
+from ups.work_share import join_gloo, work_share
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +254,6 @@ def process_tar(job: TarJob) -> dict[str, Any]:
 # The stage
 # --------------------------------------------------------------------------------------------
 
-def _world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _expected_files(markers: dict[int, dict[str, Any]]) -> tuple[set[str], set[str]]:
     """Relative paths every marker accounts for, in the audio dir and in the features dir."""
     from ups.shards import shard_name
@@ -338,19 +336,13 @@ class Prefetcher:
 
 def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, chunks: Path,
         audio_dir: Path, features_dir: Path, report: Path) -> dict[str, Any]:
-    rank, world = _world()
+    share = work_share(os.environ)
     by_tar = read_chunks(chunks)
     tars = list(by_tar)
-    mine = [t for i, t in enumerate(tars) if i % world == rank]
-    pg = None
-    if world > 1:
-        import datetime
-
-        import torch.distributed as dist
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
-        pg = dist
-    log.info("%s: %d chunks in %d tars; rank %d/%d takes %d tars, %d workers", STAGE,
-             sum(len(r) for r in by_tar.values()), len(tars), rank, world, len(mine), cfg.workers)
+    mine = share.take(tars)
+    pg = join_gloo(share)
+    log.info("%s: %d chunks in %d tars; %s takes %d tars, %d workers", STAGE,
+             sum(len(r) for r in by_tar.values()), len(tars), share.describe(), len(mine), cfg.workers)
 
     jobs: list[TarJob] = []
     for t in mine:
@@ -381,8 +373,11 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
     if pg is not None:
         pg.barrier()
     summary: dict[str, Any] = {}
-    if rank == 0:
+    if share.finishes:
         summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report)
+    elif share.in_array and share.group_rank == 0:
+        log.info("%s: %s done; the stage's command run once after the array writes the report", STAGE,
+                 share.describe())
     if pg is not None:
         pg.barrier()
         pg.destroy_process_group()

@@ -1,17 +1,23 @@
 """Stage `train`: continue HuBERT's masked pre-training on the labelled shards.
 
-Reads `data/audio/{train,valid}/*.tar` and `data/labels/{train,valid}/`, trains
-`HubertModel` + a new pretraining head (ups.hubert_model, ups.pretraining) with AdamW, warmup
-then decay, clipping and accumulation, under torchrun DDP when launched with several processes.
-Every `save_every_steps` and at the end the whole state goes to `state_dir` (ups.train_state) and
-an existing state is resumed; the model is exported to `model_dir` with `save_pretrained`.
-Metrics go to dvclive (`live_dir`) and to the state's history, which is replayed into dvclive
-on resume (DVC deletes the stage's non-persistent outputs before it runs the command).
+Read it top to bottom: `run` resolves the device (a GPU expected but absent stops here), joins
+the process group under torchrun and calls, in order, `setup` (model, head, AdamW, data, the
+run's fingerprint), `resume` (the last state of this fingerprint, or a fresh start that removes
+older states), then the loop: `next_micro_batches` + `vote` (every rank agrees the epoch goes
+on and on the step's normaliser), `train_step` (one optimizer step), `log_step`, `validate`,
+`save`, and `end_epoch`; `finish` validates, saves and exports once more.
 
 Loss normalisation: each step sums cross-entropy over the scored frames of all micro-batches of
-all ranks and divides by their total count (all-reduced before the forward passes), so
-accumulation and DDP give the same update as one large batch. A step whose loss or gradient is
-not finite on any rank is skipped by every rank; `max_bad_steps` in a row stop every rank.
+all ranks and divides by their total count (voted before the forward passes, from the batches'
+host-side counts), so accumulation and DDP give the same update as one large batch. A step
+whose loss or gradient is not finite on any rank is skipped by every rank (one small collective
+and the step's only host sync); `max_bad_steps` in a row stop every rank.
+
+Schedule: an epoch is every training chunk once across all ranks and workers
+(`ups.train_data.plan_streams`), so steps per epoch come from what the streams hold;
+`max_steps` set means exactly that many optimizer steps (epochs repeat as needed), else
+`epochs` x steps per epoch. The schedule is fixed when a run starts: resuming with another
+`epochs` / `max_steps` is refused with a message naming the key.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +39,23 @@ from torch.utils.data import DataLoader
 from ups import distributed
 from ups.atomic import atomic_dir
 from ups.batch_table import auto_batch, resolve_batch
-from ups.config import TrainConfig
+from ups.config import ConfigError, TrainConfig
+from ups.devices import resolve_device
 from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_second, load_hubert
-from ups.pretraining import PretrainingHead, masked_prediction_sums, scored_weight
+from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, scored_weight
 from ups.progress import bar
 from ups.report import Skips
 from ups.schedule import lr_at
-from ups.train_data import (
-    END,
-    BatchSpec,
-    LabelIndex,
-    ShardBatches,
-    count_clusters,
-    labels_digest,
-    list_shards,
-)
-from ups.train_state import latest_state, load_state, save_state
+from ups.train_data import END, BatchSpec, ShardBatches, count_clusters, labels_digest, list_shards
+from ups.train_state import discard_states, latest_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between a run and its resume without invalidating the state.
+# Keys that may change between a run and its resume without invalidating the state. The
+# schedule keys are checked on their own: a change is refused, never silently applied.
 RUNTIME_KEYS = (
     "gpus",
+    "nodes",
     "device",
     "num_workers",
     "log_every_steps",
@@ -67,36 +68,22 @@ RUNTIME_KEYS = (
     "epochs",
     "max_steps",
 )
-# Sums kept per step and all-reduced at log time.
-SUMS = (
-    "ce_masked",
-    "n_masked",
-    "correct_masked",
-    "ce_unmasked",
-    "n_unmasked",
-    "correct_unmasked",
-    "penalty",
-    "micro_batches",
-    "audio_samples",
-)
+SCHEDULE_KEYS = ("epochs", "max_steps")
+# Summed per step on the device (the loss terms) and on the host (counts), reduced at log time.
+DEVICE_SUMS = (*SUM_NAMES, "penalty")
+HOST_SUMS = ("micro_batches", "audio_samples")
+SAMPLE_RATE = 16000
+STATE_FORMAT = 2  # what state.json holds; a state of another format is not resumed
 
 
 class StopRequested(Exception):
     """Raised by the test hook `stop_after_steps`: the run ends as if killed (no final save)."""
 
 
-def _device(cfg: TrainConfig, d: distributed.Dist) -> torch.device:
-    kind = cfg.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no GPU is visible")
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
+# --- device, precision, crop -------------------------------------------------------------------
 
 
-def _precision(cfg: TrainConfig, device: torch.device) -> str:
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     if device.type != "cuda":
         if cfg.precision in ("bf16", "fp16"):
             log.warning("train.precision=%s ignored on CPU: fp32", cfg.precision)
@@ -104,6 +91,19 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return cfg.precision
+
+
+def check_crop(cfg: TrainConfig, feat_extract_norm: str) -> None:
+    """Padding is only sound for a CNN that normalises each frame on its own."""
+    if cfg.crop == "pad" and feat_extract_norm == "group":
+        raise ConfigError(
+            "train.crop: pad is not supported for this model: its CNN uses group norm "
+            "(feat_extract_norm: group, as facebook/hubert-base-ls960), which normalises over time, "
+            "so zero padding changes the real frames' features; use train.crop: shortest"
+        )
+
+
+# --- what a run is made of ------------------------------------------------------------------------
 
 
 def fingerprint(
@@ -123,13 +123,662 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only. Not on biases, norms, the mask embedding,
+    the positional conv's weight-norm gain (`original0` / `weight_g`) or the label embeddings."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        matrix = p.ndim >= 2 and not name.endswith(("original0", "weight_g", "label_embs"))
+        (decay if matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Run:
+    """Everything set up once and read by the steps."""
+
+    cfg: TrainConfig
+    d: distributed.Dist
+    device: torch.device
+    precision: str
+    batch_size: int
+    grad_accum: int
+    table_row: str
+    n_clusters: int
+    fingerprint: str
+    model: PretrainModel
+    original_augment: dict[str, Any]
+    ddp: Any
+    forward: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    train_ds: ShardBatches
+    loader: DataLoader[Any]
+    valid_loader: DataLoader[Any] | None
+    steps_per_epoch: int
+    flops: float
+    labels_dir: Path
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, self.cfg.num_workers)
+
+    @property
+    def n_streams(self) -> int:
+        return self.d.world_size * self.n_workers
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+@dataclass
+class Progress:
+    """What a state saves and a resume restores."""
+
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches this rank consumed in the current epoch
+    bad_in_row: int = 0
+    skipped_steps: int = 0
+    epoch_chunks: int = 0  # chunks trained on in the current epoch (all ranks once saved)
+    epoch_samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def steps_in_epoch(self, grad_accum: int) -> int:
+        return self.batches_in_epoch // grad_accum
+
+
+# --- set-up -----------------------------------------------------------------------------------
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    audio_dir: Path,
+    labels_dir: Path,
+    model_dir: Path,
+    state_dir: Path,
+    live_dir: Path,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train, checkpoint, export; returns the final summary (also in `model_dir/training.json`)."""
+    device = resolve_device(cfg.device, cfg.gpus, int(os.environ.get("LOCAL_RANK", "0")))
+    d = distributed.init(device.type)
+    try:
+        r = setup(cfg, d, device, Path(audio_dir), Path(labels_dir), Path(state_dir))
+        prog = resume(r, Path(state_dir))
+        return train(r, prog, Path(model_dir), Path(state_dir), Path(live_dir), stop_after_steps)
+    finally:
+        distributed.shutdown(d)
+
+
+def setup(
+    cfg: TrainConfig,
+    d: distributed.Dist,
+    device: torch.device,
+    audio_dir: Path,
+    labels_dir: Path,
+    state_dir: Path,
+) -> Run:
+    """Model, head, optimizer and data, identical on every rank (DDP also broadcasts rank 0's)."""
+    from transformers import HubertConfig
+
+    from ups.tiny_model import TINY, write_tiny_hubert
+
+    precision = resolve_precision(cfg, device)
+    memory_gib = None
+    if device.type == "cuda":
+        memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    batch_size, grad_accum = resolve_batch(cfg.batch_size, cfg.grad_accum, memory_gib)
+    table_row = auto_batch(memory_gib)[0]
+    n_clusters = count_clusters(labels_dir)
+    train_shards = list_shards(audio_dir / "train")
+    if not train_shards:
+        raise FileNotFoundError(f"no training shards in {audio_dir / 'train'}")
+    init = cfg.init
+    # before any work (the tiny model is written just below)
+    tiny = init == "tiny"
+    norm = (TINY["feat_extract_norm"] if tiny
+            else HubertConfig.from_pretrained(init, revision=cfg.init_revision).feat_extract_norm)
+    check_crop(cfg, str(norm))
+
+    torch.manual_seed(cfg.seed)
+    if tiny:  # one writer: ranks (and nodes) share the state directory
+        if d.is_main:
+            write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed)
+        distributed.barrier(d)
+        init = str(state_dir / "tiny-init")
+    hubert, original_augment = load_hubert(
+        ModelSetup(
+            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation,
+            cfg.init_revision,
+        )
+    )
+    head = PretrainingHead(
+        hubert.config.hidden_size, n_clusters, kind=cfg.head, final_dim=cfg.final_dim,
+        temperature=cfg.logit_temperature,
+    )
+    model = PretrainModel(hubert, head, cfg.feature_grad_scale).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+        eps=cfg.adam_eps,
+    )
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    ddp: Any = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        unused = (hubert.config.layerdrop or 0.0) > 0.0
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
+    forward = torch.compile(ddp) if cfg.compile else ddp
+
+    spec = BatchSpec(
+        batch_size=batch_size,
+        max_sample_seconds=cfg.max_sample_seconds,
+        min_sample_seconds=cfg.min_sample_seconds,
+        crop=cfg.crop,
+        mask_prob=cfg.mask_prob,
+        mask_length=cfg.mask_length,
+        min_masks=cfg.min_masks,
+        normalize_audio=cfg.normalize_audio,
+        shuffle_buffer=cfg.shuffle_buffer,
+        open_shards=cfg.open_shards,
+        bucket_batches=cfg.bucket_batches,
+    )
+
+    def batches(split: str) -> ShardBatches:
+        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
+                            train=split == "train", rank=d.rank, world_size=d.world_size)
+
+    train_ds = batches("train")
+    valid_loader = None
+    if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
+        valid_loader = _loader(batches("valid"), cfg, device, cfg.seed + 1)
+    n_workers = max(1, cfg.num_workers)
+    steps_per_epoch = train_ds.batches_per_stream(d.world_size * n_workers) * n_workers // grad_accum
+    if steps_per_epoch == 0:
+        raise RuntimeError(
+            f"train: no optimizer step can be formed: {train_ds.n_samples} training chunks over "
+            f"{d.world_size} x {n_workers} streams at batch {batch_size} x accum {grad_accum} "
+            f"(lower train.batch_size, train.grad_accum or train.num_workers)"
+        )
+    r = Run(
+        cfg=cfg, d=d, device=device, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
+        table_row=table_row, n_clusters=n_clusters,
+        fingerprint=fingerprint(cfg, batch_size, grad_accum, n_clusters, labels_dir, train_shards),
+        model=model, original_augment=original_augment, ddp=ddp, forward=forward, optimizer=optimizer,
+        scaler=scaler, train_ds=train_ds, loader=_loader(train_ds, cfg, device, cfg.seed),
+        valid_loader=valid_loader, steps_per_epoch=steps_per_epoch,
+        flops=flops_per_audio_second(hubert.config, cfg.max_sample_seconds), labels_dir=labels_dir,
+    )
+    log.info(
+        "train: %d processes on %s (%s), batch %d x accum %d (%s), %d clusters, %d chunks, "
+        "%d steps per epoch",
+        d.world_size, device, precision, batch_size, grad_accum, table_row, n_clusters, train_ds.n_samples,
+        steps_per_epoch,
+    )
+    return r
+
+
+def _loader(ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int) -> DataLoader[Any]:
+    # A private generator: creating an iterator must not consume the global RNG (resume equality).
+    return DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """`max_steps` when set (epochs repeat as needed), else `epochs` x steps per epoch."""
+    return cfg.max_steps or cfg.epochs * steps_per_epoch
+
+
+def _changed_keys(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = asdict(cfg)
+    return sorted(f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k])
+
+
+def _check_schedule(saved: dict[str, Any], cfg: TrainConfig, found: Path, step: int) -> None:
+    before = saved.get("max_steps"), saved.get("epochs")
+    if cfg.max_steps == before[0] and (cfg.max_steps is not None or cfg.epochs == before[1]):
+        return
+    key = "max_steps" if cfg.max_steps != before[0] else "epochs"
+    was = before[0] if key == "max_steps" else before[1]
+    raise ConfigError(
+        f"train.{key} is {getattr(cfg, key)} but the state {found} (step {step}) was made with "
+        f"train.{key}={was}: resuming would change the LR schedule mid-run. Set train.{key} back to "
+        f"{was} to resume it, or train.resume: false to start afresh (its states are then removed)"
+    )
+
+
+def resume(r: Run, state_dir: Path) -> Progress:
+    """The last state of this run's fingerprint, restored exactly; else a fresh start, which
+    removes the states of other configurations (each named in the log)."""
+    cfg, d = r.cfg, r.d
+    prog = Progress(total_steps=planned_steps(cfg, r.steps_per_epoch))
+    found = latest_state(state_dir) if cfg.resume else None
+    st = load_state(found) if found is not None else None
+    if st is not None and st["info"].get("format") != STATE_FORMAT:
+        log.warning("train: state %s is from an older trainer (format %s, now %d); starting afresh",
+                    found, st["info"].get("format", 1), STATE_FORMAT)
+        st = None
+    if st is not None and st["info"].get("fingerprint") != r.fingerprint:
+        changed = _changed_keys(st["info"].get("config", {}), cfg)
+        log.warning("train: state %s was made with another config or data (%s); starting afresh",
+                    found, ", ".join(changed) or "labels or shards changed")
+        st = None
+    if st is None:
+        if d.is_main:
+            gone = discard_states(state_dir)
+            if gone:
+                log.warning("train: removed the earlier states %s from %s", ", ".join(gone), state_dir)
+        distributed.barrier(d)
+        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)  # dropout / layerdrop differ per rank
+        return prog
+
+    assert found is not None
+    info = st["info"]
+    _check_schedule(info["config"], cfg, found, info["step"])
+    r.model.load_state_dict(st["model"])
+    r.optimizer.load_state_dict(st["optimizer"])
+    if r.scaler is not None and info.get("scaler"):
+        r.scaler.load_state_dict(info["scaler"])
+    prog = Progress(
+        total_steps=info["total_steps"],
+        step=info["step"],
+        epoch=info["epoch"],
+        batches_in_epoch=info["batches_in_epoch"],
+        bad_in_row=info["bad_in_row"],
+        skipped_steps=info["skipped_steps"],
+        # the saved epoch counters are every rank's together: rank 0 carries them on
+        epoch_chunks=info["epoch_chunks"] if d.is_main else 0,
+        epoch_samples=info["epoch_samples"] if d.is_main else 0,
+        history=st["history"],
+        epochs=info["epochs"],
+    )
+    if info["n_streams"] != r.n_streams and prog.batches_in_epoch > 0:
+        log.warning("train: data streams changed (%d -> %d); epoch %d restarts at its next epoch",
+                    info["n_streams"], r.n_streams, prog.epoch)
+        end_epoch(r, prog)
+    cpu_key, cuda_key = f"cpu.rank{d.rank}", f"cuda.rank{d.rank}"
+    if cpu_key in st["rng"]:
+        torch.set_rng_state(st["rng"][cpu_key])
+        if r.device.type == "cuda" and cuda_key in st["rng"]:
+            torch.cuda.set_rng_state(st["rng"][cuda_key], r.device)
+    else:
+        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)
+    log.info("train: resumed from %s (step %d, epoch %d, batch %d)", found, prog.step, prog.epoch,
+             prog.batches_in_epoch)
+    return prog
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def train(
+    r: Run, prog: Progress, model_dir: Path, state_dir: Path, live_dir: Path, stop_after_steps: int | None
+) -> dict[str, Any]:
+    """Epochs until the schedule's last step, then `finish`."""
+    live = _Live(live_dir, r.d.is_main)
+    for rec in prog.history:
+        live.log(rec)
+    live.flush()
+    skips = Skips("train")
+    _merge(skips, dict(r.train_ds.catalog_skips))
+    sums = _Sums(r.device)
+    progress = bar(desc="train", unit="step", total=prog.total_steps, initial=prog.step)
+    while prog.step < prog.total_steps:
+        if prog.steps_in_epoch(r.grad_accum) < r.steps_per_epoch:
+            run_epoch(r, prog, sums, skips, live, state_dir, progress, stop_after_steps)
+        end_epoch(r, prog, live)
+    if prog.batches_in_epoch > 0:  # resumed from a state saved at the schedule's last step
+        end_epoch(r, prog, live)
+    progress.close()
+    return finish(r, prog, skips, live, model_dir, state_dir)
+
+
+def run_epoch(
+    r: Run, prog: Progress, sums: _Sums, skips: Skips, live: _Live, state_dir: Path, progress: Any,
+    stop_after_steps: int | None,
+) -> None:
+    """Optimizer steps until the epoch's data, or the schedule, ends (from where a resume left)."""
+    cfg = r.cfg
+    nan_step = _nan_injection(r.d.rank)
+    r.train_ds.set_position(prog.epoch, _skip_per_worker(prog.batches_in_epoch, cfg.num_workers))
+    batches = iter(r.loader)
+    while prog.step < prog.total_steps and prog.steps_in_epoch(r.grad_accum) < r.steps_per_epoch:
+        micro, ran_dry = next_micro_batches(batches, r.grad_accum, skips)
+        ended, total_weight = vote(r, micro, ran_dry)
+        if ended:
+            log.warning("train: epoch %d ended after %d of %d steps: a data stream ran dry "
+                        "(unreadable samples, see the skip counts)", prog.epoch,
+                        prog.steps_in_epoch(r.grad_accum), r.steps_per_epoch)
+            return
+        train_step(r, prog, micro, total_weight, sums, nan_step == prog.step)
+        progress.update(1)
+        if prog.step % cfg.log_every_steps == 0 or prog.step == prog.total_steps:
+            log_step(r, prog, sums, live)
+        if r.valid_loader is not None and prog.step % cfg.valid_every_steps == 0:
+            _record(prog, live, {"step": prog.step, **validate(r)})
+            sums.restart_clock()
+        if prog.step % cfg.save_every_steps == 0:
+            save(r, prog, state_dir)
+            sums.restart_clock()
+        if stop_after_steps is not None and prog.step >= stop_after_steps:
+            raise StopRequested(f"stopped after step {prog.step}")
+
+
+def next_micro_batches(batches: Any, grad_accum: int, skips: Skips) -> tuple[list[dict[str, Any]], bool]:
+    """Up to `grad_accum` batches from the loader; True when this rank's streams ran dry."""
+    micro: list[dict[str, Any]] = []
+    for _ in range(grad_accum):
+        b = next(batches, None)
+        if b is not None:
+            _merge(skips, b["skips"])
+        if b is None or END in b:
+            return micro, True
+        micro.append(b)
+    return micro, False
+
+
+def vote(r: Run, micro: list[dict[str, Any]], ran_dry: bool) -> tuple[bool, float]:
+    """Every rank learns whether any rank ran dry, and the step's scored-frame count; one
+    host-side collective (gloo), before any GPU work, so no rank enters DDP's all-reduce alone."""
+    weight = sum(scored_weight(b["n_masked"], b["n_unmasked"], r.cfg.unmasked_weight) for b in micro)
+    dry, total = distributed.host_sum(r.d, [float(ran_dry), weight])
+    return dry > 0, total
+
+
+def train_step(
+    r: Run, prog: Progress, micro: list[dict[str, Any]], total_weight: float, sums: _Sums, inject_nan: bool
+) -> None:
+    """Forward and backward over the micro-batches, then one optimizer step or a skip that every
+    rank takes together. The skip decision is the step's only read of a device value."""
+    cfg, d, dev = r.cfg, r.d, r.device
+    scale = d.world_size / max(total_weight, 1.0)  # DDP averages gradients over ranks
+    bad = torch.zeros((), dtype=torch.bool, device=dev)
+    for i, b in enumerate(micro):
+        sync = contextlib.nullcontext() if (not d.enabled or i == len(micro) - 1) else r.ddp.no_sync()
+        with sync:
+            x = b["input_values"].to(dev, non_blocking=True)
+            am = b["attention_mask"].to(dev, non_blocking=True) if b["attention_mask"] is not None else None
+            mask = b["mask"].to(dev, non_blocking=True)
+            valid = b["valid"].to(dev, non_blocking=True)
+            labels = b["labels"].to(dev, non_blocking=True)
+            with r.autocast():
+                logits, penalty = r.forward(x, am, mask)
+            s = masked_prediction_sums(logits, labels, mask, valid, unmasked_weight=cfg.unmasked_weight)
+            loss = s.objective * scale
+            if cfg.feature_penalty > 0:
+                loss = loss + cfg.feature_penalty * penalty / len(micro)
+            if inject_nan:
+                loss = loss * float("nan")
+            bad = bad | ~torch.isfinite(loss.detach())
+            (r.scaler.scale(loss) if r.scaler is not None else loss).backward()
+        sums.add(s.as_tensor(), penalty.detach(), b["n_samples"])
+        prog.epoch_chunks += len(b["chunk_ids"])
+        prog.epoch_samples += b["n_samples"]
+    if r.scaler is not None:
+        r.scaler.unscale_(r.optimizer)
+    params = [p for p in r.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    flag = (bad | ~torch.isfinite(grad_norm)).to(torch.float64).reshape(1)
+    skip = distributed.all_max(d, flag).item() > 0
+    if skip:
+        r.optimizer.zero_grad(set_to_none=True)
+        if r.scaler is not None:
+            r.scaler.update(r.scaler.get_scale() * r.scaler.get_backoff_factor())
+        prog.bad_in_row += 1
+        prog.skipped_steps += 1
+        log.warning("train: step %d skipped: loss or gradient not finite on some rank (%d in a row)",
+                    prog.step, prog.bad_in_row)
+        if prog.bad_in_row >= cfg.max_bad_steps:
+            raise RuntimeError(f"train: {prog.bad_in_row} non-finite steps in a row; every rank stops "
+                               f"(lower train.learning_rate or check the data)")
+    else:
+        lr = lr_at(prog.step, peak=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+                   total_steps=prog.total_steps, kind=cfg.lr_schedule)
+        for g in r.optimizer.param_groups:
+            g["lr"] = lr
+        if r.scaler is not None:
+            r.scaler.step(r.optimizer)
+            r.scaler.update()
+        else:
+            r.optimizer.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        prog.bad_in_row = 0
+        sums.grad_norm = grad_norm.detach()
+    prog.step += 1
+    prog.batches_in_epoch += r.grad_accum
+
+
+class _Sums:
+    """The logged sums since the last log step: loss terms on the device, counts on the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.grad_norm: torch.Tensor | None = None
+        self._reset()
+        self.restart_clock()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
+        self.micro_batches = 0
+        self.audio_samples = 0
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def add(self, loss_sums: torch.Tensor, penalty: torch.Tensor, n_samples: int) -> None:
+        self.loss += torch.cat([loss_sums, penalty.double().reshape(1)])
+        self.micro_batches += 1
+        self.audio_samples += n_samples
+
+    def reduce(self, d: distributed.Dist) -> tuple[dict[str, float], float]:
+        """Every rank's sums (one collective, read back once) and the seconds since the clock."""
+        host = torch.tensor([self.micro_batches, self.audio_samples], dtype=torch.float64, device=self.device)
+        tot = distributed.all_sum(d, torch.cat([self.loss, host])).tolist()
+        seconds = time.perf_counter() - self.t0
+        self._reset()
+        self.restart_clock()
+        return dict(zip((*DEVICE_SUMS, *HOST_SUMS), tot, strict=True)), seconds
+
+
+def log_step(r: Run, prog: Progress, sums: _Sums, live: _Live) -> None:
+    v, seconds = sums.reduce(r.d)
+    grad_norm = float(sums.grad_norm) if sums.grad_norm is not None else float("nan")
+    rec = {
+        "step": prog.step,
+        "epoch": prog.epoch,
+        "lr": r.optimizer.param_groups[0]["lr"],
+        "grad_norm": grad_norm,
+        "skipped_steps": prog.skipped_steps,
+        "train/loss": v["ce_masked"] / max(v["n_masked"], 1.0),
+        "train/loss_unmasked": v["ce_unmasked"] / max(v["n_unmasked"], 1.0),
+        "train/acc_masked": v["correct_masked"] / max(v["n_masked"], 1.0),
+        "train/acc_unmasked": v["correct_unmasked"] / max(v["n_unmasked"], 1.0),
+        "train/masked_fraction": v["n_masked"] / max(v["n_masked"] + v["n_unmasked"], 1.0),
+        "train/feature_penalty": v["penalty"] / max(v["micro_batches"], 1.0),
+    }
+    # Timings go to dvclive and the log only: the state's history (a tracked output) stays
+    # the same bytes when a run is repeated.
+    rate = v["audio_samples"] / SAMPLE_RATE / max(seconds, 1e-9)
+    timing = {"train/audio_s_per_s": rate, "train/tflops": rate * r.flops / 1e12}
+    _record(prog, live, rec, timing)
+    log.info("train: step %d loss %.4f acc_masked %.3f %.0f audio-s/s", prog.step, rec["train/loss"],
+             rec["train/acc_masked"], rate)
+
+
+def _record(prog: Progress, live: _Live, rec: dict[str, Any], timing: dict[str, float] | None = None) -> None:
+    prog.history.append(rec)
+    live.log({**rec, **(timing or {})})
+    live.flush()
+
+
+@torch.no_grad()
+def validate(r: Run) -> dict[str, float]:
+    """Loss and accuracy on the validation shards (fixed masks), summed over ranks."""
+    assert r.valid_loader is not None
+    r.model.eval()
+    sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64, device=r.device)
+    n = 0
+    for b in r.valid_loader:
+        if END in b:
+            continue
+        if r.cfg.valid_max_batches is not None and n >= r.cfg.valid_max_batches:
+            break
+        n += 1
+        mask = b["mask"].to(r.device)
+        am = b["attention_mask"].to(r.device) if b["attention_mask"] is not None else None
+        with r.autocast():
+            logits, _ = r.model(b["input_values"].to(r.device), am, mask)
+        labels, valid = b["labels"].to(r.device), b["valid"].to(r.device)
+        sums += masked_prediction_sums(logits, labels, mask, valid).as_tensor()
+    r.model.train()
+    t = dict(zip(SUM_NAMES, distributed.all_sum(r.d, sums).tolist(), strict=True))
+    return {
+        "valid/loss": t["ce_masked"] / max(t["n_masked"], 1.0),
+        "valid/acc_masked": t["correct_masked"] / max(t["n_masked"], 1.0),
+        "valid/loss_unmasked": t["ce_unmasked"] / max(t["n_unmasked"], 1.0),
+        "valid/acc_unmasked": t["correct_unmasked"] / max(t["n_unmasked"], 1.0),
+    }
+
+
+def end_epoch(r: Run, prog: Progress, live: _Live | None = None) -> None:
+    """Record what the epoch trained on (all ranks; `complete`: all its steps ran, rather than
+    the schedule's end or a dry stream), then move on to the next epoch."""
+    steps = prog.steps_in_epoch(r.grad_accum)
+    complete = steps >= r.steps_per_epoch
+    chunks, samples = distributed.host_sum(r.d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
+    rec = {
+        "epoch": prog.epoch,
+        "steps": steps,
+        "complete": complete,
+        "chunks_used": int(chunks),
+        "chunks_available": r.train_ds.n_samples,
+        "audio_seconds": samples / SAMPLE_RATE,
+        "hours": samples / SAMPLE_RATE / 3600,
+    }
+    prog.epochs.append(rec)
+    if live is not None:
+        _record(prog, live, {"step": prog.step, **{f"epochs/{k}": v for k, v in rec.items()
+                                                     if k not in ("epoch", "complete")}})
+    log.info("train: epoch %d: %d steps, %d of %d chunks, %.2f h of audio", prog.epoch, steps,
+             rec["chunks_used"], rec["chunks_available"], rec["hours"])
+    prog.epoch += 1
+    prog.batches_in_epoch = prog.epoch_chunks = prog.epoch_samples = 0
+
+
+# --- save, finish, export ---------------------------------------------------------------------
+
+
+def save(r: Run, prog: Progress, state_dir: Path) -> None:
+    """The whole state (every rank's RNG; the epoch counters summed over ranks), by rank 0."""
+    d = r.d
+    rng = {f"cpu.rank{k}": s for k, s in enumerate(distributed.gather_rng(d, torch.get_rng_state()))}
+    if r.device.type == "cuda":
+        for k, s in enumerate(distributed.gather_rng(d, torch.cuda.get_rng_state(r.device))):
+            rng[f"cuda.rank{k}"] = s
+    chunks, samples = distributed.host_sum(d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
+    if d.is_main:
+        save_state(
+            state_dir,
+            prog.step,
+            model=r.model.state_dict(),
+            optimizer=r.optimizer.state_dict(),
+            rng=rng,
+            info={
+                "format": STATE_FORMAT,
+                "total_steps": prog.total_steps,
+                "epoch": prog.epoch,
+                "batches_in_epoch": prog.batches_in_epoch,
+                "epoch_chunks": int(chunks),
+                "epoch_samples": int(samples),
+                "epochs": prog.epochs,
+                "n_streams": r.n_streams,
+                "bad_in_row": prog.bad_in_row,
+                "skipped_steps": prog.skipped_steps,
+                "scaler": r.scaler.state_dict() if r.scaler is not None else None,
+                "fingerprint": r.fingerprint,
+                "config": asdict(r.cfg),
+                "world_size": d.world_size,
+            },
+            history=prog.history,
+        )
+    distributed.barrier(d)
+
+
+def finish(
+    r: Run, prog: Progress, skips: Skips, live: _Live, model_dir: Path, state_dir: Path
+) -> dict[str, Any]:
+    """Final validation and state, the export (rank 0) and the summary."""
+    if prog.step == 0:
+        raise RuntimeError("train: no batch could be formed (too little data for train.batch_size?)")
+    if r.valid_loader is not None:
+        final = {"step": prog.step, **validate(r)}
+        if not prog.history or prog.history[-1] != final:
+            _record(prog, live, final)
+    save(r, prog, state_dir)
+    skips.log_summary()
+    summary = {
+        "steps": prog.step,
+        "epoch": prog.epochs[-1]["epoch"] if prog.epochs else 0,  # the last epoch trained
+        "epochs": prog.epochs,
+        "hours_trained": sum(e["hours"] for e in prog.epochs),
+        "skipped_steps": prog.skipped_steps,
+        "world_size": r.d.world_size,
+        "batch_size": r.batch_size,
+        "grad_accum": r.grad_accum,
+        "batch_table_row": r.table_row,
+        "precision": r.precision,
+        "device": str(r.device),
+        "n_clusters": r.n_clusters,
+        "steps_per_epoch": r.steps_per_epoch,
+        "total_steps": prog.total_steps,
+        "last": prog.history[-1] if prog.history else {},
+        "flops_per_audio_second": r.flops,
+    }
+    if r.d.is_main:
+        info = {
+            **summary,
+            "config": asdict(r.cfg),
+            "init": r.cfg.init,
+            "normalize_audio": r.cfg.normalize_audio,
+            "labels_sha256": labels_digest(r.labels_dir),
+            "sample_rate": SAMPLE_RATE,
+            "frame_rate_hz": 50,
+            "skipped": skips.to_dict(),
+        }
+        with atomic_dir(model_dir) as tmp:
+            export(r.model, r.original_augment, tmp, info)
+        live.flush()
+        live.end()
+        log.info("train: model in %s, state in %s", model_dir, state_dir)
+    distributed.barrier(r.d)
+    return summary
+
+
+# --- small helpers ----------------------------------------------------------------------------
 
 
 def _skip_per_worker(consumed: int, n_workers: int) -> list[int]:
@@ -146,6 +795,11 @@ def _nan_injection(rank: int) -> int | None:
         return None
     r, s = spec.split(":")
     return int(s) if int(r) == rank else None
+
+
+def _merge(skips: Skips, counts: dict[str, int]) -> None:
+    for reason, n in counts.items():
+        skips.add(reason, n=n)
 
 
 class _Live:
@@ -165,7 +819,7 @@ class _Live:
             return
         self.live.step = int(record["step"])
         for k, v in record.items():
-            if k != "step" and isinstance(v, int | float):
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
                 self.live.log_metric(k, float(v))
 
     def flush(self) -> None:
@@ -175,476 +829,3 @@ class _Live:
     def end(self) -> None:
         if self.live is not None:
             self.live.end()
-
-
-def run(
-    cfg: TrainConfig,
-    *,
-    audio_dir: Path,
-    labels_dir: Path,
-    model_dir: Path,
-    state_dir: Path,
-    live_dir: Path,
-    stop_after_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train, checkpoint, export; returns the final summary (also in `model_dir/report.json`)."""
-    audio_dir, labels_dir = Path(audio_dir), Path(labels_dir)
-    model_dir, state_dir, live_dir = Path(model_dir), Path(state_dir), Path(live_dir)
-    probe = _device(cfg, distributed.Dist())
-    d = distributed.init(probe.type)
-    try:
-        return _train(cfg, d, audio_dir, labels_dir, model_dir, state_dir, live_dir, stop_after_steps)
-    finally:
-        distributed.shutdown(d)
-
-
-def _train(
-    cfg: TrainConfig,
-    d: distributed.Dist,
-    audio_dir: Path,
-    labels_dir: Path,
-    model_dir: Path,
-    state_dir: Path,
-    live_dir: Path,
-    stop_after_steps: int | None,
-) -> dict[str, Any]:
-    device = _device(cfg, d)
-    precision = _precision(cfg, device)
-    memory_gib = (
-        torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    )
-    batch_size, grad_accum = resolve_batch(cfg.batch_size, cfg.grad_accum, memory_gib)
-    table_row = auto_batch(memory_gib)[0]
-    n_clusters = count_clusters(labels_dir)
-    train_shards = list_shards(audio_dir / "train")
-    if not train_shards:
-        raise FileNotFoundError(f"no training shards in {audio_dir / 'train'}")
-    n_train = len(LabelIndex(labels_dir / "train"))
-    fp = fingerprint(cfg, batch_size, grad_accum, n_clusters, labels_dir, train_shards)
-    log.info(
-        "train: %d processes on %s (%s), batch %d x accum %d (%s), %d clusters, %d chunks",
-        d.world_size,
-        device,
-        precision,
-        batch_size,
-        grad_accum,
-        table_row,
-        n_clusters,
-        n_train,
-    )
-
-    # --- model, head, optimizer (identical on every rank; DDP also broadcasts from rank 0) ---
-    torch.manual_seed(cfg.seed)
-    init = cfg.init
-    if init == "tiny":
-        from ups.tiny_model import write_tiny_hubert
-
-        init = str(write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed))
-    hubert, original_augment = load_hubert(
-        ModelSetup(
-            init, cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.layerdrop, cfg.attn_implementation
-        )
-    )
-    head = PretrainingHead(
-        hubert.config.hidden_size,
-        n_clusters,
-        kind=cfg.head,
-        final_dim=cfg.final_dim,
-        temperature=cfg.logit_temperature,
-    )
-    model = PretrainModel(hubert, head, cfg.feature_grad_scale).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
-        eps=cfg.adam_eps,
-    )
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    # --- resume ---
-    step, epoch, consumed, bad_in_row, skipped_steps = 0, 0, 0, 0, 0
-    history: list[dict[str, Any]] = []
-    n_workers = max(1, cfg.num_workers)
-    n_streams = d.world_size * n_workers
-    found = latest_state(state_dir) if cfg.resume else None
-    rng_loaded = False
-    if found is not None:
-        st = load_state(found)
-        info = st["info"]
-        if info.get("fingerprint") != fp:
-            log.warning("train: state %s was made with another config or data; starting afresh", found)
-        else:
-            model.load_state_dict(st["model"])
-            optimizer.load_state_dict(st["optimizer"])
-            if scaler is not None and info.get("scaler"):
-                scaler.load_state_dict(info["scaler"])
-            step, epoch, consumed = info["step"], info["epoch"], info["batches_in_epoch"]
-            bad_in_row, skipped_steps = info["bad_in_row"], info["skipped_steps"]
-            history = st["history"]
-            if info["n_streams"] != n_streams and consumed > 0:
-                log.warning(
-                    "train: data streams changed (%d -> %d); epoch %d restarts at its next epoch",
-                    info["n_streams"],
-                    n_streams,
-                    epoch,
-                )
-                epoch, consumed = epoch + 1, 0
-            cpu_key, cuda_key = f"cpu.rank{d.rank}", f"cuda.rank{d.rank}"
-            if cpu_key in st["rng"]:
-                torch.set_rng_state(st["rng"][cpu_key])
-                if device.type == "cuda" and cuda_key in st["rng"]:
-                    torch.cuda.set_rng_state(st["rng"][cuda_key], device)
-                rng_loaded = True
-            log.info("train: resumed from %s (step %d, epoch %d, batch %d)", found, step, epoch, consumed)
-    if not rng_loaded:
-        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)  # dropout / layerdrop differ per rank
-
-    ddp: Any = model
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        unused = (hubert.config.layerdrop or 0.0) > 0.0
-        ddp = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
-        )
-    forward = torch.compile(ddp) if cfg.compile else ddp
-
-    # --- data ---
-    spec = BatchSpec(
-        batch_size=batch_size,
-        max_sample_seconds=cfg.max_sample_seconds,
-        min_sample_seconds=cfg.min_sample_seconds,
-        crop=cfg.crop,
-        mask_prob=cfg.mask_prob,
-        mask_length=cfg.mask_length,
-        min_masks=cfg.min_masks,
-        normalize_audio=cfg.normalize_audio,
-        shuffle_buffer=cfg.shuffle_buffer,
-        open_shards=cfg.open_shards,
-        bucket_batches=cfg.bucket_batches,
-    )
-
-    def split_batches(split: str) -> ShardBatches:
-        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
-                            train=split == "train", rank=d.rank, world_size=d.world_size)
-
-    train_ds = split_batches("train")
-    loader = _loader(train_ds, cfg, device, cfg.seed)
-    valid_loader = None
-    if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
-        valid_loader = _loader(split_batches("valid"), cfg, device, cfg.seed + 1)
-
-    steps_per_epoch = max(1, n_train // (batch_size * grad_accum * d.world_size))
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    live = _Live(live_dir, d.is_main)
-    for rec in history:
-        live.log(rec)
-    live.flush()
-
-    skips = Skips("train")
-    sums = torch.zeros(len(SUMS), dtype=torch.float64)
-    nan_step = _nan_injection(d.rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    flops = flops_per_audio_second(hubert.config, cfg.max_sample_seconds)
-    t_log = time.perf_counter()
-    last_grad_norm = float("nan")
-    progress = bar(desc="train", unit="step", total=total_steps, initial=step)
-
-    def save_now() -> None:
-        rng = {}
-        for r, s in enumerate(distributed.gather_rng(d, torch.get_rng_state(), device)):
-            rng[f"cpu.rank{r}"] = s
-        if device.type == "cuda":
-            for r, s in enumerate(distributed.gather_rng(d, torch.cuda.get_rng_state(device), device)):
-                rng[f"cuda.rank{r}"] = s
-        if d.is_main:
-            save_state(
-                state_dir,
-                step,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                rng=rng,
-                info={
-                    "epoch": epoch,
-                    "batches_in_epoch": consumed,
-                    "n_streams": n_streams,
-                    "bad_in_row": bad_in_row,
-                    "skipped_steps": skipped_steps,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "fingerprint": fp,
-                    "config": asdict(cfg),
-                    "world_size": d.world_size,
-                },
-                history=history,
-            )
-        distributed.barrier(d)
-
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
-
-    while epoch < cfg.epochs and step < total_steps:
-        train_ds.set_position(epoch, _skip_per_worker(consumed, cfg.num_workers))
-        batches = iter(loader)
-        while step < total_steps:
-            micro: list[dict[str, Any]] = []
-            ended = False
-            for _ in range(grad_accum):
-                b = next(batches, None)
-                if b is None or END in b:
-                    ended = True
-                    if b is not None:
-                        _merge(skips, b["skips"])
-                    break
-                _merge(skips, b["skips"])
-                micro.append(b)
-            weight = sum(float(scored_weight(b["mask"], b["valid"], cfg.unmasked_weight)) for b in micro)
-            agg = distributed.all_sum(d, torch.tensor([float(ended), weight], dtype=torch.float64))
-            if agg[0] > 0:
-                break  # some stream ran dry: every rank ends the epoch here
-            total_weight = float(agg[1])
-            consumed += grad_accum
-            local_bad = False
-            for i, b in enumerate(micro):
-                sync = contextlib.nullcontext() if (not d.enabled or i == len(micro) - 1) else ddp.no_sync()
-                with sync:
-                    x = b["input_values"].to(device, non_blocking=True)
-                    am = b["attention_mask"].to(device) if b["attention_mask"] is not None else None
-                    mask = b["mask"].to(device)
-                    valid = b["valid"].to(device)
-                    labels = b["labels"].to(device)
-                    with autocast():
-                        logits, penalty = forward(x, am, mask)
-                    s = masked_prediction_sums(
-                        logits, labels, mask, valid, unmasked_weight=cfg.unmasked_weight
-                    )
-                    loss = s.objective * (d.world_size / max(total_weight, 1.0))
-                    if cfg.feature_penalty > 0:
-                        loss = loss + cfg.feature_penalty * penalty / len(micro)
-                    if nan_step is not None and step == nan_step:
-                        loss = loss * float("nan")
-                    local_bad = local_bad or not bool(torch.isfinite(loss))
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                sums += torch.tensor(
-                    [
-                        *s.as_floats(),
-                        float(penalty.detach()),
-                        1.0,
-                        float(b["n_samples"]),
-                    ],
-                    dtype=torch.float64,
-                )
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            )
-            bad = distributed.all_max(
-                d,
-                torch.tensor([float(local_bad or not bool(torch.isfinite(grad_norm)))], dtype=torch.float64),
-            )
-            if bad[0] > 0:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-                bad_in_row += 1
-                skipped_steps += 1
-                log.warning(
-                    "train: step %d skipped: loss or gradient not finite on some rank (%d in a row)",
-                    step,
-                    bad_in_row,
-                )
-                if bad_in_row >= cfg.max_bad_steps:
-                    raise RuntimeError(
-                        f"train: {bad_in_row} non-finite steps in a row; every rank stops "
-                        f"(lower train.learning_rate or check the data)"
-                    )
-            else:
-                lr = lr_at(
-                    step,
-                    peak=cfg.learning_rate,
-                    warmup_steps=cfg.warmup_steps,
-                    total_steps=total_steps,
-                    kind=cfg.lr_schedule,
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                bad_in_row = 0
-                last_grad_norm = float(grad_norm)
-            step += 1
-            progress.update(1)
-
-            if step % cfg.log_every_steps == 0 or step == total_steps:
-                tot = distributed.all_sum(d, sums)
-                now = time.perf_counter()
-                rec = _train_record(
-                    tot,
-                    step,
-                    epoch,
-                    optimizer.param_groups[0]["lr"],
-                    last_grad_norm,
-                    skipped_steps,
-                    now - t_log,
-                    flops,
-                )
-                t_log, sums = now, torch.zeros_like(sums)
-                history.append(rec)
-                live.log(rec)
-                live.flush()
-                log.info(
-                    "train: step %d loss %.4f acc_masked %.3f %.0f audio-s/s",
-                    step,
-                    rec["train/loss"],
-                    rec["train/acc_masked"],
-                    rec["train/audio_s_per_s"],
-                )
-            if valid_loader is not None and step % cfg.valid_every_steps == 0:
-                rec = {"step": step, **_validate(model, valid_loader, cfg, d, device, autocast)}
-                history.append(rec)
-                live.log(rec)
-                live.flush()
-                t_log = time.perf_counter()
-            if step % cfg.save_every_steps == 0:
-                save_now()
-                t_log = time.perf_counter()
-            if stop_after_steps is not None and step >= stop_after_steps:
-                raise StopRequested(f"stopped after step {step}")
-        else:
-            continue  # total_steps reached inside the epoch
-        epoch, consumed = epoch + 1, 0
-    progress.close()
-    if step == 0:
-        raise RuntimeError("train: no batch could be formed (too little data for train.batch_size?)")
-
-    final: dict[str, Any] = {"step": step}
-    if valid_loader is not None:
-        final = {"step": step, **_validate(model, valid_loader, cfg, d, device, autocast)}
-        if not history or history[-1] != final:
-            history.append(final)
-            live.log(final)
-    save_now()
-    skips.log_summary()
-    summary = {
-        "steps": step,
-        "epoch": epoch,
-        "skipped_steps": skipped_steps,
-        "world_size": d.world_size,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "batch_table_row": table_row,
-        "precision": precision,
-        "device": str(device),
-        "n_clusters": n_clusters,
-        "total_steps": total_steps,
-        "last": history[-1] if history else {},
-        "flops_per_audio_second": flops,
-    }
-    if d.is_main:
-        info = {
-            **summary,
-            "config": asdict(cfg),
-            "init": cfg.init,
-            "normalize_audio": cfg.normalize_audio,
-            "labels_sha256": labels_digest(labels_dir),
-            "sample_rate": 16000,
-            "frame_rate_hz": 50,
-            "skipped": skips.to_dict(),
-        }
-        with atomic_dir(model_dir) as tmp:
-            export(model, original_augment, tmp, info)
-        live.flush()
-        live.end()
-        log.info("train: model in %s, state in %s, metrics in %s", model_dir, state_dir, live_dir)
-    distributed.barrier(d)
-    return summary
-
-
-def _loader(ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int) -> DataLoader[Any]:
-    # A private generator: creating an iterator must not consume the global RNG (resume equality).
-    return DataLoader(
-        ds,
-        batch_size=None,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-    )
-
-
-def _merge(skips: Skips, counts: dict[str, int]) -> None:
-    for reason, n in counts.items():
-        skips.add(reason, n=n)
-
-
-def _train_record(
-    tot: torch.Tensor,
-    step: int,
-    epoch: int,
-    lr: float,
-    grad_norm: float,
-    skipped: int,
-    seconds: float,
-    flops: float,
-) -> dict[str, Any]:
-    v = dict(zip(SUMS, tot.tolist(), strict=True))
-    audio_s = v["audio_samples"] / 16000.0
-    rate = audio_s / max(seconds, 1e-9)
-    return {
-        "step": step,
-        "epoch": epoch,
-        "lr": lr,
-        "grad_norm": grad_norm,
-        "skipped_steps": skipped,
-        "train/loss": v["ce_masked"] / max(v["n_masked"], 1.0),
-        "train/loss_unmasked": v["ce_unmasked"] / max(v["n_unmasked"], 1.0),
-        "train/acc_masked": v["correct_masked"] / max(v["n_masked"], 1.0),
-        "train/acc_unmasked": v["correct_unmasked"] / max(v["n_unmasked"], 1.0),
-        "train/masked_fraction": v["n_masked"] / max(v["n_masked"] + v["n_unmasked"], 1.0),
-        "train/feature_penalty": v["penalty"] / max(v["micro_batches"], 1.0),
-        "train/audio_s_per_s": rate,
-        "train/tflops": rate * flops / 1e12,
-    }
-
-
-@torch.no_grad()
-def _validate(
-    model: PretrainModel,
-    loader: DataLoader[Any],
-    cfg: TrainConfig,
-    d: distributed.Dist,
-    device: torch.device,
-    autocast: Any,
-) -> dict[str, float]:
-    """Loss and accuracy on the validation shards (fixed masks), summed over ranks."""
-    model.eval()
-    sums = torch.zeros(6, dtype=torch.float64)
-    n = 0
-    for b in loader:
-        if END in b:
-            continue
-        if cfg.valid_max_batches is not None and n >= cfg.valid_max_batches:
-            break
-        n += 1
-        mask = b["mask"].to(device)
-        am = b["attention_mask"].to(device) if b["attention_mask"] is not None else None
-        with autocast():
-            logits, _ = model(b["input_values"].to(device), am, mask)
-        s = masked_prediction_sums(logits, b["labels"].to(device), mask, b["valid"].to(device))
-        sums += torch.tensor(s.as_floats(), dtype=torch.float64, device=sums.device)
-    model.train()
-    t = distributed.all_sum(d, sums).tolist()
-    return {
-        "valid/loss": t[0] / max(t[1], 1.0),
-        "valid/acc_masked": t[2] / max(t[1], 1.0),
-        "valid/loss_unmasked": t[3] / max(t[4], 1.0),
-        "valid/acc_unmasked": t[5] / max(t[4], 1.0),
-    }

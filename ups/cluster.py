@@ -1,0 +1,147 @@
+"""What a run on several machines needs besides torchrun: scripts/slurm/*.sbatch and `make train NODES=N`.
+
+DVC keeps one lock per repository; two `dvc repro` (or `dvc exp run`) in one checkout fail on it
+("... is busy"), and a stage that several machines run at once is not one `dvc repro` anyway. So
+the stage that runs everywhere (train on every node, prepare-audio or assign-labels in every
+array task) runs its own command from dvc.yaml, without DVC, and one process records the result
+once at the end with `dvc commit -f <stage>`:
+
+    python -m ups.cluster run-stage NAME        exec NAME's cmd from dvc.yaml, as `dvc repro` would
+    python -m ups.cluster set-params K=V ...    set params.yaml values in place, like `dvc exp run -S`
+    python -m ups.cluster plan --nodes N --gpus G [--rdzv HOST:PORT] [K=V ...]
+                                                the per-node commands, for machines without Slurm
+
+`set-params` parses each value as YAML (as `-S` does), keeps the file's comments, refuses a key
+params.yaml does not have, and checks every section with its typed config before anything runs:
+a typo fails in a second, not after hours of data preparation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ups import config
+from ups.atomic import write_bytes
+from ups.config import ConfigError
+
+# The sections `set-params` validates (the same classes the stages load).
+SECTIONS: dict[str, type] = {
+    "dataset": config.DatasetConfig, "fetch_meta": config.FetchMetaConfig,
+    "index_vad": config.IndexVadConfig, "index_lang": config.IndexLangConfig,
+    "select": config.SelectConfig, "features": config.FeaturesConfig,
+    "prepare_audio": config.PrepareAudioConfig, "kmeans": config.KmeansConfig,
+    "assign_labels": config.AssignLabelsConfig, "train": config.TrainConfig,
+    "evaluate": config.EvaluateConfig,
+}
+
+
+# --- a stage's own command -------------------------------------------------------------------
+
+def stage_command(dvc_yaml: Path, name: str) -> tuple[str, Path]:
+    """(shell command, working directory) of stage `name`, as `dvc repro` would run it."""
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    if name not in stages:
+        raise ConfigError(f"{dvc_yaml} has no stage {name!r} (stages: {', '.join(stages)})")
+    cmd = stages[name]["cmd"]
+    if isinstance(cmd, list):
+        cmd = " && ".join(cmd)
+    return str(cmd), dvc_yaml.parent / stages[name].get("wdir", ".")
+
+
+# --- parameters set in place -----------------------------------------------------------------
+
+def _parse(assignment: str) -> tuple[list[str], Any]:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"expected KEY=VALUE (e.g. train.nodes=2), got {assignment!r}")
+    return key.split("."), yaml.safe_load(value)
+
+
+def set_params(path: Path, assignments: list[str]) -> None:
+    """Set `section.key=value` pairs in params.yaml, keeping its comments; validate, then write."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.width = 4096  # never re-wrap a long comment
+    rt.representer.add_representer(type(None),
+                                   lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(path.read_text(encoding="utf-8"))
+    for assignment in assignments:
+        keys, value = _parse(assignment)
+        node = doc
+        for i, k in enumerate(keys):
+            if not hasattr(node, "keys") or k not in node:
+                raise ConfigError(f"{'.'.join(keys[:i + 1])} is not a parameter in {path}")
+            if i == len(keys) - 1:
+                node[k] = value
+            node = node[k]
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    text = buf.getvalue()
+    params = yaml.safe_load(text)
+    for section, cls in SECTIONS.items():
+        if section in params:
+            config.from_dict(cls, params[section], section)
+    write_bytes(path, text.encode("utf-8"))
+
+
+# --- the plan for machines without Slurm -----------------------------------------------------
+
+def plan(nodes: int, gpus: int, rdzv: str, assignments: list[str]) -> list[str]:
+    """The commands, one per line, of a `nodes` x `gpus` run without a scheduler."""
+    sets = " ".join(shlex.quote(a) for a in [*assignments, f"train.nodes={nodes}", f"train.gpus={gpus}"])
+    node_cmd = f"UPS_RDZV_ENDPOINT={shlex.quote(rdzv)} python -m ups.cluster run-stage train"
+    return [
+        f"# {nodes} nodes x {gpus} processes: run these yourself, or submit scripts/slurm/train.sbatch.",
+        "# Every node needs this repository, data/ and the DVC cache at the same path (a shared file",
+        "# system), and its venv first on PATH (source .venv/bin/activate).",
+        "# 1. once, on the first node: the parameters, then the data stages (DVC's lock, one node):",
+        f"python -m ups.cluster set-params {sets} && dvc repro assign-labels",
+        f"# 2. on every node at the same time; {rdzv} (the first node) hosts the rendezvous:",
+        *(f"{node_cmd}   # node {i}" for i in range(nodes)),
+        "# 3. once, on the first node, after every node has finished: record the model in dvc.lock:",
+        "dvc commit -f train",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ups.cluster", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run-stage", help="exec a stage's cmd from dvc.yaml, without DVC")
+    p.add_argument("stage")
+    p.add_argument("--dvc-yaml", default="dvc.yaml")
+    p = sub.add_parser("set-params", help="set params.yaml values in place (like dvc exp run -S)")
+    p.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("plan", help="print the per-node commands of a multi-node run")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--rdzv", default="<first-node>:29500", help="host:port of the first node")
+    p.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run-stage":
+            cmd, wdir = stage_command(Path(args.dvc_yaml), args.stage)
+            print(f"ups.cluster: {args.stage}: {cmd}", file=sys.stderr, flush=True)
+            os.chdir(wdir)
+            os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+        elif args.command == "set-params":
+            set_params(Path(args.params), args.assignments)
+        else:
+            print("\n".join(plan(args.nodes, args.gpus, args.rdzv, args.assignments)))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
