@@ -53,3 +53,17 @@ def test_demo_links_outputs_to_the_cache_like_the_repo(tmp_path):
     config_mtime = (run_dir / ".dvc" / "config").stat().st_mtime_ns
     demo.prepare(run_dir)
     assert (run_dir / ".dvc" / "config").stat().st_mtime_ns == config_mtime  # set once
+
+
+def test_hours_summary_states_selected_written_and_why_they_differ(tmp_path):
+    from ups.atomic import write_json
+
+    assert demo.hours_summary(tmp_path) is None
+    write_json(tmp_path / "data/select/report.json", {"selected_hours": 0.45, "target_hours": 0.45})
+    write_json(tmp_path / "data/audio/report.json", {
+        "hours_written": {"train": 0.2, "valid": 0.03, "eval": 0.19, "total": 0.42},
+        "hours_not_written": {"chunk_in_corrupt_mp3": 0.0083, "chunk_in_missing_member": 0.0194,
+                              "total": 0.0277}})
+    assert demo.hours_summary(tmp_path) == (
+        "0.450 selected of 0.45 asked; 0.420 written (train 0.200, valid 0.030, eval 0.190); "
+        "not written: chunk_in_corrupt_mp3 0.008 h, chunk_in_missing_member 0.019 h")

@@ -24,12 +24,15 @@ def test_demo_runs_every_stage_then_is_a_no_op(demo_run):
     cmd = [sys.executable, "-m", "ups", "demo", "--run-dir", str(run_dir)]
     assert first.returncode == 0, first.stderr[-3000:]
     assert "model:" in first.stdout and "metrics:" in first.stdout
+    assert "selected of 0.45 asked;" in first.stdout and "not written:" in first.stdout
 
     chunks = pq.read_table(run_dir / "data/select/chunks.parquet").to_pylist()
-    assert {c["split"] for c in chunks} == {"train", "valid"}
+    assert {c["split"] for c in chunks} == {"train", "valid", "eval"}
     assert "nospeech" not in {c["language"] for c in chunks}
-    train_keys = {c["key"] for c in chunks if c["split"] == "train"}
-    assert not train_keys & {c["key"] for c in chunks if c["split"] == "valid"}
+    split_of: dict = {}
+    for c in chunks:
+        split_of.setdefault((c["tar"], c["key"]), set()).add(c["split"])
+    assert all(len(s) == 1 for s in split_of.values())  # no file in two splits
 
     audio_report = json.loads((run_dir / "data/audio/report.json").read_text())
     assert audio_report["skipped"]["counts"].get("corrupt_mp3", 0) <= 1  # only the planted one
@@ -47,6 +50,8 @@ def test_demo_runs_every_stage_then_is_a_no_op(demo_run):
     # the demo's label set (tiny random model: MFCC, first iteration) is named beside its figures
     assert (evaluation["label_set"]["kind"], evaluation["label_set"]["n_clusters"]) == ("mfcc", 25)
     assert evaluation["label_set"]["init_masked_acc"] is not None
+    assert evaluation["probe"]["n_languages_test"] >= 2 and evaluation["probe"]["n_files_test"] >= 2
+    assert set(evaluation["probe_training_files"]) >= {"init", "continued", "mfcc"}
     assert (run_dir / "reports/report.html").stat().st_size > 10_000
     assert "report:" in first.stdout
 

@@ -45,11 +45,11 @@ def test_choose_tars_respects_limit_and_prefers_coverage():
 def test_split_valid_whole_files():
     file = np.repeat(np.arange(20), 5)
     lang = np.array(["en"] * 100, dtype=object)
-    v = sel.split_valid(file, lang, np.ones(100), 0.1, np.random.default_rng(0))
+    v = sel.hold_out_files(file, lang, np.ones(100), 0.1, np.random.default_rng(0))
     for f in range(20):
         assert len(set(v[file == f].tolist())) == 1
     assert 10 <= v.sum() <= 15
-    one = sel.split_valid(np.zeros(3, int), np.array(["yo"] * 3, dtype=object), np.ones(3), 0.5,
+    one = sel.hold_out_files(np.zeros(3, int), np.array(["yo"] * 3, dtype=object), np.ones(3), 0.5,
                           np.random.default_rng(0))
     assert not one.any()
 
@@ -57,3 +57,47 @@ def test_split_valid_whole_files():
 def test_rank_within():
     r = sel.rank_within(np.array([1, 1, 2, 1]), np.array([0.1, 0.9, 0.5, 0.5]))
     assert r.tolist() == [2, 0, 0, 1]
+
+
+def _held_out(n_files: int, chunks_per_file, fraction: float, seed: int = 0):
+    sizes = np.asarray(chunks_per_file if not np.isscalar(chunks_per_file) else [chunks_per_file] * n_files)
+    file = np.repeat(np.arange(n_files), sizes)
+    lang = np.array(["xx"] * len(file), dtype=object)
+    v = sel.hold_out_files(file, lang, np.ones(len(file)), fraction, np.random.default_rng(seed))
+    return v, file, sizes
+
+
+def test_split_valid_never_overshoots_by_more_than_one_file():
+    # 2 files of 4 chunks at 0.15: the old loop put one file (50 %) in valid; 8 of 9 chunks for
+    # a language with a big and a small file
+    v, _, _ = _held_out(2, 4, 0.15)
+    assert v.sum() == 0
+    for seed in range(20):
+        v, file, sizes = _held_out(2, [8, 1], 0.15, seed)
+        assert v.sum() <= 0.15 * 9 + 1  # at most the small file
+    for n_files, expect in ((1, 0), (2, 0), (3, 0), (50, 7)):
+        v, file, sizes = _held_out(n_files, 3, 0.15)
+        assert v.sum() == 3 * expect, n_files  # 50 files: 7.5 to hold, 7 as close as 8, never 8+
+        assert len(set(file[v].tolist()) & set(file[~v].tolist())) == 0
+    # with a fraction that whole files can meet, the closest count is taken
+    for n_files, fraction, expect in ((2, 0.5, 1), (3, 0.3, 1), (3, 0.5, 1), (50, 0.05, 2)):
+        v, _, _ = _held_out(n_files, 2, fraction)
+        assert v.sum() == 2 * expect, (n_files, fraction)
+    # unequal files: held-out within one file of the goal and never all files
+    rng = np.random.default_rng(1)
+    for seed in range(30):
+        sizes = rng.integers(1, 30, size=int(rng.integers(1, 60)))
+        v, file, _ = _held_out(len(sizes), sizes, 0.1, seed)
+        goal = 0.1 * sizes.sum()
+        assert v.sum() <= goal + sizes.max() / 2
+        assert (~v).any()
+        smallest_out = sizes[np.setdiff1d(np.arange(len(sizes)), file[v])].min()
+        assert v.sum() >= goal - smallest_out or abs(v.sum() - goal) <= abs(v.sum() + smallest_out - goal)
+
+
+def test_split_valid_leaves_out_files_already_held_out():
+    file = np.repeat(np.arange(10), 2)
+    lang = np.array(["xx"] * 20, dtype=object)
+    taken = np.isin(file, [0, 1, 2])
+    v = sel.hold_out_files(file, lang, np.ones(20), 0.2, np.random.default_rng(0), exclude=taken)
+    assert not (v & taken).any() and v.sum() == 4  # 20 % of all the language's hours, from the rest

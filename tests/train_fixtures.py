@@ -45,21 +45,25 @@ def write_corpus(
     n_shards: int = 3,
     seconds=(1.0, 2.0),
     seed: int = 0,
+    n_eval: int = 0,
     train_shard_sizes: list[int] | None = None,
     chunks_per_file: int = 1,
 ) -> dict[str, Path]:
     """`root/audio/{train,valid}/*.tar` and `root/labels/{train,valid}/*.npy`; returns the two dirs.
 
-    `train_shard_sizes` gives the train split's chunks per shard (uneven shards, as source tars
-    make them); `chunks_per_file` consecutive chunk ids share one source file (`key`), as the
-    10 s chunks of one UPS recording do."""
+    With n_eval, also `root/audio/eval` (no labels, as assign-labels leaves it). Chunk c belongs
+    to file `item/file{c // chunks_per_file}` (the 10 s chunks of one UPS recording share it);
+    `train_shard_sizes` gives the train split's chunks per shard (uneven, as source tars make them)."""
     rng = np.random.default_rng(seed)
     chunk_id = 0
-    for split, n in (("train", n_train), ("valid", n_valid)):
+    for split, n in (("train", n_train), ("valid", n_valid), ("eval", n_eval)):
+        if n == 0 and split == "eval":
+            continue
         shard_dir = root / "audio" / split
         label_dir = root / "labels" / split
         shard_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
+        if split != "eval":
+            label_dir.mkdir(parents=True, exist_ok=True)
         ids, labels = [], []
         per_shard = int(np.ceil(n / n_shards))
         sizes = [per_shard] * n_shards
@@ -90,6 +94,8 @@ def write_corpus(
                     ids.append(chunk_id)
                     labels.append(lab)
                     chunk_id += 1
+        if split == "eval":
+            continue
         offsets = np.concatenate([[0], np.cumsum([len(x) for x in labels])]).astype(np.int64)
         np.save(label_dir / "chunk_ids.npy", np.array(ids, dtype=np.int64))
         np.save(label_dir / "offsets.npy", offsets)

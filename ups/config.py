@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from ups.languages import WHISPER_CODES
+
 T = TypeVar("T")
 
 
@@ -210,7 +212,7 @@ class IndexLangConfig:
 class SelectConfig:
     """Section `select`: choose about `hours` of fixed-length chunks (policy: ups/selection.py)."""
 
-    hours: float = 100.0  # target hours (train + valid)
+    hours: float = 100.0  # target hours (train + valid + eval)
     chunk_seconds: float = 10.0
     min_speech_ratio: float = 0.8  # VAD speech share a chunk needs
     seed: int = 0
@@ -221,6 +223,9 @@ class SelectConfig:
     max_file_fraction: float = 0.01  # one file gives at most this share of `hours` (>= 1 chunk)
     max_tar_fraction: float = 0.05  # one tar gives at most this share of `hours` (>= 1 chunk)
     valid_fraction: float = 0.05  # share of each language's hours held out by file
+    eval_fraction: float = 0.05  # share held out by file for evaluate's probe; no model trains on it
+    languages: list[str] | Literal["all"] = "all"  # Whisper codes to select from, or all
+    exclude_languages: list[str] = field(default_factory=list)  # Whisper codes never selected
     mp3_bytes_per_second: float = 16000.0  # estimate of tar bytes per second of audio (128 kbit/s)
 
     def __post_init__(self) -> None:
@@ -236,6 +241,19 @@ class SelectConfig:
                 self.max_tar_fraction)
         require(0 <= self.valid_fraction < 1, "select.valid_fraction", "must be in [0, 1)",
                 self.valid_fraction)
+        require(0 <= self.eval_fraction < 1, "select.eval_fraction", "must be in [0, 1)",
+                self.eval_fraction)
+        require(self.valid_fraction + self.eval_fraction < 1, "select.eval_fraction",
+                "plus select.valid_fraction must be < 1", (self.eval_fraction, self.valid_fraction))
+        require(self.languages == "all" or (isinstance(self.languages, list) and len(self.languages) > 0),
+                "select.languages", "must be all or a non-empty list of Whisper codes", self.languages)
+        for name in ("languages", "exclude_languages"):
+            codes = getattr(self, name)
+            for i, code in enumerate([] if codes == "all" else codes):
+                require(code in WHISPER_CODES, f"select.{name}[{i}]",
+                        "must be a Whisper language code (ups/languages.py)", code)
+        both = sorted(set(self.exclude_languages) & set([] if self.languages == "all" else self.languages))
+        require(not both, "select.exclude_languages", "must not repeat a code of select.languages", both)
         require(self.mp3_bytes_per_second > 0, "select.mp3_bytes_per_second", "must be > 0",
                 self.mp3_bytes_per_second)
 
@@ -448,7 +466,9 @@ class EvaluateConfig:
     layers: list[int] | Literal["all"] = "all"  # probe layers: 0 = transformer input, L = last
     probe_c: float = 1.0  # inverse L2 strength of the logistic regression
     probe_max_iter: int = 5000
-    max_probe_chunks: int = 4000  # chunks (both splits) for the LID probe; 0 = all
+    max_probe_chunks: int = 4000  # eval chunks for the LID probe, drawn by seed; 0 = all
+    probe_test_fraction: float = 0.5  # share of each language's eval files the probe scores on
+    probe_training_files: bool = True  # also show the probe on training files, labelled as such
     max_masked_chunks: int = 2000  # validation chunks for masked prediction; 0 = all
     head_fit_chunks: int = 256  # train chunks whose masked frames fit the frozen-encoder heads
     head_fit_steps: int = 300  # Adam steps of those heads
@@ -464,6 +484,8 @@ class EvaluateConfig:
                 "evaluate.layers", "must be all or a non-empty list of layer numbers >= 0", self.layers)
         require(self.probe_c > 0, "evaluate.probe_c", "must be > 0", self.probe_c)
         require(self.probe_max_iter >= 1, "evaluate.probe_max_iter", "must be >= 1", self.probe_max_iter)
+        require(0 < self.probe_test_fraction < 1, "evaluate.probe_test_fraction", "must be in (0, 1)",
+                self.probe_test_fraction)
         for name in ("max_probe_chunks", "max_masked_chunks", "head_fit_chunks", "head_fit_steps"):
             require(getattr(self, name) >= 0, f"evaluate.{name}", "must be >= 0", getattr(self, name))
         require(self.head_fit_lr > 0, "evaluate.head_fit_lr", "must be > 0", self.head_fit_lr)

@@ -111,6 +111,9 @@ def run(run_dir: Path, *, dry_run: bool = False) -> int:
     from ups import html_report
 
     html_report.write(run_dir, None)
+    line = hours_summary(run_dir)
+    if line:
+        print(f"{'hours':>10}: {line}")
     for label, rel in (("model", "models/hubert-cpt"), ("metrics", "dvclive/metrics.json"),
                        ("evaluation", "reports/evaluate/metrics.json"),
                        ("report", "reports/report.html")):
@@ -119,3 +122,19 @@ def run(run_dir: Path, *, dry_run: bool = False) -> int:
             print(f"{label:>10}: {p}")
     print(f"{'pipeline':>10}: cd {run_dir} && dvc metrics show / dvc plots show")
     return 0
+
+
+def hours_summary(run_dir: Path) -> str | None:
+    """Hours select chose, hours prepare-audio wrote and why they differ, from the two reports."""
+    import orjson
+
+    sel_p, audio_p = run_dir / "data/select/report.json", run_dir / "data/audio/report.json"
+    if not (sel_p.is_file() and audio_p.is_file()):
+        return None
+    sel, audio = orjson.loads(sel_p.read_bytes()), orjson.loads(audio_p.read_bytes())
+    written = audio["hours_written"]
+    lost = {k: v for k, v in audio["hours_not_written"].items() if k != "total"}
+    why = ", ".join(f"{k} {v:.3f} h" for k, v in lost.items()) or "nothing"
+    splits = ", ".join(f"{s} {written[s]:.3f}" for s in ("train", "valid", "eval"))
+    return (f"{sel['selected_hours']:.3f} selected of {sel['target_hours']:g} asked; "
+            f"{written['total']:.3f} written ({splits}); not written: {why}")

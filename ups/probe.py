@@ -2,8 +2,8 @@
 
 Each chunk becomes one vector (mean-pooled hidden states of one layer, or MFCC mean + std as a
 control that carries language without any model); a standardised multinomial logistic regression
-is fitted on the chunks of LID-train files and scored (accuracy, macro-F1) on the chunks of
-LID-test files. Pure functions: no disk, no model.
+is fitted on the chunks of some files and scored (accuracy, macro-F1) on the chunks of other
+files (evaluate picks both sides among held-out eval files). Pure functions: no disk, no model.
 
 Chance: `chance_uniform` = 1 / number of classes the probe can predict; `chance_majority` = the
 test accuracy of always answering the most frequent training language. A test language that no

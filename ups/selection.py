@@ -16,8 +16,10 @@ The policy (select's docs repeat it):
    over the chosen tars only. Fewer tars = less download, less balance.
 5. Inside a language, chunks are taken by speech ratio, then file VAD density, then a seeded random
    key; counts per language by largest remainder so that the total is exact.
-6. Validation: per language, files in seeded random order go to `valid` until it holds
-   valid_fraction of the language's selected hours (a language with one file keeps it in train).
+6. Held-out files, per language (`hold_out_files`): first the evaluation set (eval_fraction of
+   the language's selected hours), then `valid` (valid_fraction) from the remaining files; a file
+   in seeded random order is taken when it brings the held-out hours closer to the goal, so the
+   share never exceeds the goal by more than half a file, and one file always stays in train.
 """
 
 from __future__ import annotations
@@ -151,27 +153,37 @@ def choose_tars(avail: np.ndarray, quota: np.ndarray, density: np.ndarray, tar_i
     return np.asarray(sorted(chosen), dtype=np.int64)
 
 
-def split_valid(file: np.ndarray, language: np.ndarray, hours: np.ndarray, valid_fraction: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """Boolean per selected chunk: True if its file is in `valid` (whole files, per language)."""
+def hold_out_files(file: np.ndarray, language: np.ndarray, hours: np.ndarray, fraction: float,
+                   rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Boolean per item (chunk): True if its file is held out. Whole files, per language.
+
+    The goal is `fraction` of the language's hours (all its items, excluded ones included).
+    Files not excluded are visited in `rng` order; a file is taken when it brings the held-out
+    hours strictly closer to the goal. So the share is as close as whole files allow along that
+    order and never above the goal by more than half a file (taking a file that overshoots by
+    h' needs h' < the shortfall before it, hence h' < h / 2). At least one file that is not
+    excluded stays out of the held-out set, so a language with a single file keeps it, and a
+    language whose files are all bigger than twice the goal holds none out.
+    """
     out = np.zeros(len(file), dtype=bool)
-    if valid_fraction <= 0:
+    if fraction <= 0:
         return out
+    skip = np.zeros(len(file), dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)
     for lang in sorted(set(language.tolist())):
         rows = np.flatnonzero(language == lang)
-        files, inv = np.unique(file[rows], return_inverse=True)
-        if len(files) < 2:
-            continue
-        per_file = np.bincount(inv, weights=hours[rows])
-        goal = valid_fraction * per_file.sum()
+        goal = fraction * float(hours[rows].sum())
+        free = rows[~skip[rows]]
+        files, inv = np.unique(file[free], return_inverse=True)
+        per_file = np.bincount(inv, weights=hours[free], minlength=len(files))
         got = 0.0
-        valid_files = np.zeros(len(files), dtype=bool)
+        held = np.zeros(len(files), dtype=bool)
         for j in rng.permutation(len(files)):
-            if got >= goal or valid_files.sum() >= len(files) - 1:
+            if held.sum() >= len(files) - 1 or got >= goal:
                 break
-            valid_files[j] = True
-            got += per_file[j]
-        out[rows] = valid_files[inv]
+            if abs(got + per_file[j] - goal) < goal - got:
+                held[j] = True
+                got += per_file[j]
+        out[free] = held[inv]
     return out
 
 

@@ -24,31 +24,43 @@ EVAL = {"device": "cpu", "batch_size": 4, "head_fit_chunks": 12, "head_fit_steps
 
 
 def _write_lid(corpus_root: Path) -> Path:
-    """A LID index for the fixture's chunks: two languages, every third file in the test split."""
-    tars, keys, langs, splits = [], [], [], []
-    for split in ("train", "valid"):
-        for shard in sorted((corpus_root / "audio" / split).glob("*.tar")):
-            import tarfile
+    """A LID index for the fixture's files: file 0 nospeech, then en (odd files) and de (even)."""
+    import tarfile
 
-            with tarfile.open(shard) as tf:
-                for m in tf:
-                    if m.name.endswith(".json"):
-                        meta = json.loads(tf.extractfile(m).read())
-                        c = meta["chunk_id"]
-                        tars.append(meta["tar"])
-                        keys.append(meta["key"])
-                        langs.append("nospeech" if c == 0 else ("en" if c % 2 else "de"))
-                        splits.append("test" if c % 3 == 0 else "train")
+    rows: dict[tuple[int, str], str] = {}
+    for shard in sorted((corpus_root / "audio").glob("*/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    f = int(meta["key"].removeprefix("item/file"))
+                    rows[(meta["tar"], meta["key"])] = "nospeech" if f == 0 else ("en" if f % 2 else "de")
     path = corpus_root / "lid.parquet"
-    pq.write_table(pa.table({"tar": pa.array(tars, pa.int32()), "key": keys, "raw_path": keys,
-                             "language": langs, "lid_split": splits}), path)
+    keys = sorted(rows)
+    pq.write_table(pa.table({"tar": pa.array([k[0] for k in keys], pa.int32()), "key": [k[1] for k in keys],
+                             "raw_path": [k[1] for k in keys], "language": [rows[k] for k in keys],
+                             "lid_split": ["train"] * len(keys)}), path)
     return path
+
+
+def _split_files(corpus_root: Path) -> dict[str, set[str]]:
+    import tarfile
+
+    out: dict[str, set[str]] = {}
+    for shard in sorted((corpus_root / "audio").glob("*/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    out.setdefault(meta["split"], set()).add(f"{meta['tar']:06d}/{meta['key']}")
+    return out
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("evalrun")
-    corpus = write_corpus(root / "data", n_train=24, n_valid=8, seconds=(1.0, 1.6))
+    corpus = write_corpus(root / "data", n_train=24, n_valid=8, n_eval=16, chunks_per_file=2,
+                          seconds=(1.0, 1.6))
     lid = _write_lid(root / "data")
     tcfg = from_dict(TrainConfig, TRAIN, "train")
     train.run(tcfg, audio_dir=corpus["audio"], labels_dir=corpus["labels"],
@@ -81,10 +93,15 @@ def test_metrics_hold_init_and_continued(run_dir):
         for v in probe[model]["accuracy"].values():
             assert 0 <= v <= 1
         assert probe[model]["best_layer"] in (0, 1, 2)
-    assert probe["n_languages_train"] == 2  # nospeech dropped
+    assert probe["n_languages_train"] == 2 and probe["n_languages_test"] == 2
     assert probe["chance_uniform"] == 0.5
     assert 0 <= probe["mfcc"]["accuracy"] <= 1
-    assert probe["n_train"] + probe["n_test"] == 31  # 32 chunks minus chunk 0 (nospeech)
+    # held out: the 16 eval chunks (8 files, 4 per language), half the files of each language scored
+    assert probe["n_train"] + probe["n_test"] == 16
+    assert probe["n_files_fit"] == 4 and probe["n_files_test"] == 4 and probe["n_test"] == 8
+    on_train = m["probe_training_files"]
+    assert on_train["n_train"] + on_train["n_test"] == 22  # 24 train chunks minus file 0 (nospeech)
+    assert on_train["continued"]["best_accuracy"] is not None
     labels = m["labels"]
     assert labels["n_clusters"] == 5 and 0 < labels["valid"]["usage_entropy_normalised"] <= 1
     assert labels["mi_cluster_language_bits"] >= 0
@@ -99,7 +116,38 @@ def test_metrics_hold_init_and_continued(run_dir):
     detail = run_dir / "reports" / "evaluate" / "detail"
     assert (detail / "probe_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     rep = json.loads((detail / "report.json").read_text())
-    assert rep["skipped"]["counts"] == {"not_a_language": 1}
+    assert rep["skipped"]["counts"] == {}
+    assert "flatters the continued model" in rep["probe_training_files_note"]
+    assert rep["skipped_probe_training_files"]["counts"] == {"not_a_language": 2}
+
+
+@pytest.mark.slow
+def test_probe_fits_and_scores_on_held_out_files_only(run_dir):
+    # issue 13: the probe used chunks of both shard splits, so most of its test files were in
+    # the continued model's training data. Now every probe file is an eval file, fit and test
+    # sides share no file, and no probe file is in a split any model trained on.
+    files = _split_files(run_dir / "data")
+    detail = run_dir / "reports" / "evaluate" / "detail"
+    held = json.loads((detail / "probe.json").read_text())
+    assert held["split"] == "eval"
+    fit, test = set(held["files_fit"]), set(held["files_test"])
+    assert fit and test and not fit & test
+    assert fit | test <= files["eval"]
+    assert not (fit | test) & (files["train"] | files["valid"])
+    shown = json.loads((detail / "probe_training_files.json").read_text())
+    assert set(shown["files_fit"]) | set(shown["files_test"]) <= files["train"]
+
+
+def test_probe_split_is_by_file_stratified_and_seeded():
+    rows = [{"chunk_id": c, "tar": 1, "key": f"f{c // 3}", "n_samples": 16000,
+             "lid_language": "en" if (c // 3) % 2 else "de"} for c in range(60)]
+    a = evaluate.probe_split(rows, 0.5, seed=0)
+    assert (a == evaluate.probe_split(rows, 0.5, seed=0)).all()
+    assert not (a == evaluate.probe_split(rows, 0.5, seed=1)).all()
+    for f in range(20):  # whole files
+        assert len({bool(a[c]) for c in range(60) if c // 3 == f}) == 1
+    for lang in ("en", "de"):  # stratified: half of each language's 10 files
+        assert sum(bool(a[c]) for c in range(60) if rows[c]["lid_language"] == lang) == 15
 
 
 @pytest.mark.slow

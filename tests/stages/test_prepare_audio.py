@@ -194,3 +194,78 @@ def test_feature_sink_writes_the_bytes_of_np_save_and_leaves_no_temporary(tmp_pa
         bad.write(a[:, :13])
     bad.abort()
     assert list((tmp_path / "g").iterdir()) == []
+
+
+def _selection(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = list(zip(*rows, strict=True))
+    pq.write_table(pa.table({
+        "chunk_id": pa.array(range(len(rows)), pa.int64()), "tar": pa.array(cols[0], pa.int32()),
+        "key": list(cols[1]), "start_s": pa.array(cols[2], pa.float64()),
+        "end_s": pa.array(cols[3], pa.float64()), "language": list(cols[4]), "split": list(cols[5]),
+        "speech_ratio": [0.9] * len(rows), "file_duration_s": pa.array(cols[6], pa.float64())}), path)
+    return path
+
+
+def test_a_member_cut_mid_frame_is_a_truncated_mp3_and_its_lost_chunks_are_counted(tmp_path):
+    # 63.7 s encoded, the member cut at 40 % of its bytes + 13 (inside an MP3 frame): libsndfile
+    # decodes 25.4 s without an error. The index still says 63.7 s.
+    from tests.conftest import make_tar
+    from tests.stages.conftest import mp3
+
+    whole = mp3(63.7, 44100, 2, 7)
+    make_tar(tmp_path / "sample" / "audio" / "000001.tar", {
+        "item/cut.mp3": whole[:int(len(whole) * 0.4) + 13],
+        "item/ok.mp3": mp3(12.0, 16000, 1, 8),
+    })
+    chunks = _selection(tmp_path / "chunks.parquet", [
+        (1, "item/cut", 0.0, 10.0, "en", "train", 63.7),    # inside the decoded 25.4 s: kept
+        (1, "item/cut", 30.0, 40.0, "en", "train", 63.7),   # lost to the truncation
+        (1, "item/cut", 50.0, 60.0, "en", "valid", 63.7),   # lost to the truncation
+        (1, "item/ok", 0.0, 10.0, "sw", "eval", 12.0),      # the held-out evaluation split
+        (1, "item/ok", 10.0, 20.0, "sw", "eval", 12.0),     # past the end of an intact file
+    ])
+    params = write_params(tmp_path / "params.yaml", tmp_path / "sample")
+    cfg = load_section(PrepareAudioConfig, "prepare_audio", params)
+    ds = load_section(DatasetConfig, "dataset", params)
+    summary = prepare_audio.run(cfg, load_section(FeaturesConfig, "features", params).mfcc, ds,
+                                chunks=chunks, audio_dir=tmp_path / "audio",
+                                features_dir=tmp_path / "features", report=tmp_path / "audio" / "report.json")
+    counts = read_json(tmp_path / "audio" / "report.json")["skipped"]["counts"]
+    assert counts == {"truncated_mp3": 1, "chunk_in_corrupt_mp3": 2, "chunk_past_end": 1}
+    assert summary["n_chunks_written"] == 2
+    example = read_json(tmp_path / "audio" / "report.json")["skipped"]["examples"]["truncated_mp3"][0]
+    assert "item/cut" in example and "63.70 s indexed" in example
+    ev = [meta for shard in sorted((tmp_path / "audio" / "eval").glob("*.tar"))
+          for _, _, meta in iter_shard(shard)]
+    assert [(m["chunk_id"], m["split"]) for m in ev] == [(3, "eval")]
+    assert summary["hours_written"]["eval"] == pytest.approx(10 / 3600, abs=1e-6)
+
+
+def test_truncation_rule_tolerates_encoder_delay():
+    # decoded vs asked/indexed lengths, in seconds: short of both by more than 0.5 s = truncated
+    f = prepare_audio.truncated
+    assert not f(decoded_s=63.69, asked_s=70.0, indexed_s=63.7)
+    assert not f(decoded_s=63.25, asked_s=70.0, indexed_s=63.7)  # within the 0.5 s tolerance
+    assert f(decoded_s=63.1, asked_s=70.0, indexed_s=63.7)
+    assert not f(decoded_s=11.0, asked_s=11.0, indexed_s=63.7)  # decoded all it asked for
+    assert f(decoded_s=25.4, asked_s=41.0, indexed_s=63.7)
+    assert not f(decoded_s=25.4, asked_s=41.0, indexed_s=None)  # no indexed duration: no check
+
+
+def test_report_accounts_for_every_selected_hour(done):
+    out, summary = done
+    rep = read_json(out / "audio" / "report.json")
+    h = 1 / 3600
+    assert rep["hours_selected"] == pytest.approx(
+        {"train": 75 * h, "valid": 16 * h, "eval": 0.0, "total": 91 * h}, abs=1e-5)
+    assert rep["hours_written"] == pytest.approx(
+        {"train": 45 * h, "valid": 16 * h, "eval": 0.0, "total": 61 * h}, abs=1e-5)
+    assert rep["hours_not_written"] == pytest.approx(
+        {"chunk_past_end": 10 * h, "chunk_in_corrupt_mp3": 10 * h, "chunk_in_missing_member": 10 * h,
+         "total": 30 * h}, abs=1e-5)
+    assert rep["hours_selected"]["total"] == pytest.approx(
+        rep["hours_written"]["total"] + rep["hours_not_written"]["total"], abs=1e-5)
+    assert summary["hours_written"]["total"] == rep["hours_written"]["total"]

@@ -163,3 +163,29 @@ def test_select_never_picks_nospeech_or_unknown(manifest, index_dir, tmp_path):
     assert chunks and {c["language"] for c in chunks} <= labels
     assert not {(c["tar"], c["key"]) for c in chunks} & nospeech
     assert rep["target_reached_within_1pct"]
+
+
+def test_select_with_the_real_table_gives_numbers_checkable_by_hand(index_dir, tmp_path):
+    # a local mirror (the sample) balanced on the shipped table: each share is n^alpha / sum
+    # over the languages present, each language's hours after are whole chunks, and the splits
+    # add up to the selected hours
+    from ups.lang_hours import load_shipped
+
+    select.run(SelectConfig(hours=0.3, max_tars=0, max_file_fraction=0.1, max_tar_fraction=1.0,
+                            min_speech_ratio=0.5), index_dir=index_dir, out_dir=tmp_path / "s")
+    rep = read_json(tmp_path / "s" / "report.json")
+    table = load_shipped()
+    langs = rep["languages"]
+    assert rep["config"]["hours_table"] == "shipped" and rep["unlisted_languages"] == []
+    total = sum(table[x] ** 0.5 for x in langs)
+    for x, row in langs.items():
+        assert row["table_hours"] == table[x]
+        assert row["share"] == pytest.approx(table[x] ** 0.5 / total)
+        assert round(row["hours_after"] * 360) == pytest.approx(row["hours_after"] * 360)  # 10 s chunks
+        assert row["hours_after"] == pytest.approx(sum(row[f"{s}_hours"] for s in ("train", "valid", "eval")))
+        assert row["hours_after"] <= row["available_hours"] + 1e-9
+    assert sum(r["hours_after"] for r in langs.values()) == pytest.approx(rep["selected_hours"])
+    assert rep["target_reached_within_1pct"]
+    # en is the largest language in the table: it gets the largest share, not all of the hours
+    assert max(langs, key=lambda x: langs[x]["share"]) == "en"
+    assert langs["en"]["hours_after"] < 0.5 * rep["selected_hours"]

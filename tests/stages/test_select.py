@@ -104,3 +104,126 @@ def test_segment_reader_reads_rows_across_row_groups(tmp_path):
     s, e = reader.read(ids)
     assert s.to_pylist() == [starts[i] for i in ids]
     assert e.to_pylist() == [[a + 0.1 for a in starts[i]] for i in ids]
+
+
+# --- the shipped table on indices whose languages follow it --------------------------------
+
+SCALE = 200  # the indices hold 1/200 of every language's hours in the table (2,390 h of audio)
+
+
+@pytest.fixture(scope="module")
+def table_index(tmp_path_factory):
+    from tests.stages.table_fixture import write_indices
+    from ups.lang_hours import load_shipped
+
+    hours = {k: v / SCALE for k, v in load_shipped().items()}
+    hours["uz"] = hours["de"]  # a Whisper code the table lacks, as big as German here
+    return write_indices(tmp_path_factory.mktemp("table"), hours)
+
+
+def test_shipped_table_down_weights_en_and_vi_and_up_weights_the_tail(table_index, tmp_path):
+    from ups.lang_hours import load_shipped
+
+    table = load_shipped()
+    cfg = SelectConfig(hours=10.0, hours_table="shipped", max_tars=0)
+    select.run(cfg, index_dir=table_index, out_dir=tmp_path / "s")
+    rep = read_json(tmp_path / "s" / "report.json")
+    assert rep["target_reached_within_1pct"]
+    after, before = rep["hours_after"], rep["hours_before"]
+    total_before = sum(before.values())
+    share = {k: v / rep["selected_hours"] for k, v in after.items()}
+    for lang in ("en", "vi"):
+        assert before[lang] / total_before > 1.5 * share[lang]  # down-weighted
+    assert before["en"] == pytest.approx(table["en"] / SCALE, rel=1e-3)
+    assert 0 < after["mk"] <= before["mk"] and share["mk"] > 20 * before["mk"] / total_before
+    # the per-language table a reader checks by hand: table hours, share, before, after
+    row = rep["languages"]["mk"]
+    assert row["table_hours"] == table["mk"] and row["hours_before"] == before["mk"]
+    assert row["hours_after"] == after["mk"] and row["share"] == pytest.approx(rep["language_shares"]["mk"])
+    # `uz` (not in the table) is scaled by the table/indices ratio of the listed languages
+    assert rep["unlisted_languages"] == ["uz"] and rep["unlisted_scale"] == pytest.approx(SCALE, rel=0.01)
+    assert rep["languages"]["uz"]["table_hours"] == pytest.approx(table["de"], rel=0.01)
+    assert abs(after["uz"] - after["de"]) <= 2 * 10 / 3600
+
+
+# --- language choice, shortfall reasons, splits, reproducible report ------------------------
+
+def test_language_choice_and_exclusion(index_dir, tmp_path):
+    chunks, rep = _select(index_dir, tmp_path, "l1", languages=["en", "fr"], hours=0.3)
+    assert {c["language"] for c in chunks} == {"en", "fr"}
+    assert rep["languages_chosen"] == ["en", "fr"]
+    assert rep["skipped"]["counts"]["language_not_chosen"] > 0
+    chunks, rep = _select(index_dir, tmp_path, "l2", exclude_languages=["en"], hours=0.3)
+    assert {c["language"] for c in chunks} == {"es", "fr", "yo"}
+    assert rep["config"]["exclude_languages"] == ["en"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"languages": ["xx"]}, r"select.languages\[0\] must be a Whisper language code"),
+    ({"exclude_languages": ["en", "nospeech"]}, r"select.exclude_languages\[1\] must be a Whisper"),
+    ({"languages": []}, "select.languages must be all or a non-empty list"),
+    ({"languages": ["en"], "exclude_languages": ["en"]}, "select.exclude_languages must not repeat"),
+])
+def test_bad_language_choice_fails_naming_the_parameter(kw, message):
+    from ups.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict(SelectConfig, kw, "select")
+
+
+@pytest.mark.parametrize("kw, binding, names", [
+    ({"hours": 500.0}, "eligible_files", "whole 10 s chunks"),
+    ({"hours": 10.0, "min_speech_ratio": 1.0}, "min_speech_ratio", "min_speech_ratio 1"),
+    ({"hours": 2.0, "max_file_fraction": 0.001}, "caps", "max_file_fraction"),
+    ({"hours": 2.0, "max_tars": 1}, "max_tars", "max_tars 1"),
+    ({"hours": 1.0, "languages": ["yo"]}, "languages", "select.languages"),
+])
+def test_shortfall_names_the_binding_constraint(index_dir, tmp_path, kw, binding, names):
+    _, rep = _select(index_dir, tmp_path, "sf", **kw)
+    s = rep["shortfall"]
+    assert not rep["target_reached_within_1pct"] and s["binding"] == binding
+    assert names in rep["shortfall_reason"]
+    # the hours after each limit, in order; the binding one is the first below the target
+    order = ["eligible_hours", "candidate_hours", "after_caps_hours", "in_chosen_tars_hours"]
+    h = [s[k] for k in order]
+    assert h == sorted(h, reverse=True) and h[-1] == pytest.approx(rep["selected_hours"], abs=1e-9)
+    names_order = ["languages" if "languages" in kw else "eligible_files", "min_speech_ratio", "caps",
+                   "max_tars"]
+    assert f"{s[order[names_order.index(binding)]]:.3f} h" in rep["shortfall_reason"]
+    if binding != "languages":
+        assert "select.languages" not in rep["shortfall_reason"]
+
+
+def test_reached_target_has_no_shortfall(index_dir, tmp_path):
+    _, rep = _select(index_dir, tmp_path, "ok")
+    assert rep["target_reached_within_1pct"] and rep["shortfall"] is None and rep["shortfall_reason"] is None
+
+
+def test_eval_and_valid_splits_hold_whole_files_and_their_fractions(index_dir, tmp_path):
+    chunks, rep = _select(index_dir, tmp_path, "ev", hours=2.0, eval_fraction=0.1, valid_fraction=0.1,
+                          max_file_fraction=0.02)
+    by_file: dict = {}
+    for c in chunks:
+        by_file.setdefault((c["tar"], c["key"]), set()).add(c["split"])
+    assert all(len(s) == 1 for s in by_file.values())  # no file in two splits
+    h = 10 / 3600
+    for lang in ("en", "es", "fr", "yo"):
+        rows = [c for c in chunks if c["language"] == lang]
+        per_file: dict = {}
+        for c in rows:
+            per_file[(c["tar"], c["key"])] = per_file.get((c["tar"], c["key"]), 0) + 1
+        biggest = max(per_file.values()) * h
+        for split in ("valid", "eval"):
+            held = sum(c["split"] == split for c in rows) * h
+            assert held <= 0.1 * len(rows) * h + biggest, (lang, split)
+            assert rep["languages"][lang][f"{split}_hours"] == pytest.approx(held)
+    assert sum(c["split"] == "eval" for c in chunks) * h == pytest.approx(rep["split_hours"]["eval"])
+    assert rep["split_hours"]["eval"] > 0 and rep["split_hours"]["valid"] > 0
+    assert sum(rep["split_hours"].values()) == pytest.approx(rep["selected_hours"])
+
+
+def test_rerun_writes_identical_bytes(index_dir, tmp_path):
+    _select(index_dir, tmp_path, "r1")
+    _select(index_dir, tmp_path, "r2")
+    for name in ("chunks.parquet", "report.json", "hours_per_language.png"):
+        assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name

@@ -16,7 +16,10 @@ Three measurements, all written to `<out_dir>/metrics.json` (flat enough for `dv
      logged training loss (dvclive), for context.
 2. A language-ID linear probe (ups/probe.py) per layer for both models (mean-pooled hidden
    states, eval mode, no masking, one forward with output_hidden_states), plus the MFCC
-   mean + std control, fitted on chunks of LID-train files and scored on LID-test files.
+   mean + std control, fitted and scored on the eval split only (files select held out that no
+   model trained on), split again by file, per language, seeded (`probe_split`). Optionally the
+   same probe on training files, reported apart as `probe_training_files` (it flatters the
+   continued model, which trained on them).
 3. Label quality: cluster usage entropy, empty clusters and I(cluster; language) per frame;
    `label_set` puts what the labels are (kind, layer, model, clusters) beside the initial
    model's masked accuracy on them and that mutual information: the figures that judge the choice.
@@ -83,7 +86,7 @@ def scan_shards(split_dir: Path, skips: Skips) -> list[dict[str, Any]]:
 
 
 def read_lid(path: Path) -> dict[tuple[int, str], tuple[str, str]]:
-    """(tar, key) -> (language, lid_split) from lid.parquet."""
+    """(tar, key) -> (language, lid_split) from lid.parquet (the probe uses the language only)."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(path, columns=["tar", "key", "language", "lid_split"]).to_pydict()
@@ -194,7 +197,7 @@ def run(
     skips = Skips(STAGE)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rows = {s: scan_shards(audio_dir / s, skips) for s in ("train", "valid")}
+    rows = {s: scan_shards(audio_dir / s, skips) for s in ("train", "valid", "eval")}
     lid_map = read_lid(Path(lid))
 
     with tempfile.TemporaryDirectory(prefix="ups-evaluate-") as scratch:
@@ -207,7 +210,15 @@ def run(
     layers = resolve_layers(cfg, n_layers)
     log.info("%s: init %s vs %s on %s; probe layers %s", STAGE, train.init, model_dir, device, layers)
 
-    probe = _probe(cfg, train, mfcc, models, layers, rows, lid_map, skips, device)
+    # the probe fits and scores on held-out files no model trained on (select.eval_fraction);
+    # beside it, the same probe on training files, which the continued model has seen
+    probe = _probe(cfg, train, mfcc, models, layers, probe_candidates(rows["eval"], lid_map, skips),
+                   skips, device, "eval")
+    on_train = None
+    train_skips = Skips(f"{STAGE} (probe on training files)")
+    if cfg.probe_training_files:
+        on_train = _probe(cfg, train, mfcc, models, layers,
+                          probe_candidates(rows["train"], lid_map, train_skips), train_skips, device, "train")
     masked = _masked(cfg, train, models, rows, labels_dir, model_dir, skips, device)
     if live_dir is not None:
         masked.update(_trainer_losses(Path(live_dir)))
@@ -215,13 +226,23 @@ def run(
 
     metrics = {"probe": _probe_metrics(probe, layers), "masked": masked, "labels": labels,
                "label_set": label_set_summary(labels_dir, masked, labels)}
+    if on_train is not None:
+        metrics["probe_training_files"] = _probe_metrics(on_train, layers)
     with atomic_dir(out_dir / "detail") as tmp:
         write_json(tmp / "probe.json", probe)
+        if on_train is not None:
+            write_json(tmp / "probe_training_files.json", on_train)
         from ups.figures import probe_figure
 
         probe_figure(tmp / "probe_accuracy.png", probe_rows(probe, layers))
         body = {"stage": STAGE, "config": asdict(cfg), "init": train.init, "model_dir": str(model_dir),
                 "device": str(device), "layers": layers, "metrics": metrics, "skipped": skips.to_dict()}
+        if on_train is not None:
+            body["probe_training_files_note"] = (
+                "probe_training_files is fitted and scored on training files: the continued model "
+                "trained on them, the initial one did not, so that comparison flatters the continued "
+                "model; `probe` is fitted and scored on eval files, which no model trained on")
+            body["skipped_probe_training_files"] = train_skips.to_dict()
         write_json(tmp / "report.json", body)
     write_probe_csv(out_dir / "probe_layers.csv", probe_rows(probe, layers))
     write_json(out_dir / "metrics.json", metrics)
@@ -385,27 +406,46 @@ def _trainer_losses(live_dir: Path) -> dict[str, Any]:
 
 # --- 2. LID probe ----------------------------------------------------------------------------
 
-def _probe(cfg: EvaluateConfig, train: TrainConfig, mfcc: MfccParams, models: dict[str, Any],
-           layers: list[int], rows: dict[str, Any], lid_map: dict[tuple[int, str], tuple[str, str]],
-           skips: Skips, device: Any) -> dict[str, Any]:
-    import torch
-
+def probe_candidates(rows: list[dict[str, Any]], lid_map: dict[tuple[int, str], tuple[str, str]],
+                     skips: Skips) -> list[dict[str, Any]]:
+    """Chunks whose file has a LID row with a language label (the probe's target), by chunk id."""
     cands = []
-    for r in rows["train"] + rows["valid"]:
+    for r in rows:
         hit = lid_map.get((r["tar"], r["key"]))
         if hit is None:
             skips.add("no_lid_row", r["key"])
         elif not is_language(hit[0]):
             skips.add("not_a_language", f"{r['key']} ({hit[0]})")
-        elif hit[1] not in ("train", "test"):
-            skips.add("bad_lid_split", f"{r['key']} ({hit[1]})")
         else:
-            cands.append({**r, "lid_language": hit[0], "lid_split": hit[1]})
-    cands.sort(key=lambda r: r["chunk_id"])
+            cands.append({**r, "lid_language": hit[0]})
+    return sorted(cands, key=lambda r: r["chunk_id"])
+
+
+def probe_split(cands: list[dict[str, Any]], fraction: float, seed: int) -> np.ndarray:
+    """True where a chunk's file is on the probe's scoring side: whole files, per language,
+    `fraction` of each language's seconds, seeded (`ups.selection.hold_out_files`); a language
+    with one file is only fitted on."""
+    from ups.selection import hold_out_files
+
+    files = {k: i for i, k in enumerate(sorted({(r["tar"], r["key"]) for r in cands}))}
+    file = np.array([files[(r["tar"], r["key"])] for r in cands], dtype=np.int64)
+    lang = np.array([r["lid_language"] for r in cands], dtype=object)
+    seconds = np.array([r["n_samples"] / 16000 for r in cands], dtype=np.float64)
+    return hold_out_files(file, lang, seconds, fraction, np.random.default_rng([seed, 3]))
+
+
+def _probe(cfg: EvaluateConfig, train: TrainConfig, mfcc: MfccParams, models: dict[str, Any],
+           layers: list[int], cands: list[dict[str, Any]], skips: Skips, device: Any,
+           split: str) -> dict[str, Any]:
+    """Fit the probe on some files of `split` and score it on its other files (probe_split)."""
+    import torch
+
+    test = probe_split(cands, cfg.probe_test_fraction, cfg.seed)
+    cands = [{**r, "probe_test": bool(t)} for r, t in zip(cands, test, strict=True)]
     chosen = pick(cands, cfg.max_probe_chunks, cfg.seed, 0)
     feats: dict[int, dict[str, Any]] = {}
-    for batch in bar(iter_batches(chosen, cfg.batch_size, skips), desc=f"{STAGE} probe", unit="batch",
-                     total=None):
+    for batch in bar(iter_batches(chosen, cfg.batch_size, skips), desc=f"{STAGE} probe {split}",
+                     unit="batch", total=None):
         x = torch.from_numpy(to_input([p for _, p in batch], train.normalize_audio)).to(device)
         pooled = {}
         with torch.inference_mode():
@@ -416,8 +456,8 @@ def _probe(cfg: EvaluateConfig, train: TrainConfig, mfcc: MfccParams, models: di
             feats[r["chunk_id"]] = {"mfcc": mfcc_stats(pcm, mfcc),
                                     **{m: pooled[m][:, j] for m in MODELS}}
     used = [r for r in chosen if r["chunk_id"] in feats]
-    tr = [r for r in used if r["lid_split"] == "train"]
-    te = [r for r in used if r["lid_split"] == "test"]
+    tr = [r for r in used if not r["probe_test"]]
+    te = [r for r in used if r["probe_test"]]
     y_tr = [r["lid_language"] for r in tr]
     y_te = [r["lid_language"] for r in te]
 
@@ -426,12 +466,19 @@ def _probe(cfg: EvaluateConfig, train: TrainConfig, mfcc: MfccParams, models: di
         xb = np.stack([get(feats[r["chunk_id"]]) for r in te]) if te else np.zeros((0, 1))
         return fit_probe(xa, y_tr, xb, y_te, c=cfg.probe_c, max_iter=cfg.probe_max_iter, seed=cfg.seed)
 
-    out: dict[str, Any] = {"n_candidates": len(cands), "n_chunks": len(used),
+    def names(rows: list[dict[str, Any]]) -> list[str]:
+        return sorted({f"{r['tar']:06d}/{r['key']}" for r in rows})
+
+    out: dict[str, Any] = {"split": split, "n_candidates": len(cands), "n_chunks": len(used),
+                           "files_fit": names(tr), "files_test": names(te),
                            "mfcc": probe_of(lambda f: f["mfcc"])}
+    if not cands:
+        out["reason"] = f"no labelled chunk in the {split} split"
     for m in MODELS:
         out[m] = {str(k): probe_of(lambda f, i=i, m=m: f[m][i]) for i, k in enumerate(layers)}
-    log.info("%s: probe on %d train / %d test chunks; MFCC control accuracy %s (chance %s)", STAGE,
-             len(tr), len(te), out["mfcc"]["accuracy"], out["mfcc"]["chance_majority"])
+    log.info("%s: probe on %s files: fit on %d chunks of %d files, scored on %d chunks of %d files; "
+             "MFCC control accuracy %s (chance %s)", STAGE, split, len(tr), len(out["files_fit"]), len(te),
+             len(out["files_test"]), out["mfcc"]["accuracy"], out["mfcc"]["chance_majority"])
     return out
 
 
@@ -466,11 +513,13 @@ def _probe_metrics(probe: dict[str, Any], layers: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n_train": mf["n_train"], "n_test": mf["n_test"], "n_languages_train": len(mf["languages_train"]),
         "n_languages_test": len(mf["languages_test"]), "chance_uniform": mf["chance_uniform"],
+        "n_files_fit": len(probe["files_fit"]),
+        "n_files_test": len(probe["files_test"]),
         "chance_majority": mf["chance_majority"],
         "mfcc": {"accuracy": mf["accuracy"], "macro_f1": mf["macro_f1"]},
     }
-    if mf.get("reason"):
-        out["reason"] = mf["reason"]
+    if probe.get("reason") or mf.get("reason"):
+        out["reason"] = probe.get("reason") or mf["reason"]
     for m in MODELS:
         per = probe[m]
         acc = {k: per[str(k)]["accuracy"] for k in layers}

@@ -43,10 +43,15 @@ from ups.work_share import join_gloo, work_share
 log = logging.getLogger(__name__)
 
 STAGE = "prepare-audio"
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid", "eval")  # eval: held out for evaluate's probe, never trained on
 DONE_DIR = "_done"
 CHUNK_COLUMNS = ("chunk_id", "tar", "key", "start_s", "end_s", "language", "split")
+DURATION_COLUMN = "file_duration_s"  # the file's indexed duration (select writes it; optional)
 FORMAT_VERSION = 1  # bump when the bytes written for the same input change
+# A decode that ends more than this short of min(asked length, indexed duration) is a truncated
+# file: MP3 encoder delay and padding move the decoded length by tens of milliseconds (the
+# sample corpus: within 5 ms of its VAD durations), a cut-off member by seconds.
+TRUNCATION_TOLERANCE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class ChunkRow:
     end_s: float
     language: str
     split: str
+    file_duration_s: float | None = None  # indexed duration of the file, when the selection has it
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ def read_chunks(path: Path) -> dict[int, tuple[ChunkRow, ...]]:
     if missing:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)}")
     cols = {c: table.column(c).to_pylist() for c in CHUNK_COLUMNS}
+    durations: list[Any] = (table.column(DURATION_COLUMN).to_pylist() if DURATION_COLUMN in table.column_names
+                            else [None] * table.num_rows)
     by_tar: dict[int, list[ChunkRow]] = defaultdict(list)
     for i in range(table.num_rows):
         split = cols["split"][i]
@@ -89,7 +97,8 @@ def read_chunks(path: Path) -> dict[int, tuple[ChunkRow, ...]]:
             raise ValueError(f"{path}: chunk {cols['chunk_id'][i]} has split {split!r}")
         by_tar[int(cols["tar"][i])].append(ChunkRow(
             chunk_id=int(cols["chunk_id"][i]), key=cols["key"][i], start_s=float(cols["start_s"][i]),
-            end_s=float(cols["end_s"][i]), language=cols["language"][i], split=split))
+            end_s=float(cols["end_s"][i]), language=cols["language"][i], split=split,
+            file_duration_s=None if durations[i] is None else float(durations[i])))
     return {t: tuple(rows) for t, rows in sorted(by_tar.items())}
 
 
@@ -155,9 +164,39 @@ class FeatureSink:
             self._tmp.unlink(missing_ok=True)
 
 
+def truncated(decoded_s: float, asked_s: float, indexed_s: float | None) -> bool:
+    """True when decoding ended more than TRUNCATION_TOLERANCE_S before both the length asked
+    for and the file's indexed duration: libsndfile decodes a cut-off MP3 without an error."""
+    if indexed_s is None:
+        return False
+    return decoded_s < min(asked_s, indexed_s) - TRUNCATION_TOLERANCE_S
+
+
+def lose(skips: Any, lost_s: dict[str, float], reason: str, rows: list[ChunkRow], example: str = "") -> None:
+    """Count chunks the selection holds that this stage cannot write, and their seconds (the
+    report's `hours_not_written`, so selected = written + not written by reason)."""
+    skips.add(reason, example, n=len(rows))
+    lost_s[reason] = lost_s.get(reason, 0.0) + sum(r.end_s - r.start_s for r in rows)
+
+
+def _drop_truncated(rows: list[ChunkRow], spans: list[tuple[int, int]], n_decoded: int, asked_s: float,
+                    skips: Any, lost_s: dict[str, float], where: str
+                    ) -> tuple[list[ChunkRow], list[tuple[int, int]]]:
+    """Keep the chunks of a file that lie inside its decoded samples; if the file is truncated,
+    count it (`truncated_mp3`) and its lost chunks (`chunk_in_corrupt_mp3`)."""
+    indexed = rows[0].file_duration_s
+    if not truncated(n_decoded / SAMPLE_RATE, asked_s, indexed):
+        return rows, spans
+    keep = [i for i, (start, n) in enumerate(spans) if start + n <= n_decoded]
+    skips.add("truncated_mp3", f"{where}: decoded {n_decoded / SAMPLE_RATE:.2f} s of {indexed:.2f} s indexed")
+    lost = set(range(len(rows))) - set(keep)
+    lose(skips, lost_s, "chunk_in_corrupt_mp3", [rows[i] for i in sorted(lost)])
+    return [rows[i] for i in keep], [spans[i] for i in keep]
+
+
 def process_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
-    from ups.audio import CorruptAudio, decode_mono_16k, from_int16, to_int16
+    from ups.audio import MARGIN_S, CorruptAudio, decode_mono_16k, from_int16, to_int16
     from ups.dataset import open_dataset
     from ups.mfcc import hubert_mfcc
     from ups.shards import ShardWriter
@@ -175,6 +214,7 @@ def process_tar(job: TarJob) -> dict[str, Any]:
     lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
     ids: dict[str, list[int]] = {s: [] for s in SPLITS}
     seconds = {s: 0.0 for s in SPLITS}
+    lost_s: dict[str, float] = {}
     decoded_s = 0.0
     seen: set[str] = set()
     ds = open_dataset(job.dataset)
@@ -192,16 +232,18 @@ def process_tar(job: TarJob) -> dict[str, Any]:
                     audio = decode_mono_16k(member.data, need, job.cfg.resample_quality)
                 except CorruptAudio as exc:
                     skips.add("corrupt_mp3", f"{tag}/{member.key}: {exc}")
-                    skips.add("chunk_in_corrupt_mp3", n=len(rows))
+                    lose(skips, lost_s, "chunk_in_corrupt_mp3", rows)
                     continue
                 decoded_s += len(audio) / SAMPLE_RATE
+                rows, spans = _drop_truncated(rows, spans, len(audio), need / SAMPLE_RATE + MARGIN_S,
+                                              skips, lost_s, f"{tag}/{member.key}")
                 for row, (start, n) in zip(rows, spans, strict=True):
                     if start < 0 or start + n > len(audio):
-                        skips.add("chunk_past_end", f"{tag}/{row.key} [{row.start_s}, {row.end_s}) "
-                                  f"file {len(audio) / SAMPLE_RATE:.2f} s")
+                        lose(skips, lost_s, "chunk_past_end", [row], f"{tag}/{row.key} [{row.start_s}, "
+                             f"{row.end_s}) file {len(audio) / SAMPLE_RATE:.2f} s")
                         continue
                     if n_cnn_frames(n) == 0:
-                        skips.add("chunk_too_short", f"{tag}/{row.key} {n} samples")
+                        lose(skips, lost_s, "chunk_too_short", [row], f"{tag}/{row.key} {n} samples")
                         continue
                     pcm = to_int16(audio[start:start + n])
                     meta = {"chunk_id": row.chunk_id, "tar": job.tar, "key": row.key,
@@ -229,7 +271,7 @@ def process_tar(job: TarJob) -> dict[str, Any]:
         raise
     for key in sorted(set(by_key) - seen):
         skips.add("missing_member", f"{tag}/{key}")
-        skips.add("chunk_in_missing_member", n=len(by_key[key]))
+        lose(skips, lost_s, "chunk_in_missing_member", by_key[key])
 
     splits: dict[str, Any] = {}
     for s in SPLITS:
@@ -245,7 +287,8 @@ def process_tar(job: TarJob) -> dict[str, Any]:
         splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
                      "hours": round(seconds[s] / 3600, 6)}
     info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
-            "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict()}
+            "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict(),
+            "lost_hours": {k: round(v / 3600, 9) for k, v in sorted(lost_s.items())}}
     mark_done(audio_dir / DONE_DIR, tag, info)
     return info
 
@@ -417,13 +460,36 @@ def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
         log.info("%s: removed %d file(s) no completion marker accounts for", STAGE, removed)
     n_selected = sum(len(r) for r in by_tar.values())
     n_written = int(sum(totals[s]["n_chunks"] for s in SPLITS))
+    hours = hours_accounting(by_tar, totals, markers)
     fields = {"n_tars": len(tars), "n_chunks_selected": n_selected, "n_chunks_written": n_written,
-              "splits": totals, "decoded_hours": round(decoded_h, 6),
+              "splits": totals, "decoded_hours": round(decoded_h, 6), **hours,
               "mfcc": asdict(mfcc), "feature_dim": 3 * mfcc.num_ceps}
     write_report(report, stage=STAGE, config=cfg, skips=skips, **fields)
-    log.info("%s: wrote %d of %d chunks (%s h train, %s h valid), %d skipped item(s)", STAGE,
-             n_written, n_selected, totals["train"]["hours"], totals["valid"]["hours"], skips.total)
+    log.info("%s: wrote %d of %d chunks, %.4f of %.4f h selected (%s); not written: %s", STAGE,
+             n_written, n_selected, hours["hours_written"]["total"], hours["hours_selected"]["total"],
+             ", ".join(f"{s} {hours['hours_written'][s]:.4f} h" for s in SPLITS),
+             ", ".join(f"{k} {v:.4f} h" for k, v in hours["hours_not_written"].items()))
     return {**fields, "skipped": skips.to_dict()}
+
+
+def hours_accounting(by_tar: dict[int, tuple[ChunkRow, ...]], totals: dict[str, dict[str, float]],
+                     markers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Hours the selection holds, hours written, and the difference by reason, per split and in
+    total: selected = written + not written (up to rounding)."""
+    selected = {s: 0.0 for s in SPLITS}
+    for rows in by_tar.values():
+        for r in rows:
+            selected[r.split] += (r.end_s - r.start_s) / 3600
+    written = {s: float(totals[s]["hours"]) for s in SPLITS}
+    lost: dict[str, float] = {}
+    for m in markers.values():
+        for k, v in m.get("lost_hours", {}).items():
+            lost[k] = lost.get(k, 0.0) + v
+    out = {}
+    for name, d in (("hours_selected", selected), ("hours_written", written),
+                    ("hours_not_written", dict(sorted(lost.items())))):
+        out[name] = {k: round(v, 6) for k, v in d.items()} | {"total": round(sum(d.values()), 6)}
+    return out
 
 
 def list_features(features_dir: Path, split: str) -> list[int]:

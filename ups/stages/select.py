@@ -4,8 +4,13 @@ Reads `<index-dir>/vad/files.parquet`, `vad/tars.parquet` and `lang/lid.parquet`
 `chunks.parquet`, `report.json` and `hours_per_language.png` under `--out-dir`. The policy is in
 `ups/selection.py`. Eligibility (counted in the report): a file needs a LID entry with the same
 (tar, normalised key) (`no_language_label`), a real language (`nospeech`, `unknown_language`
-excluded), and a language with hours in the table or covered by select.unlisted_language
-(`unlisted_language_excluded`). The report also gives the VAD/LID join coverage.
+excluded), a language that select.languages / select.exclude_languages allow
+(`language_not_chosen`), and a language with hours in the table or covered by
+select.unlisted_language (`unlisted_language_excluded`). The report also gives the VAD/LID join
+coverage, per-language hours (table, share, before, after, per split) and, when the target is
+not reached, the limit that binds with its numbers (`shortfall`). Chunks are split into train,
+valid and eval (held out for evaluate's probe) by whole file. No clock value goes into the
+outputs, so a rerun writes the same bytes.
 
 Memory: only tar, key, duration and speech of files.parquet are loaded whole. Candidates and
 caps are computed per batch of whole tars (segment lists read from the row groups that hold
@@ -27,7 +32,7 @@ import pyarrow.parquet as pq
 from ups import selection as sel
 from ups.atomic import atomic_dir
 from ups.config import SelectConfig
-from ups.lang_hours import compute_hours, load_shipped
+from ups.lang_hours import compute_hours, fill_unlisted, load_shipped
 from ups.languages import NOSPEECH, is_language
 from ups.report import Skips, write_report
 
@@ -36,8 +41,9 @@ log = logging.getLogger(__name__)
 CHUNKS_SCHEMA = pa.schema([
     ("chunk_id", pa.int64()), ("tar", pa.int32()), ("key", pa.string()), ("start_s", pa.float64()),
     ("end_s", pa.float64()), ("language", pa.string()), ("split", pa.string()),
-    ("speech_ratio", pa.float64()),
+    ("speech_ratio", pa.float64()), ("file_duration_s", pa.float64()),
 ])
+SPLITS = ("train", "valid", "eval")
 _BATCH_FILES = 50_000
 
 
@@ -117,6 +123,57 @@ def join_language(files: pa.Table, lid: pa.Table) -> tuple[np.ndarray, dict]:
     return lang, coverage
 
 
+def _eligibility(lang: np.ndarray, speech_s: np.ndarray, table: dict[str, float],
+                 cfg: SelectConfig) -> np.ndarray:
+    """Reason per file why it cannot be selected ("" = eligible), in the order they are checked."""
+    chosen = None if cfg.languages == "all" else set(cfg.languages)
+    excluded = set(cfg.exclude_languages)
+    reasons = np.full(len(lang), "", dtype=object)
+    for i, lab in enumerate(lang.tolist()):
+        if lab is None:
+            reasons[i] = "no_language_label"
+        elif lab == NOSPEECH:
+            reasons[i] = "nospeech"
+        elif not is_language(lab):
+            reasons[i] = "unknown_language"
+        elif lab in excluded or (chosen is not None and lab not in chosen):
+            reasons[i] = "language_not_chosen"
+        elif lab not in table and cfg.unlisted_language == "exclude":
+            reasons[i] = "unlisted_language_excluded"
+        elif speech_s[i] <= 0:
+            reasons[i] = "no_speech"
+    return reasons
+
+
+def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_candidates: int,
+              n_chosen_tars: int, max_file: int, max_tar: int, filtered_h: float) -> dict | None:
+    """None when the target is reached (within 1 %); else the hours left after each limit, in
+    the order they apply, and the first one below the target (`binding`), named with numbers."""
+    if abs(selected_h - cfg.hours) <= 0.01 * cfg.hours:
+        return None
+    order = [("languages" if filtered_h > 0 else "eligible_files", "eligible_hours"),
+             ("min_speech_ratio", "candidate_hours"), ("caps", "after_caps_hours"),
+             ("max_tars", "in_chosen_tars_hours")]
+    binding = next((name for name, key in order if hours[key] < cfg.hours * 0.99), order[-1][0])
+    whole = f"whole {cfg.chunk_seconds:g} s chunks"
+    why = {
+        "languages": f"select.languages / select.exclude_languages leave {hours['eligible_hours']:.3f} h "
+                     f"of {whole} in eligible files ({filtered_h:.3f} h of speech excluded by them)",
+        "eligible_files": f"the eligible files (a LID label that is a Whisper code) hold "
+                          f"{hours['eligible_hours']:.3f} h of {whole}",
+        "min_speech_ratio": f"only {hours['candidate_hours']:.3f} h ({n_candidates} {whole}) have VAD "
+                            f"speech >= min_speech_ratio {cfg.min_speech_ratio:g}",
+        "caps": f"the caps leave {hours['after_caps_hours']:.3f} h: at most {max_file} chunk(s) per file "
+                f"(max_file_fraction {cfg.max_file_fraction:g}) and {max_tar} per tar "
+                f"(max_tar_fraction {cfg.max_tar_fraction:g})",
+        "max_tars": f"max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
+                    f"{hours['in_chosen_tars_hours']:.3f} h of capped candidates",
+    }[binding]
+    return {"binding": binding, "target_hours": cfg.hours, "selected_hours": selected_h,
+            "language_filter_excluded_speech_hours": filtered_h, **hours,
+            "reason": f"{selected_h:.3f} h selected of {cfg.hours:g} h asked: {why}"}
+
+
 def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
@@ -134,27 +191,15 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
 
     computed = compute_hours(speech_s, lang)
     table = dict(computed) if cfg.hours_table == "computed" else load_shipped()
-    eligible = np.zeros(len(files), dtype=bool)
-    reasons = np.full(len(files), "", dtype=object)
-    for i, lab in enumerate(lang.tolist()):
-        if lab is None:
-            reasons[i] = "no_language_label"
-        elif lab == NOSPEECH:
-            reasons[i] = "nospeech"
-        elif not is_language(lab):
-            reasons[i] = "unknown_language"
-        elif lab not in table and cfg.unlisted_language == "exclude":
-            reasons[i] = "unlisted_language_excluded"
-        elif speech_s[i] <= 0:
-            reasons[i] = "no_speech"
-        else:
-            eligible[i] = True
+    reasons = _eligibility(lang, speech_s, table, cfg)
+    eligible = reasons == ""
     for r in sorted(set(reasons.tolist()) - {""}):
         skips.add(r, n=int((reasons == r).sum()))
-    unlisted = sorted({x for x in lang[eligible].tolist() if x not in table})
-    for x in unlisted:  # rule `indices`: the language's speech hours in the indices
-        table[x] = computed.get(x, 0.0)
+    filtered_h = float(speech_s[reasons == "language_not_chosen"].sum() / 3600)
     languages = sorted(set(lang[eligible].tolist()))
+    unlisted = [x for x in languages if x not in table]
+    # rule `indices`: indexed hours x (table / indices) over the listed languages (ups/lang_hours.py)
+    table, unlisted_scale = fill_unlisted(table, computed, languages)
     lang_id = {x: k for k, x in enumerate(languages)}
 
     # 1-2. candidates and caps, in batches of whole tars: only the (tar, language) hours are
@@ -194,7 +239,6 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
                                            max_file, max_tar)
     cl = lang_num[cf]
-    in_chosen = np.ones(len(cf), dtype=bool)
 
     # 5. chunks per language (largest remainder), best-scored first
     cap = np.round(avail_chosen / chunk_h).astype(np.int64)
@@ -202,22 +246,25 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
     pick = np.zeros(len(cf), dtype=bool)
     for k in range(len(languages)):
-        rows = np.flatnonzero(in_chosen & (cl == k))
+        rows = np.flatnonzero(cl == k)
         if n_chunks[k] and len(rows):
             best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
             pick[best] = True
     pf, ps, pr = cf[pick], cs[pick], cr[pick]
     plang = lang[pf]
 
-    # 6. validation by file
-    valid = sel.split_valid(pf, plang, np.full(len(pf), chunk_h), cfg.valid_fraction,
-                            np.random.default_rng([cfg.seed, 1]))
+    # 6. held-out files: the evaluation set first, then validation from the other files
+    w = np.full(len(pf), chunk_h)
+    held_eval = sel.hold_out_files(pf, plang, w, cfg.eval_fraction, np.random.default_rng([cfg.seed, 2]))
+    valid = sel.hold_out_files(pf, plang, w, cfg.valid_fraction, np.random.default_rng([cfg.seed, 1]),
+                               exclude=held_eval)
+    split = np.where(held_eval, "eval", np.where(valid, "valid", "train"))
     keys = files["key"].take(pa.array(pf)) if len(pf) else pa.array([], pa.string())
     out = pa.table({
         "tar": pa.array(tar[pf].astype(np.int32)), "key": keys, "start_s": pa.array(ps),
         "end_s": pa.array(ps + cfg.chunk_seconds), "language": pa.array(plang.tolist(), pa.string()),
-        "split": pa.array(np.where(valid, "valid", "train").tolist(), pa.string()),
-        "speech_ratio": pa.array(pr),
+        "split": pa.array(split.tolist(), pa.string()), "speech_ratio": pa.array(pr),
+        "file_duration_s": pa.array(duration_s[pf]),
     })
     out = out.take(pc.sort_indices(out, sort_keys=[("tar", "ascending"), ("key", "ascending"),
                                                    ("start_s", "ascending")]))
@@ -229,33 +276,51 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     hours_sel = len(pf) * chunk_h
     per_lang_before = {x: float(speech_s[eligible & (lang == x)].sum() / 3600) for x in languages}
     per_lang_after = {x: float((plang == x).sum() * chunk_h) for x in languages}
-    reached = abs(hours_sel - cfg.hours) <= 0.01 * cfg.hours
-    if not reached:
-        log.warning("select: %.3f h selected of %.3f h asked: all that is eligible under the caps "
-                    "and max_tars", hours_sel, cfg.hours)
-    elapsed = time.perf_counter() - t0
+    split_hours = {s: float((split == s).sum() * chunk_h) for s in SPLITS}
+    per_lang = {x: {"table_hours": float(n_l[k]), "share": float(shares[k]),
+                    "hours_before": per_lang_before[x], "available_hours": float(avail[:, k].sum()),
+                    "hours_after": per_lang_after[x],
+                    **{f"{s}_hours": float(((plang == x) & (split == s)).sum() * chunk_h) for s in SPLITS},
+                    **{f"{s}_files": int(len(np.unique(pf[(plang == x) & (split == s)]))) for s in SPLITS}}
+                for k, x in enumerate(languages)}
+    whole_chunks = np.floor(duration_s[eligible] / cfg.chunk_seconds + 1e-9) * cfg.chunk_seconds
+    limits = {"eligible_hours": float(whole_chunks.sum() / 3600),
+              "eligible_speech_hours": float(speech_s[eligible].sum() / 3600),
+              "candidate_hours": n_candidates * chunk_h, "after_caps_hours": n_after_caps * chunk_h,
+              "in_chosen_tars_hours": float(avail_chosen.sum())}
+    short = shortfall(cfg, hours_sel, limits, n_candidates, len(chosen), max_file, max_tar, filtered_h)
+    if short is not None:
+        log.warning("select: %s", short["reason"])
     with atomic_dir(out_dir) as tmp:
         pq.write_table(out, tmp / "chunks.parquet")
         _chart(tmp / "hours_per_language.png", languages, per_lang_before, per_lang_after)
         write_report(
             tmp / "report.json", stage="select", config=cfg, skips=skips,
             target_hours=cfg.hours, selected_hours=hours_sel, n_chunks=len(out),
-            target_reached_within_1pct=bool(reached),
-            shortfall_reason=None if reached else "took all eligible chunks under caps/max_tars",
-            valid_hours=float(valid.sum() * chunk_h), n_files=int(len(np.unique(pf))),
+            selected_hours_note="hours of chunks chosen from the indices; prepare-audio's report "
+                                "states the hours written and why they differ",
+            target_reached_within_1pct=short is None, shortfall=short,
+            shortfall_reason=None if short is None else short["reason"],
+            split_hours=split_hours, valid_hours=split_hours["valid"],
+            n_files=int(len(np.unique(pf))),
             n_tars=int(len(sel_tars)), tars=[int(t) for t in sel_tars],
             download_audio_hours=dl_seconds / 3600,
             download_bytes_estimate=int(dl_seconds * cfg.mp3_bytes_per_second),
             n_candidates=n_candidates, n_candidates_after_caps=int(n_after_caps),
             max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
+            languages_chosen=languages, languages=per_lang,
             language_shares=dict(zip(languages, shares.tolist(), strict=True)),
             language_hours_table=dict(zip(languages, n_l.tolist(), strict=True)),
-            unlisted_languages=unlisted, language_hours_computed=computed,
+            unlisted_languages=unlisted, unlisted_scale=unlisted_scale,
+            language_hours_computed=computed,
             hours_before=per_lang_before, hours_after=per_lang_after,
-            join_coverage=coverage, elapsed_s=round(elapsed, 3),
+            join_coverage=coverage,
         )
     skips.log_summary()
-    log.info("select: %d chunks, %.2f h, %d tars, %.1f s", len(out), hours_sel, len(sel_tars), elapsed)
+    elapsed = time.perf_counter() - t0  # logged only: a clock value in report.json breaks reruns
+    log.info("select: %d chunks, %.2f h (train %.2f, valid %.2f, eval %.2f), %d tars, %.1f s", len(out),
+             hours_sel, split_hours["train"], split_hours["valid"], split_hours["eval"], len(sel_tars),
+             elapsed)
     return {"n_chunks": len(out), "hours": hours_sel, "n_tars": int(len(sel_tars)),
             "elapsed_s": elapsed}
 
