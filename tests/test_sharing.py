@@ -102,12 +102,13 @@ def test_readme_real_run_and_sharing_steps(demo_run, tmp_path: Path) -> None:
     params = (a / "params.yaml").read_text()
     assert "  download_workers: 2\n" in params
     (a / "params.yaml").write_text(params.replace("  download_workers: 2\n", "  download_workers: 3\n"))
-    run = make("train", "HOURS=0.4", "GPUS=1", "ARGS=-S prepare_audio.workers=1", cwd=a, env=env)
+    hours = yaml.safe_load(params)["select"]["hours"]  # the demo's: the run being continued
+    run = make("train", f"HOURS={hours}", "GPUS=1", "ARGS=-S prepare_audio.workers=1", cwd=a, env=env)
     log = run.stdout + run.stderr
     assert "Running stage" not in log and "Stage 'evaluate' didn't change, skipping" in log, log
     got = yaml.safe_load((a / "params.yaml").read_text())
     assert (got["select"]["hours"], got["train"]["gpus"], got["prepare_audio"]["workers"],
-            got["dataset"]["download_workers"]) == (0.4, 1, 1, 3)
+            got["dataset"]["download_workers"]) == (hours, 1, 1, 3)
     exp_authors = sh(["git", "log", "--all", "--format=%ae %ce"], a, env).stdout.split("\n")[0]
     assert exp_authors == f"{FALLBACK_EMAIL} {FALLBACK_EMAIL}"
 
@@ -120,8 +121,8 @@ def test_readme_real_run_and_sharing_steps(demo_run, tmp_path: Path) -> None:
     workspace = next(line for line in table.splitlines() if line.startswith("| workspace"))
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in workspace.split("|")],
                      strict=True))
-    assert (cells["select.hours"], cells["kmeans.n_clusters"], cells["features.kind"]) == \
-        ("0.4", "25", "mfcc")
+    assert (float(cells["select.hours"]), cells["kmeans.n_clusters"], cells["features.kind"]) == \
+        (hours, "25", "mfcc")
 
     # README, sharing: commit what DVC tracks in git, push the artifacts.
     saved = make("save", cwd=a, env=env)
