@@ -61,7 +61,7 @@ SAVE_PATHS := dvc.yaml dvc.lock params.yaml dvclive reports/evaluate/metrics.jso
 # a Markdown table (complete at any terminal width; DVC's own table elides columns past 80).
 EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(kind|layer)|valid\.(loss|acc_masked)|probe\.(init|continued)\.best_accuracy)$$
 
-.PHONY: help setup test test-cluster stress demo train exps save iterate repro push pull lint bench \
+.PHONY: help setup test test-cluster stress demo plan train exps save iterate repro push pull lint bench \
         gpu-check report du docker-build docker-train clean
 
 help: ## List the targets
@@ -96,6 +96,9 @@ stress: $(STAMP) ## Run the full fault-injection suite (CI subset + stress), fig
 
 demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (runs/demo)
 	$(VENV)/bin/ups demo
+
+plan: $(STAMP) ## Before a real run: make plan HOURS=100 (download, disk, time; no audio fetched)
+	$(VENV)/bin/ups plan --hours $(HOURS)
 
 train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run); NODES=N prints per-node commands
 ifeq ($(NODES),1)

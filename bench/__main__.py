@@ -14,11 +14,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL: list[list[str]] = [
-    ["index_vad"], ["select"], ["prepare_audio"], ["kmeans"], ["labels"], ["train"],
+    ["index_vad"], ["select"], ["select", "--fetch", "members"], ["prepare_audio"], ["kmeans"],
+    ["labels"], ["train"], ["members"], ["hub_client"],
 ]
 QUICK: list[list[str]] = [
     ["index_vad", "--files", "200000", "--repeats", "1", "--naive-mb", "50"],
     ["select", "--files", "200000", "--hours", "10"],
+    ["select", "--files", "200000", "--hours", "10", "--fetch", "members"],
+    ["members"], ["hub_client", "--size-mb", "2"],
     ["prepare_audio", "--hours", "0.5"],
     ["kmeans", "--frames", "1000000", "--baseline-frames", "200000"],
     ["labels", "--chunks", "4", "--frames", "100000", "--n-init", "3", "--assign-frames", "100000"],
@@ -37,7 +40,7 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         if args.quick:
-            out = RESULTS / "quick" / f"{name}.json"
+            out = RESULTS / "quick" / f"{name}{'_members' if 'members' in extra else ''}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             extra = [*extra, "--out", str(out)]
         print(f"== bench.{name} {' '.join(extra)}", flush=True)

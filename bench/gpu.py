@@ -38,6 +38,8 @@ def _run(cmd: list[str], timeout: int, cwd: Path = ROOT, env: dict[str, str] | N
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out = 124, f"timed out after {timeout} s\n" + str(exc.stdout or "") + str(exc.stderr or "")
+    except OSError as exc:  # e.g. no nvidia-smi on the PATH
+        rc, out = 127, str(exc)
     return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.monotonic() - t0, 1), "tail": out[-3000:]}
 
 

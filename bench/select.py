@@ -1,10 +1,14 @@
 """Benchmark select on full-size synthetic indices; results -> bench/results/select.json.
 
     python -m bench.select [--files 2500000] [--data-dir bench/data] [--hours 100]
+                           [--fetch tars|members]
 
 Uses the synthetic metadata of `bench.index_vad` (same --data-dir/--files; generated if missing),
 builds the VAD and LID indices with the stages, then times `ups.stages.select.run` in a
-subprocess pinned to one CPU (wall time, peak RSS).
+subprocess pinned to one CPU (wall time, peak RSS). `--fetch members` runs the member-level
+selection (a download budget instead of the tar limit, ups/member_selection.py) and writes
+bench/results/select_members.json, with the tar-limited selection run after it as the baseline;
+both record the bytes to fetch each way (the report's `download`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,16 @@ from ups.config import SelectConfig
 from ups.stages import select
 t = time.perf_counter()
 r = select.run(SelectConfig(hours=float(sys.argv[3]), max_tars=int(sys.argv[4])),
-               index_dir=Path(sys.argv[1]), out_dir=Path(sys.argv[2]))
+               index_dir=Path(sys.argv[1]), out_dir=Path(sys.argv[2]), fetch=sys.argv[5])
 print(json.dumps({"wall_s": time.perf_counter() - t, **{k: r[k] for k in ("n_chunks", "hours", "n_tars")},
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def _imbalance(rep: dict) -> float:
+    """Largest gap between a language's share of the selected hours and its temperature share."""
+    total = sum(rep["hours_after"].values()) or 1.0
+    return round(max(abs(rep["hours_after"][k] / total - p) for k, p in rep["language_shares"].items()), 5)
 
 
 def main() -> None:
@@ -43,8 +53,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default="bench/data")
     ap.add_argument("--hours", type=float, default=100.0)
     ap.add_argument("--max-tars", type=int, default=200)
-    ap.add_argument("--out", default=str(RESULTS / "select.json"))
+    ap.add_argument("--fetch", choices=["tars", "members"], default="tars")
+    ap.add_argument("--out", default=None, help="default: bench/results/select.json "
+                    "(select_members.json with --fetch members)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(RESULTS / ("select.json" if args.fetch == "tars" else "select_members.json"))
     data_dir = Path(args.data_dir) / f"synth_{args.files}"
     if not (data_dir / "vad_results.jsonl").is_file():
         synth_meta.write(data_dir, args.files)
@@ -60,23 +74,38 @@ def main() -> None:
                        out_dir=idx / "lang")
     index_s = time.perf_counter() - t
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "UPS_PROGRESS": "0"}
-    out = subprocess.run([sys.executable, "-c", _SELECT, str(idx), str(data_dir / "select_out"),
-                          str(args.hours), str(args.max_tars)],
-                         check=True, capture_output=True, text=True, env=env)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    rep = json.loads((data_dir / "select_out" / "report.json").read_text())
+
+    def one(fetch: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", _SELECT, str(idx), str(data_dir / "select_out"),
+                              str(args.hours), str(args.max_tars), fetch],
+                             check=True, capture_output=True, text=True, env=env)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rep = json.loads((data_dir / "select_out" / "report.json").read_text())
+        return {"fetch": fetch, "select_wall_s": round(r["wall_s"], 2),
+                "peak_rss_mb": round(r["peak_rss_mb"], 1), "n_chunks": r["n_chunks"],
+                "selected_hours": r["hours"], "n_tars": r["n_tars"],
+                "n_candidates": rep["n_candidates"], "n_files_selected": rep["n_files"],
+                "download": rep["download"], "language_imbalance": _imbalance(rep),
+                "within_60_s": r["wall_s"] <= 60.0, "loadavg_at_end": os.getloadavg()}
+
     result = {"benchmark": "select", "n_files": args.files, "full_size": args.files >= 2_500_000,
-              "hours": args.hours, "max_tars": args.max_tars, "select_wall_s": round(r["wall_s"], 2),
-              "peak_rss_mb": round(r["peak_rss_mb"], 1), "n_chunks": r["n_chunks"],
-              "selected_hours": r["hours"], "n_tars": r["n_tars"],
-              "n_candidates": rep["n_candidates"], "index_build_s_if_built": round(index_s, 1),
-              "within_60_s": r["wall_s"] <= 60.0, "cpus_pinned": 1,
-              "memory": "bounded: segment lists are read per batch of whole tars (one row group at "
-                        "a time) and candidates reduced to a tars x languages matrix; the peak is "
-                        "the VAD/LID hash join over all files (tar, key, language columns only)",
-              "previous": {"select_wall_s": 91.65, "peak_rss_mb": 6994.9,
-                           "how": "all 31.4 M candidates materialised, global sorts for the caps"},
-              "loadavg_at_end": os.getloadavg()}
+              "hours": args.hours, "max_tars": args.max_tars, **one(args.fetch),
+              "index_build_s_if_built": round(index_s, 1), "cpus_pinned": 1}
+    if args.fetch == "tars":
+        result.update({
+            "memory": "bounded: segment lists are read per batch of whole tars (one row group at "
+                      "a time) and candidates reduced to a tars x languages matrix; the peak is "
+                      "the VAD/LID hash join over all files (tar, key, language columns only)",
+            "previous": {"select_wall_s": 91.65, "peak_rss_mb": 6994.9,
+                         "how": "all 31.4 M candidates materialised, global sorts for the caps"}})
+    else:  # the tar-limited selection in the same run: the baseline of the ratios
+        base = one("tars")
+        result["baseline_same_run"] = base
+        result["members_over_tars"] = {
+            "select_wall_s": round(result["select_wall_s"] / base["select_wall_s"], 3),
+            "download_bytes_estimate": round(result["download"]["members"]["bytes_estimate"]
+                                             / base["download"]["tars"]["bytes_estimate"], 4),
+            "language_imbalance": round(result["language_imbalance"] / base["language_imbalance"], 4)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -1,16 +1,23 @@
 """A tiny stand-in for the Hugging Face hub on 127.0.0.1, for download and dataset tests.
 
-It answers the three requests the dataset module makes:
+It answers the requests the dataset module and huggingface_hub's own download API make:
 - `GET  /api/datasets/<repo>/revision/<rev>`   -> {"id", "sha"}   (revision resolution)
 - `POST /api/datasets/<repo>/paths-info/<rev>` -> [{type, path, size, oid, lfs}] (expand=True)
-- `GET  /datasets/<repo>/resolve/<rev>/<path>` -> the bytes, with `Range: bytes=N-` support
+- `GET  /datasets/<repo>/resolve/<rev>/<path>` -> the bytes, with `Range: bytes=N-` and
+  `bytes=N-M` support
+- `HEAD /datasets/<repo>/resolve/<rev>/<path>` -> the headers `hf_hub_download` and
+  `get_hf_file_metadata` read (X-Repo-Commit, ETag / X-Linked-Etag, X-Linked-Size)
+- `GET  /api/datasets/<repo>/tree/<rev>/<folder>` -> one folder's entries (`HfFileSystem`)
 
 Faults are scripted per file path as a queue consumed one per GET: `("drop", n)` sends the
 headers of a full answer and then only n bytes before closing; `("stall", n, s)` sends n bytes
 and then hangs s seconds; `("status", code, retry_after)` answers an error; `("corrupt",)` flips
 one byte; `("redirect", url_prefix)` answers 302 to `url_prefix + path`. Every request is
-recorded with its Range and Authorization headers. Each handler times out after a few seconds
-and the server thread is a daemon: it stops by itself.
+recorded with its Range and Authorization headers. `state.cdn` makes every resolve answer a
+redirect to the storage URL, as the hub does for LFS and Xet files; faults keyed `@cdn/<path>`
+apply to the storage URL. Body bytes sent are counted per path and
+connections are counted (a client that reuses connections opens few). Each handler times out
+after a few seconds and the server thread is a daemon: it stops by itself.
 """
 
 from __future__ import annotations
@@ -45,8 +52,11 @@ class HubState:
     sha: str = SHA
     lfs: bool = True  # report files as LFS (sha256) or as plain git blobs (sha1 blob id)
     rate_bytes_per_s: float = 0.0  # > 0: file bodies trickle out at this rate (kill tests)
+    cdn: str | None = None  # set: every /resolve/ GET answers 302 to `cdn + path` (storage URL)
     faults: dict[str, deque] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    bytes_sent: dict[str, int] = field(default_factory=dict)  # body bytes per file path
+    connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fault(self, path: str, *actions: tuple) -> None:
@@ -54,6 +64,15 @@ class HubState:
 
     def gets(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
+
+    def resolutions(self) -> int:
+        """Revision-resolution requests (`/api/datasets/<repo>/revision/<rev>`)."""
+        return sum(r.method == "GET" and "/revision/" in r.path for r in self.requests)
+
+    def sent(self, path: str | None = None) -> int:
+        """Body bytes sent for one file path, or for all of them."""
+        with self.lock:
+            return self.bytes_sent.get(path, 0) if path else sum(self.bytes_sent.values())
 
 
 def _info(path: str, data: bytes, lfs: bool) -> dict:
@@ -65,6 +84,21 @@ def _info(path: str, data: bytes, lfs: bool) -> dict:
     return out
 
 
+def _tree(state: HubState, folder: str) -> list[dict]:
+    """The entries directly inside `folder` ("" = the root), as the hub's tree API lists them."""
+    prefix = folder + "/" if folder else ""
+    out: dict[str, dict] = {}
+    for path, data in sorted(state.files.items()):
+        if not path.startswith(prefix):
+            continue
+        head, sep, _ = path[len(prefix):].partition("/")
+        if sep:
+            out.setdefault(prefix + head, {"type": "directory", "path": prefix + head, "oid": "0" * 40})
+        else:
+            out[path] = _info(path, data, state.lfs)
+    return list(out.values())
+
+
 def make_handler(state: HubState):
     class Handler(BaseHTTPRequestHandler):
         timeout = 5
@@ -72,6 +106,16 @@ def make_handler(state: HubState):
 
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections += 1
+
+        def _write(self, rel: str, data: bytes) -> None:
+            with state.lock:  # counted first: the client may have all of it before write returns
+                state.bytes_sent[rel] = state.bytes_sent.get(rel, 0) + len(data)
+            self.wfile.write(data)
 
         def _record(self) -> None:
             with state.lock:
@@ -94,11 +138,37 @@ def make_handler(state: HubState):
             if path.startswith(api):
                 self._json({"id": state.repo_id, "sha": state.sha})
                 return
+            tree = f"/api/datasets/{state.repo_id}/tree/{state.sha}"
+            if path == tree or path.startswith(tree + "/"):
+                self._json(_tree(state, path[len(tree):].strip("/")))
+                return
             for prefix in (f"/datasets/{state.repo_id}/resolve/{state.sha}/", "/cdn/"):
                 if path.startswith(prefix):
                     self._serve(path[len(prefix):], cdn=prefix == "/cdn/")
                     return
             self._json({"error": "not found"}, 404)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            """File metadata as the hub sends it (no redirect: the bytes are served here)."""
+            self._record()
+            path = unquote(urlsplit(self.path).path)
+            prefix = f"/datasets/{state.repo_id}/resolve/{state.sha}/"
+            rel = path[len(prefix):] if path.startswith(prefix) else None
+            if rel not in state.files:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            info = _info(rel, state.files[rel], state.lfs)
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", state.sha)
+            self.send_header("ETag", f'"{info["oid"]}"')
+            if state.lfs:
+                self.send_header("X-Linked-Etag", f'"{info["lfs"]["oid"]}"')
+                self.send_header("X-Linked-Size", str(info["size"]))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(info["size"]))
+            self.end_headers()
 
         def do_POST(self) -> None:  # noqa: N802
             self._record()
@@ -123,8 +193,10 @@ def make_handler(state: HubState):
                 return
             data = state.files[rel]
             with state.lock:
-                queue = state.faults.get(rel)
-                action = queue.popleft() if queue and not cdn else None
+                queue = state.faults.get("@cdn/" + rel if cdn else rel)
+                action = queue.popleft() if queue else None
+            if action is None and not cdn and state.cdn:
+                action = ("redirect", state.cdn)
             if action and action[0] == "status":
                 self.send_response(action[1])
                 if len(action) > 2 and action[2] is not None:
@@ -138,43 +210,48 @@ def make_handler(state: HubState):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            start = 0
+            start, end = 0, len(data) - 1
             rng = self.headers.get("Range")
             if rng and rng.startswith("bytes="):
-                start = int(rng[len("bytes="):].split("-")[0])
-                if start >= len(data):
+                first, _, last = rng[len("bytes="):].partition("-")
+                start = int(first)
+                if last:
+                    end = min(int(last), len(data) - 1)
+                if start >= len(data) or end < start:
                     self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
             else:
                 self.send_response(200)
-            body = data[start:]
+            body = data[start:end + 1]
             if action and action[0] == "corrupt" and body:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
             if action and action[0] == "stall":  # n bytes, then hang until the client is gone
-                self.wfile.write(body[:action[1]])
+                self._write(rel, body[:action[1]])
                 self.wfile.flush()
                 time.sleep(action[2])
                 self.close_connection = True
                 return
             if action and action[0] == "drop":
-                self.wfile.write(body[:action[1]])
+                self._write(rel, body[:action[1]])
                 self.wfile.flush()
                 self.close_connection = True
                 return
             if state.rate_bytes_per_s > 0:
                 step = 16384
                 for i in range(0, len(body), step):
-                    self.wfile.write(body[i:i + step])
+                    self._write(rel, body[i:i + step])
                     self.wfile.flush()
                     time.sleep(step / state.rate_bytes_per_s)
                 return
-            self.wfile.write(body)
+            self._write(rel, body)
 
     return Handler
 

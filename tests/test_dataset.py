@@ -147,6 +147,7 @@ def test_budget_evicts_lru_but_never_a_pinned_tar(hub, tmp_path, caplog):
                 assert p.read_bytes() == hub.files[TARS[5001]]
         assert (cache / TARS[1]).is_file()  # pinned: kept although oldest
         assert not (cache / TARS[5000]).exists()  # unpinned LRU: evicted
+        assert not (cache / (TARS[5000] + ".sha256")).exists()  # with its recorded hash
         assert any("evicted audio/005000.tar" in r.getMessage() for r in caplog.records)
         with ds.tar(7):  # evicts 5001 (unpinned), still not 1
             pass
@@ -202,3 +203,26 @@ def test_download_in_progress_reserves_its_full_size(tmp_path):
 def test_hub_config_through_open_dataset(hub, tmp_path):
     ds = open_dataset(hub_cfg(tmp_path))
     assert isinstance(ds, HubDataset) and ds.endpoint == os.environ["HF_ENDPOINT"]
+
+
+def test_cached_tar_is_reused_only_while_its_content_is_the_sources(hub, tmp_path):
+    import hashlib
+
+    ds = hub_ds(tmp_path)
+    with ds.tar(1) as p:
+        pass
+    assert (tmp_path / "cache" / (TARS[1] + ".sha256")).read_text().strip() == \
+        hashlib.sha256(hub.files[TARS[1]]).hexdigest()
+    # another commit, same content: no transfer
+    hub.sha = "c" * 40
+    ds = hub_ds(tmp_path, revision=hub.sha)
+    with ds.tar(1) as p:
+        assert p.read_bytes() == hub.files[TARS[1]]
+    assert len(hub.gets(TARS[1])) == 1
+    # another commit where the tar changed but kept its size: fetched again
+    hub.sha = "d" * 40
+    hub.files[TARS[1]] = payload(1000, 99)
+    ds = hub_ds(tmp_path, revision=hub.sha)
+    with ds.tar(1) as p:
+        assert p.read_bytes() == hub.files[TARS[1]]
+    assert len(hub.gets(TARS[1])) == 2

@@ -212,3 +212,84 @@ def test_stalled_transfer_times_out_and_resumes(hub, tmp_path):
     assert (tmp_path / VAD).read_bytes() == hub.files[VAD]
     assert [r.range for r in hub.gets(VAD)] == [None, "bytes=50000-"]
     assert len(sleeps) == 1
+
+
+def test_transfers_go_through_the_hub_librarys_http_client(hub, tmp_path):
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    seen: list[str] = []
+
+    def factory() -> httpx2.Client:
+        client = default_client_factory()
+        client.event_hooks["request"].append(
+            lambda request: seen.append(f"{request.method} {request.url.path}"))
+        return client
+
+    set_client_factory(factory)  # what a user does for a proxy or custom certificates
+    try:
+        ds, _ = make(tmp_path)
+        ds.fetch_file(VAD, tmp_path / VAD)
+    finally:
+        set_client_factory(default_client_factory)
+    assert (tmp_path / VAD).read_bytes() == hub.files[VAD]
+    assert [s.split()[0] for s in seen if "/resolve/" in s] == ["GET"]  # the bytes
+    assert [s.split()[0] for s in seen if "/paths-info/" in s] == ["POST"]  # and their size, hash
+    assert ds.stats.requests == 1 and ds.stats.bytes == len(hub.files[VAD])
+
+
+def test_offline_mode_is_one_clear_error_and_no_request(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    ds, sleeps = make(tmp_path)
+    with pytest.raises(DatasetError, match="HF_HUB_OFFLINE"):
+        ds.fetch_file(VAD, tmp_path / VAD)
+    opener = ds._opener(VAD)
+    from ups.download import read_range
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE"):
+        read_range(VAD, opener, 0, 10, max_retries=3, backoff_s=0, sleep=sleeps.append)
+    assert hub.requests == [] and sleeps == []
+
+
+def test_member_range_resumes_after_a_drop(hub, tmp_path):
+    hub.fault(VAD, ("drop", 1000), ("status", 503))
+    ds, sleeps = make(tmp_path)
+    from ups.download import read_range
+    got = read_range(VAD, ds._opener(VAD), 50_000, 20_000, max_retries=3, backoff_s=0.01,
+                     sleep=sleeps.append)
+    assert got == hub.files[VAD][50_000:70_000]
+    assert [r.range for r in hub.gets(VAD)] == ["bytes=50000-69999", "bytes=51000-69999",
+                                                "bytes=51000-69999"]
+    assert hub.sent(VAD) == 20_000 and sleeps == pytest.approx([0.01, 0.02])
+
+
+def test_the_stand_in_answers_huggingface_hubs_own_download_api(hub, tmp_path):
+    """hf_hub_download (HEAD + GET) and HfFileSystem (revision, tree, ranged GET) work against
+    tests/hub_server.py, so bench/hub_client.py compares both clients on the same server."""
+    from huggingface_hub import HfFileSystem, hf_hub_download
+
+    url = os.environ["HF_ENDPOINT"]
+    path = hf_hub_download(REPO_ID, VAD, repo_type="dataset", revision=SHA, local_dir=tmp_path / "d",
+                           endpoint=url, token=TOKEN)
+    assert Path(path).read_bytes() == hub.files[VAD]
+    fs = HfFileSystem(endpoint=url, token=TOKEN)
+    assert fs.cat_file(f"datasets/{REPO_ID}@{SHA}/{VAD}", start=10, end=20) == hub.files[VAD][10:20]
+
+
+def test_ranged_reads_resolve_once_then_go_to_the_storage_url(hub, tmp_path):
+    """The hub redirects /resolve/ to a signed storage URL; member and header reads reuse it, so
+    the rate-limited resolve endpoint sees one request per file, and an expired URL is resolved
+    again without counting as a failed attempt."""
+    hub.cdn = hub_url_as_localhost() + "/cdn/"  # another host: the token must not follow
+    ds, sleeps = make(tmp_path)
+    for k in range(5):
+        assert ds.read_file_range(VAD, 1000 * k, 500) == hub.files[VAD][1000 * k:1000 * k + 500]
+    resolves = [r for r in hub.gets(VAD) if "/resolve/" in r.path]
+    storage = [r for r in hub.gets(VAD) if r.path.startswith("/cdn/")]
+    assert len(resolves) == 1 and len(storage) == 5
+    assert all(r.authorization is None for r in storage)
+    hub.fault("@cdn/" + VAD, ("status", 403))  # the signed URL expired
+    assert ds.read_file_range(VAD, 0, 10) == hub.files[VAD][:10]
+    assert len([r for r in hub.gets(VAD) if "/resolve/" in r.path]) == 2 and sleeps == []

@@ -84,11 +84,12 @@ def _add_index_lang(sub: Any) -> None:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from ups.config import SelectConfig
+    from ups.config import DatasetConfig, SelectConfig
 
     cfg = load_section(SelectConfig, "select", args.params)
+    fetch = load_section(DatasetConfig, "dataset", args.params).fetch
     from ups.stages import select
-    select.run(cfg, index_dir=Path(args.index_dir), out_dir=Path(args.out_dir))
+    select.run(cfg, index_dir=Path(args.index_dir), out_dir=Path(args.out_dir), fetch=fetch)
     return 0
 
 
@@ -99,6 +100,24 @@ def _add_select(sub: Any) -> None:
     p.add_argument("--out-dir", default="data/select")
 
 # <<< end issue-3 cli >>>
+
+def _index_members(args: argparse.Namespace) -> int:
+    from ups.config import DatasetConfig
+
+    ds = load_section(DatasetConfig, "dataset", args.params)
+    from ups.stages import index_members
+    index_members.run(ds, chunks=Path(args.chunks), fetch_meta=Path(args.meta), out_dir=Path(args.out_dir))
+    return 0
+
+
+def _add_index_members(sub: Any) -> None:
+    p = _stage_parser(sub, "index-members", "Index the members of the selected tars from their "
+                      "headers (ranged reads, no audio).", _index_members)
+    p.add_argument("--chunks", default="data/select/chunks.parquet")
+    p.add_argument("--meta", default="data/meta/fetch_meta.json",
+                   help="fetch-meta's record: the dataset commit every request of the run uses")
+    p.add_argument("--out-dir", default="data/index/members")
+
 
 # <<< issue-4 cli: prepare-audio, fit-kmeans, assign-labels >>>
 
@@ -111,7 +130,8 @@ def _prepare_audio(args: argparse.Namespace) -> int:
     from ups.stages import prepare_audio
     prepare_audio.run(cfg, features.mfcc, ds, chunks=Path(args.chunks), audio_dir=Path(args.audio_dir),
                       features_dir=Path(args.features_dir),
-                      report=Path(args.report or Path(args.audio_dir) / "report.json"))
+                      report=Path(args.report or Path(args.audio_dir) / "report.json"),
+                      fetch_meta=Path(args.meta), members_dir=Path(args.members_dir))
     return 0
 
 
@@ -119,6 +139,10 @@ def _add_prepare_audio(sub: Any) -> None:
     p = _stage_parser(sub, "prepare-audio", "Decode selected chunks once into 16 kHz shards + features.",
                       _prepare_audio)
     p.add_argument("--chunks", default="data/select/chunks.parquet")
+    p.add_argument("--meta", default="data/meta/fetch_meta.json",
+                   help="fetch-meta's record: the dataset commit every request of the run uses")
+    p.add_argument("--members-dir", default="data/index/members",
+                   help="index-members' output (dataset.fetch members); a tar without one is indexed now")
     p.add_argument("--audio-dir", default="data/audio")
     p.add_argument("--features-dir", default="data/features")
     p.add_argument("--report", default=None, help="default: <audio-dir>/report.json")
@@ -299,6 +323,36 @@ def _add_remote_check(sub: Any) -> None:
     p.set_defaults(handler=_remote_check)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from ups import plan
+
+    try:
+        return plan.run(Path(args.repo), args.hours, params_path=Path(args.params),
+                        mb_per_s=args.mb_per_s, repro=not args.no_repro, as_json=args.json,
+                        latency_ms=args.latency_ms)
+    except plan.PlanError as exc:
+        log.error("plan: %s", exc)
+        return 1
+
+
+def _add_plan(sub: Any) -> None:
+    p = sub.add_parser("plan", help="What a run of --hours will download, the disk per stage and "
+                       "the time, before any audio is fetched (make plan HOURS=N).",
+                       description="Set select.hours, run `dvc repro` up to the selection "
+                       "(metadata only), then print the download (whole tars and member by "
+                       "member), the disk each stage needs and a time estimate from bench/results.")
+    p.add_argument("--hours", type=float, required=True, help="select.hours of the run")
+    p.add_argument("--repo", default=".", help="the DVC project (default: .)")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--mb-per-s", type=float, default=100.0,
+                   help="download bandwidth for the time estimate, MB/s (default: 100)")
+    p.add_argument("--latency-ms", type=float, default=50.0,
+                   help="time per ranged request of the header walk, ms (default: 50)")
+    p.add_argument("--no-repro", action="store_true", help="use the stage outputs as they are")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.set_defaults(handler=_plan)
+
+
 def _report(args: argparse.Namespace) -> int:
     from ups import html_report
 
@@ -327,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (
-        _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select,
+        _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select, _add_index_members,
         _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
-        _add_train, _add_evaluate, _add_demo, _add_iterate, _add_du, _add_remote_check, _add_report,
+        _add_train, _add_evaluate, _add_demo, _add_iterate, _add_du, _add_plan, _add_remote_check,
+        _add_report,
     ):
         add(sub)
     return parser

@@ -152,6 +152,9 @@ class DatasetConfig:
     max_retries: int
     retry_backoff_s: float
     timeout_s: float
+    # members: prepare-audio fetches only the tar members holding selected chunks (ranged reads,
+    # located by the member index); tars: whole tars (for mirrors that ignore Range requests)
+    fetch: Literal["members", "tars"] = "members"
 
     def __post_init__(self) -> None:
         require(self.cache_budget_gb > 0, "dataset.cache_budget_gb", "must be > 0", self.cache_budget_gb)
@@ -227,6 +230,8 @@ class SelectConfig:
     languages: list[str] | Literal["all"] = "all"  # Whisper codes to select from, or all
     exclude_languages: list[str] = field(default_factory=list)  # Whisper codes never selected
     mp3_bytes_per_second: float = 16000.0  # estimate of tar bytes per second of audio (128 kbit/s)
+    # dataset.fetch members: the download budget that replaces max_tars (0 = no limit)
+    max_download_gb: float = 100.0
 
     def __post_init__(self) -> None:
         require(self.hours > 0, "select.hours", "must be > 0", self.hours)
@@ -256,6 +261,8 @@ class SelectConfig:
         require(not both, "select.exclude_languages", "must not repeat a code of select.languages", both)
         require(self.mp3_bytes_per_second > 0, "select.mp3_bytes_per_second", "must be > 0",
                 self.mp3_bytes_per_second)
+        require(self.max_download_gb >= 0, "select.max_download_gb", "must be >= 0",
+                self.max_download_gb)
 
 # <<< end issue-3 configs >>>
 

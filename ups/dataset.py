@@ -12,6 +12,11 @@ the JSONL files at the root); tars are used in place. `source: hub` reads `cfg.r
 `cfg.revision` (a branch or tag is resolved once to its commit sha, with a warning that the run is
 not pinned); tars are downloaded into `cfg.tar_cache_dir` under `cfg.cache_budget_gb`.
 
+One revision per run: fetch-meta resolves the revision and records the sha in
+`data/meta/fetch_meta.json`; every later stage calls `pinned_config(cfg, that file)`, which
+returns the configuration with `revision` set to that sha, so no later process resolves (or warns)
+again and metadata and tars come from one commit.
+
 The hub token comes from `HF_TOKEN` or the user's `hf auth login` (`huggingface_hub.get_token`),
 read at the point of use and sent only as the Authorization header.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -30,8 +36,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ups.config import DatasetConfig
-from ups.download import DownloadError, FileMeta, fetch, file_sha256, http_range, local_range
+from ups.download import (
+    DownloadError,
+    FileMeta,
+    TransferStats,
+    fetch,
+    file_sha256,
+    http_range,
+    local_range,
+    read_range,
+)
 from ups.keys import tar_path
 from ups.progress import bar
 from ups.tar_cache import GB, CacheFullError, TarCache
@@ -39,7 +56,7 @@ from ups.tar_cache import GB, CacheFullError, TarCache
 log = logging.getLogger(__name__)
 
 __all__ = ["CacheFullError", "Dataset", "DatasetError", "DownloadError", "FileMeta", "HubDataset",
-           "LocalDataset", "open_dataset", "is_commit_sha"]
+           "LocalDataset", "open_dataset", "is_commit_sha", "pinned_config"]
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 PATHS_INFO_BATCH = 50  # the hub answers at most 50 expanded paths per request
@@ -65,6 +82,7 @@ class Dataset(abc.ABC):
     def __init__(self, cfg: DatasetConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self._sleep = sleep
+        self.stats = TransferStats()  # requests and bytes of this instance (hub only)
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -89,6 +107,25 @@ class Dataset(abc.ABC):
     @abc.abstractmethod
     def tar(self, tar_number: int) -> contextlib.AbstractContextManager[Path]:
         """Context manager yielding a local path of the tar, valid (not evicted) while inside."""
+
+    @abc.abstractmethod
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        """What tells this tar's content apart, without reading it (for the member index)."""
+
+    @abc.abstractmethod
+    def local_tar_path(self, tar_number: int) -> Path:
+        """Where `tar()` puts (or finds) the tar; names it in reports whichever way it is read."""
+
+    def read_tar_range(self, tar_number: int, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of tar `tar_number` without fetching the tar: one ranged
+        request (a seek on a local mirror), resumed after a dropped connection, checked by length."""
+        return self.read_file_range(tar_path(tar_number), offset, size)
+
+    def read_file_range(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of any file of the dataset (a repo path), as above."""
+        return read_range(f"{path} [{offset}, {offset + size})", self._opener(path), offset, size,
+                          max_retries=self.cfg.max_retries, backoff_s=self.cfg.retry_backoff_s,
+                          sleep=self._sleep)
 
     def fetch_file(self, name: str, dest: str | os.PathLike[str]) -> FileMeta:
         """Fetch root file `name` to `dest`: resumes `dest.partial`, verifies size and sha256,
@@ -154,6 +191,13 @@ class LocalDataset(Dataset):
     def tar(self, tar_number: int) -> Iterator[Path]:
         yield self._local(tar_path(tar_number))
 
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        st = self._local(tar_path(tar_number)).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def local_tar_path(self, tar_number: int) -> Path:
+        return self.root / tar_path(tar_number)
+
 
 class HubDataset(Dataset):
     """`cfg.repo_id` (repo_type dataset) on the hub at `cfg.revision`, tars cached on disk.
@@ -169,6 +213,7 @@ class HubDataset(Dataset):
         self.cache = TarCache(cfg.tar_cache_dir, int(cfg.cache_budget_gb * GB))
         self._revision: str | None = None
         self._meta: dict[str, FileMeta] = {}
+        self._locations: dict[str, str] = {}  # resolve URL -> storage URL it redirected to
 
     # --- hub metadata --------------------------------------------------------------------------
 
@@ -185,12 +230,15 @@ class HubDataset(Dataset):
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         """A hub API call with the same retry policy as downloads; errors name `what` only."""
-        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
         attempt = 0
         while True:
             try:
                 return fn()
+            except OfflineModeIsEnabled:
+                raise DatasetError(f"{what}: HF_HUB_OFFLINE is set, so the hub cannot be asked "
+                                   "(unset it to run this stage)") from None
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 transient = status is None or status == 429 or status >= 500
@@ -267,7 +315,7 @@ class HubDataset(Dataset):
 
         url = hf_hub_url(self.cfg.repo_id, path, repo_type="dataset", revision=self.revision,
                          endpoint=self.endpoint)
-        return http_range(url, self._token, self.cfg.timeout_s)
+        return http_range(url, self._token, self.cfg.timeout_s, self.stats, self._locations)
 
     # --- tars ----------------------------------------------------------------------------------
 
@@ -283,17 +331,30 @@ class HubDataset(Dataset):
         meta = self.files_meta(rels.values())
         return {n: meta[rel].size for n, rel in rels.items()}
 
+    def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        meta = self.file_meta_tar(tar_number)
+        return {"size": meta.size, "sha256": meta.sha256}
+
+    def local_tar_path(self, tar_number: int) -> Path:
+        return self.cache.path(tar_path(tar_number))
+
     @contextlib.contextmanager
     def tar(self, tar_number: int) -> Iterator[Path]:
         meta = self.file_meta_tar(tar_number)
         rel = meta.path
         with self.cache.pinned(rel, reserve_bytes=meta.size) as path:
-            if not self.cache.is_cached(rel, meta.size):
+            if not self.cache.is_cached(rel, meta.size, meta.sha256):
                 with self.cache.download_lock(rel):
-                    if not self.cache.is_cached(rel, meta.size):
+                    if not self.cache.is_cached(rel, meta.size, meta.sha256):
+                        recorded = self.cache.recorded_sha256(rel)
+                        if recorded and meta.sha256 and recorded != meta.sha256.lower():
+                            log.info("%s changed at commit %s: fetching it again", rel,
+                                     self.revision)
+                            path.unlink(missing_ok=True)  # another commit's content
                         self.cache.make_room(rel, meta.size)
-                        fetch(meta, path, self._opener(rel), max_retries=self.cfg.max_retries,
-                              backoff_s=self.cfg.retry_backoff_s, sleep=self._sleep)
+                        got = fetch(meta, path, self._opener(rel), max_retries=self.cfg.max_retries,
+                                    backoff_s=self.cfg.retry_backoff_s, sleep=self._sleep)
+                        self.cache.record(rel, got.sha256)
             self.cache.touch(rel)
             yield path
 
@@ -301,6 +362,42 @@ class HubDataset(Dataset):
         numbers = list(dict.fromkeys(tar_numbers))
         self.tar_sizes(numbers)  # one metadata request per 50 tars instead of one per tar
         return super().prefetch(numbers)
+
+
+def pinned_config(cfg: DatasetConfig, fetch_meta_json: str | os.PathLike[str]) -> DatasetConfig:
+    """`cfg` with `revision` replaced by the commit sha fetch-meta resolved and recorded.
+
+    Stages after fetch-meta call this once, in their main process, and hand the result to their
+    threads and workers, so a branch name is resolved (and warned about) once per run, by
+    fetch-meta. A local mirror has no revision: `cfg` is returned as it is. The recorded file must
+    describe the same repo and requested revision as `cfg` (else fetch-meta is stale).
+    """
+    if cfg.source != "hub":
+        return cfg
+    path = Path(fetch_meta_json)
+    if not path.is_file():
+        if is_commit_sha(cfg.revision):
+            return cfg
+        raise DatasetError(f"{path} not found: run fetch-meta first (it resolves dataset.revision "
+                           f"{cfg.revision!r} to a commit once for the whole run)")
+    try:
+        recorded = orjson.loads(path.read_bytes())["dataset"]
+        source, repo, requested = recorded["source"], recorded["repo_id"], recorded["revision"]
+        sha = recorded["resolved_revision"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path} is not a fetch-meta record ({type(exc).__name__}: {exc}); "
+                           "run fetch-meta again") from None
+    if (source, repo, requested) != ("hub", cfg.repo_id, cfg.revision):
+        raise DatasetError(
+            f"{path} was made for {source} {repo!r} at dataset.revision {requested!r}, but the "
+            f"parameters say hub {cfg.repo_id!r} at dataset.revision {cfg.revision!r}: run "
+            "fetch-meta again (dvc repro does)")
+    if not isinstance(sha, str) or not is_commit_sha(sha):
+        raise DatasetError(f"{path} records no commit sha ({sha!r}); run fetch-meta again")
+    if sha != cfg.revision:
+        log.info("dataset.revision %r: using commit %s, resolved by fetch-meta (%s)", cfg.revision,
+                 sha, path)
+    return dataclasses.replace(cfg, revision=sha)
 
 
 def open_dataset(cfg: DatasetConfig, **kw: Any) -> Dataset:

@@ -5,6 +5,14 @@ Range request for the hub, a seek for a local mirror), retries transient failure
 exponential backoff (honouring `Retry-After` on 429/503), checks the result against the size and
 hash the source reports, and only then renames it to `dest`. A file that fails the check is
 deleted and fetched again; after `max_retries` a `DownloadError` names the file and the reason.
+`read_range(...)` is the same loop for one byte range held in memory (a tar member): a dropped
+connection resumes from the bytes already received, the result is checked by its length.
+
+HTTP goes through huggingface_hub's own client (`huggingface_hub.get_session()`: the user's
+client factory, proxies, keep-alive connections shared with the library, `HF_HUB_OFFLINE`) with
+the library's headers (`build_hf_headers`: user agent). The transfer loop stays ours: the
+library's `hf_hub_download` cannot resume after a kill and nests its own fixed retries inside
+ours (measured in bench/results/hub_client.json; docs/dataset.md, "Why not hf_hub_download").
 
 The access token travels in the `Authorization` header only: it is never part of a URL, a log
 record or an exception message, and it is dropped when a redirect leaves the original host.
@@ -15,20 +23,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import http.client
 import logging
 import os
 import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+import httpx2
 
 from ups.atomic import _fsync_dir
 from ups.progress import bar
@@ -61,12 +69,27 @@ class FileMeta:
     git_sha1: str | None = None  # git blob id, the check for small non-LFS files on the hub
 
 
-# `open_range(offset)` -> context manager yielding (start, chunks): `start` is the offset the
-# bytes really begin at (0 when a server ignored the Range header), `chunks` the byte pieces.
-RangeOpener = Callable[[int], AbstractContextManager[tuple[int, Iterator[bytes]]]]
+# `open_range(offset, end)` -> context manager yielding (start, chunks): the bytes from `offset`
+# up to `end` (exclusive; None: to the end of the file). `start` is the offset the bytes really
+# begin at (0 when a server ignored the Range header), `chunks` the byte pieces.
+RangeOpener = Callable[[int, "int | None"], AbstractContextManager[tuple[int, Iterator[bytes]]]]
 
-_TRANSIENT = (RetryableError, urllib.error.URLError, http.client.HTTPException, ConnectionError,
-              TimeoutError, socket.timeout)
+_TRANSIENT = (RetryableError, httpx2.TransportError, ConnectionError, TimeoutError, socket.timeout)
+T = TypeVar("T")
+
+
+@dataclass
+class TransferStats:
+    """Requests made and body bytes received, across threads (for logs and benchmarks)."""
+
+    requests: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, requests: int = 0, n_bytes: int = 0) -> None:
+        with self.lock:
+            self.requests += requests
+            self.bytes += n_bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,26 +180,42 @@ def fetch(
             return meta if meta.sha256 else _with_sha(meta, file_sha256(dest))
         log.warning("%s exists but does not match the source (%s): fetching again", dest, reason)
     partial = partial_path(dest)
+    sha = retrying(meta.path, functools.partial(_transfer, meta, partial, open_range),
+                   max_retries=max_retries, backoff_s=backoff_s, sleep=sleep)
+    os.replace(partial, dest)
+    _fsync_dir(dest.parent)
+    log.info("%s: fetched %d bytes, verified", meta.path, meta.size)
+    return meta if meta.sha256 else _with_sha(meta, sha)
+
+
+def retrying(what: str, attempt_fn: Callable[[], T], *, max_retries: int, backoff_s: float,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `attempt_fn` until it succeeds; transient failures wait `backoff_s` doubling (or the
+    server's Retry-After if longer), at most `max_retries` times, then a DownloadError names
+    `what`. The project's one retry policy: the HTTP client underneath never retries itself."""
     attempt = 0
     while True:
         try:
-            sha = _transfer(meta, partial, open_range)
+            return attempt_fn()
         except _TRANSIENT as exc:
+            if _is_offline(exc):
+                raise DownloadError(f"{what}: HF_HUB_OFFLINE is set, so nothing can be fetched "
+                                    "from the hub (unset it, or use files already cached)") from None
             attempt += 1
             reason = _describe(exc)
             if attempt > max_retries:
-                raise DownloadError(
-                    f"{meta.path}: giving up after {attempt} attempt(s): {reason}"
-                ) from None
+                raise DownloadError(f"{what}: giving up after {attempt} attempt(s): {reason}") \
+                    from None
             delay = max(backoff_s * 2 ** (attempt - 1), getattr(exc, "retry_after_s", 0.0))
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", meta.path, attempt,
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", what, attempt,
                         max_retries + 1, reason, delay)
             sleep(delay)
-            continue
-        os.replace(partial, dest)
-        _fsync_dir(dest.parent)
-        log.info("%s: fetched %d bytes, verified", meta.path, meta.size)
-        return meta if meta.sha256 else _with_sha(meta, sha)
+
+
+def _is_offline(exc: BaseException) -> bool:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return isinstance(exc, OfflineModeIsEnabled)
 
 
 def _with_sha(meta: FileMeta, sha256: str) -> FileMeta:
@@ -185,10 +224,8 @@ def _with_sha(meta: FileMeta, sha256: str) -> FileMeta:
 
 def _describe(exc: BaseException) -> str:
     """A short reason for a log line or error: type and message, nothing from request headers."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"connection failed: {exc.reason}"
+    if isinstance(exc, httpx2.ConnectError):
+        return f"connection failed: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -203,7 +240,7 @@ def _transfer(meta: FileMeta, partial: Path, open_range: RangeOpener) -> str:
     if offset < meta.size:
         if offset:
             log.info("%s: resuming at byte %d of %d", meta.path, offset, meta.size)
-        with open_range(offset) as (start, chunks):
+        with open_range(offset, None) as (start, chunks):
             hasher = _hash_prefix(partial, meta, start) if start else _Hasher(meta)
             mode = "r+b" if partial.is_file() else "wb"
             with open(partial, mode) as fh, bar(desc=f"download {meta.path}", unit="B",
@@ -237,6 +274,36 @@ def _transfer(meta: FileMeta, partial: Path, open_range: RangeOpener) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# One byte range in memory (a tar member, a tar header)
+# ---------------------------------------------------------------------------------------------
+
+def read_range(what: str, open_range: RangeOpener, offset: int, size: int, *, max_retries: int,
+               backoff_s: float, sleep: Callable[[float], None] = time.sleep) -> bytes:
+    """Bytes [offset, offset + size) of a file: one ranged request, resumed from the bytes
+    already received when a connection drops, retried like `fetch`; checked by length."""
+    buf = bytearray()
+
+    def attempt() -> bytes:
+        at = offset + len(buf)
+        if len(buf) < size:
+            with open_range(at, offset + size) as (start, chunks):
+                if start != at:
+                    raise DownloadError(f"{what}: the server ignores Range requests (answered from "
+                                        f"byte {start}, asked for {at}); use dataset.fetch: tars")
+                for chunk in chunks:
+                    take = chunk[:size - len(buf)]
+                    buf.extend(take)
+                    if len(buf) >= size:
+                        break
+        if len(buf) < size:
+            raise RetryableError(f"range ended early at byte {offset + len(buf)} of "
+                                 f"{offset + size}")
+        return bytes(buf)
+
+    return retrying(what, attempt, max_retries=max_retries, backoff_s=backoff_s, sleep=sleep)
+
+
+# ---------------------------------------------------------------------------------------------
 # Range openers: a local file, an HTTP URL
 # ---------------------------------------------------------------------------------------------
 
@@ -244,22 +311,22 @@ def local_range(src: Path) -> RangeOpener:
     """Read `src` from an offset (a local mirror: resumable copy through the same checks)."""
 
     @contextlib.contextmanager
-    def open_range(offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+    def open_range(offset: int, end: int | None) -> Iterator[tuple[int, Iterator[bytes]]]:
         with open(src, "rb") as fh:
             fh.seek(offset)
-            yield offset, iter(lambda: fh.read(CHUNK_BYTES), b"")
+            if end is None:
+                yield offset, iter(lambda: fh.read(CHUNK_BYTES), b"")
+            else:
+                left = [max(0, end - offset)]
+
+                def block() -> bytes:
+                    data = fh.read(min(CHUNK_BYTES, left[0]))
+                    left[0] -= len(data)
+                    return data
+
+                yield offset, iter(block, b"")
 
     return open_range
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are followed by hand so the token can be dropped when the host changes."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _retry_after_s(value: str | None) -> float:
@@ -275,45 +342,70 @@ def _retry_after_s(value: str | None) -> float:
         return 0.0
 
 
-def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
-               user_agent: str = "ups") -> RangeOpener:
-    """GET `url` with `Range: bytes=<offset>-`; `token()` is called per request, sent as a header.
+@functools.lru_cache(maxsize=1)
+def _base_headers() -> dict[str, str]:
+    """huggingface_hub's request headers without a token (user agent: ups + hub library)."""
+    from huggingface_hub.utils import build_hf_headers
 
-    429 and 5xx raise `RetryableError` (with Retry-After); other 4xx raise `DownloadError`.
+    from ups import __version__
+
+    return build_hf_headers(token=False, library_name="ups", library_version=__version__)
+
+
+def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
+               stats: TransferStats | None = None,
+               locations: dict[str, str] | None = None) -> RangeOpener:
+    """GET `url` with `Range: bytes=<offset>-[<end - 1>]` through huggingface_hub's HTTP client;
+    `token()` is called per request, sent as a header, dropped when a redirect leaves the host.
+
+    `locations` (shared by the caller across requests) remembers where `url` redirected to, so the
+    next ranged read of the same file goes straight to the storage URL: one hub `/resolve/`
+    request per file instead of one per member or header (the hub rate-limits resolve requests).
+    A remembered location that answers 4xx (a signed URL that expired) is forgotten and `url`
+    resolved again. 429 and 5xx raise `RetryableError` (with Retry-After); other 4xx raise
+    `DownloadError`.
     """
 
     @contextlib.contextmanager
-    def open_range(offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
-        target = url
+    def open_range(offset: int, end: int | None) -> Iterator[tuple[int, Iterator[bytes]]]:
+        from huggingface_hub import get_session
+
+        remembered = locations.get(url) if locations is not None else None
+        target = remembered or url
         origin = urllib.parse.urlsplit(url).netloc
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
-            if offset:
-                headers["Range"] = f"bytes={offset}-"
+        client = get_session()
+        for _ in range(MAX_REDIRECTS + 2):
+            headers = {**_base_headers(), "Accept-Encoding": "identity"}
+            if offset or end is not None:
+                headers["Range"] = f"bytes={offset}-" + ("" if end is None else str(end - 1))
             tok = token()
             if tok and urllib.parse.urlsplit(target).netloc == origin:
                 headers["Authorization"] = f"Bearer {tok}"
-            request = urllib.request.Request(target, headers=headers)
-            try:
-                response = _OPENER.open(request, timeout=timeout_s)
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-                location = exc.headers.get("Location") if exc.headers else None
-                retry_after = _retry_after_s(exc.headers.get("Retry-After") if exc.headers else None)
-                exc.close()
-                if status in (301, 302, 303, 307, 308) and location:
-                    target = urllib.parse.urljoin(target, location)
+            if stats is not None:
+                stats.add(requests=1)
+            with client.stream("GET", target, headers=headers, follow_redirects=False,
+                               timeout=httpx2.Timeout(timeout_s)) as response:
+                status = response.status_code
+                if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                    target = urllib.parse.urljoin(target, response.headers["Location"])
                     continue
+                if remembered and target == remembered and 400 <= status < 500 and status != 416:
+                    assert locations is not None
+                    locations.pop(url, None)  # expired: resolve again, not counted as a failure
+                    remembered, target = None, url
+                    continue
+                if locations is not None and target != url and status in (200, 206):
+                    locations[url] = target
                 if status == 416:
                     # Our partial is no prefix of the file (or already complete): start over.
-                    raise RetryableError("HTTP 416 (range not satisfiable)") from None
+                    raise RetryableError("HTTP 416 (range not satisfiable)")
                 if status == 429 or status >= 500:
-                    raise RetryableError(f"HTTP {status}", retry_after) from None
-                hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the dataset's "
-                        "terms on the hub)") if status in (401, 403) else ""
-                raise DownloadError(f"HTTP {status} for {url}{hint}") from None
-            with response:
-                status = response.status
+                    raise RetryableError(f"HTTP {status}",
+                                         _retry_after_s(response.headers.get("Retry-After")))
+                if status >= 400:
+                    hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the "
+                            "dataset's terms on the hub)") if status in (401, 403) else ""
+                    raise DownloadError(f"HTTP {status} for {url}{hint}")
                 if status == 206:
                     start = _content_range_start(response.headers.get("Content-Range"))
                     if start != offset:
@@ -323,12 +415,19 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
                     start = 0  # Range ignored: the whole file follows
                 else:
                     raise RetryableError(f"unexpected HTTP {status}")
-                # read1: whatever has arrived, so a dropped connection keeps its bytes
-                yield start, iter(functools.partial(response.read1, CHUNK_BYTES), b"")
+                # raw chunks as they arrive, so a dropped connection keeps its bytes
+                yield start, _counted(response.iter_raw(), stats)
                 return
         raise DownloadError(f"too many redirects for {url}")
 
     return open_range
+
+
+def _counted(chunks: Iterator[bytes], stats: TransferStats | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if stats is not None:
+            stats.add(n_bytes=len(chunk))
+        yield chunk
 
 
 def _content_range_start(value: str | None) -> int:

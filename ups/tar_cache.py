@@ -1,9 +1,11 @@
 """A directory of downloaded tars kept under a disk budget, least recently used evicted first.
 
 Layout: `<root>/audio/000001.tar`, `<root>/audio2/005001.tar` (the repo's own paths), a tar's
-in-progress download beside it as `<tar>.partial`, pins in `<root>/.pins/`, a lock file
-`<root>/.lock`. Last use is the tar's mtime (touched on every use), so no sidecar can disagree
-with the files.
+in-progress download beside it as `<tar>.partial`, the sha256 it was verified against as
+`<tar>.sha256`, pins in `<root>/.pins/`, a lock file `<root>/.lock`. Last use is the tar's mtime
+(touched on every use). A cached tar is used only if its recorded sha256 is the one the source
+names now, so a tar that changed between two dataset commits is fetched again, and one that did
+not change is not (the cache is keyed by content, not by revision).
 
 A pin is a small JSON file `{pid, path, reserve_bytes}`: a pinned tar is never evicted, by this
 process or another one; pins whose pid is dead (a killed run) are ignored and removed. Decisions
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from ups.atomic import write_json
+from ups.atomic import write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,27 @@ class TarCache:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def is_cached(self, rel: str, size: int) -> bool:
-        """A finished tar of the expected size (tars land by rename only after their hash check)."""
+    def sidecar(self, rel: str) -> Path:
+        return self.root / (rel + ".sha256")
+
+    def is_cached(self, rel: str, size: int, sha256: str | None = None) -> bool:
+        """A finished tar of the expected size and, when `sha256` is given, recorded with that
+        hash (tars land by rename only after their hash check; `record` notes the hash)."""
         p = self.path(rel)
-        return p.is_file() and p.stat().st_size == size
+        if not (p.is_file() and p.stat().st_size == size):
+            return False
+        return sha256 is None or self.recorded_sha256(rel) == sha256.lower()
+
+    def recorded_sha256(self, rel: str) -> str | None:
+        try:
+            return self.sidecar(rel).read_text(encoding="ascii").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def record(self, rel: str, sha256: str | None) -> None:
+        """Note the sha256 a landed tar was verified against."""
+        if sha256:
+            write_bytes(self.sidecar(rel), sha256.lower().encode("ascii") + b"\n")
 
     def touch(self, rel: str) -> None:
         """Record a use (the LRU clock)."""
@@ -183,6 +202,8 @@ class TarCache:
                 if e.rel == rel or e.rel in pins:
                     continue
                 e.path.unlink(missing_ok=True)
+                if not e.partial:
+                    self.sidecar(e.rel).unlink(missing_ok=True)
                 used -= e.size
                 evicted.append(str(e.path.relative_to(self.root)))
                 log.info("tar cache: evicted %s (%.2f GB, least recently used) to fit %s",

@@ -46,8 +46,10 @@ ORDER = list(STAGES)
 
 # Small enough that each stage runs in seconds on 2 cores; every sample tar is used.
 OVERRIDES: dict[str, dict[str, Any]] = {
+    # fetch tars: the tar-limited selection, which takes the sample's planted corrupt MP3
+    # (member fetches, the default, are kill-tested in tests/stages/test_prepare_audio.py)
     "dataset": {"source": "local", "local_root": str(SAMPLE), "max_retries": 2,
-                "retry_backoff_s": 0.01, "download_workers": 1},
+                "retry_backoff_s": 0.01, "download_workers": 1, "fetch": "tars"},
     "select": {"hours": 0.15, "max_file_fraction": 1.0, "max_tar_fraction": 1.0,
                "valid_fraction": 0.2},
     "prepare_audio": {"workers": 1, "shard_max_chunks": 4},

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import corrupt_cache_objects, linked_to_cache
 from tests.stages.conftest import REPO, write_params
 
-ISSUE4_STAGES = ("prepare-audio", "fit-kmeans", "assign-labels")
+ISSUE4_STAGES = ("index-members", "prepare-audio", "fit-kmeans", "assign-labels")
 
 
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -41,6 +41,9 @@ def project(corpus, tmp_path, tiny_hubert_dir):
                  features={"hubert_model": str(tiny_hubert_dir), "layer": 1, "device": "cpu"})
     (tmp_path / "data" / "select").mkdir(parents=True)
     shutil.copy(corpus / "chunks.parquet", tmp_path / "data" / "select" / "chunks.parquet")
+    (tmp_path / "data" / "meta").mkdir(parents=True)  # fetch-meta's record (a local mirror)
+    (tmp_path / "data" / "meta" / "fetch_meta.json").write_text(
+        '{"dataset": {"source": "local", "local_root": "%s"}}\n' % (corpus / "sample"))
     dvc("init", "--no-scm", "-q", cwd=tmp_path)
     dvc("config", "cache.type", "hardlink,symlink", cwd=tmp_path)  # as the repo's .dvc/config
     return tmp_path

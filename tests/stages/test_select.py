@@ -184,7 +184,7 @@ def test_shortfall_names_the_binding_constraint(index_dir, tmp_path, kw, binding
     assert not rep["target_reached_within_1pct"] and s["binding"] == binding
     assert names in rep["shortfall_reason"]
     # the hours after each limit, in order; the binding one is the first below the target
-    order = ["eligible_hours", "candidate_hours", "after_caps_hours", "in_chosen_tars_hours"]
+    order = ["eligible_hours", "candidate_hours", "after_caps_hours", "within_download_limit_hours"]
     h = [s[k] for k in order]
     assert h == sorted(h, reverse=True) and h[-1] == pytest.approx(rep["selected_hours"], abs=1e-9)
     names_order = ["languages" if "languages" in kw else "eligible_files", "min_speech_ratio", "caps",

@@ -1,14 +1,18 @@
 """prepare-audio: decode each selected MP3 once into 16 kHz WebDataset shards plus MFCC features.
 
 Unit of work: one source tar. For each tar (only the tars `chunks.parquet` names) the stage reads
-the wanted members, decodes every file once (`ups.audio`), cuts its chunks, writes int16 PCM
-samples to `<audio_dir>/<split>/<tar:06d>-<k:03d>.tar` and the chunks' 50 Hz MFCC (`ups.mfcc`,
-computed from the stored int16 PCM, so features match the training input exactly) to
+the wanted members (`dataset.fetch: members`: only those, by ranged reads located by the member
+index, `ups/member_fetch.py`; `tars`: the whole tar through the tar cache), decodes every file
+once (`ups.audio`), cuts its chunks, writes int16 PCM samples to
+`<audio_dir>/<split>/<tar:06d>-<k:03d>.tar` and the chunks' 50 Hz MFCC (`ups.mfcc`, computed from
+the stored int16 PCM, so features match the training input exactly) to
 `<features_dir>/<split>/<tar:06d>.{feats,chunk_ids,offsets}.npy`, then records the tar in
 `<audio_dir>/_done/<tar:06d>.done.json` (last). The marker holds a fingerprint of the tar's rows
 and of the parameters that shape the output; a tar is skipped on restart only when its marker
 exists with the same fingerprint, so a killed run resumes where it stopped and a changed selection
-redoes exactly the tars it touches.
+redoes exactly the tars it touches. For the hub the fingerprint and the marker also hold the
+dataset commit (`revision`), read once from fetch-meta's record (`ups.dataset.pinned_config`):
+a marker written under another commit is not trusted, and no process resolves a branch again.
 
 Parallelism: tars are split over torchrun ranks and Slurm array tasks (`ups.work_share`: gloo
 barrier at the end for torchrun) and, within a rank, over `prepare_audio.workers` spawned processes.
@@ -75,6 +79,7 @@ class TarJob:
     dataset: DatasetConfig
     audio_dir: str
     features_dir: str
+    members_dir: str | None = None  # index-members' output (dataset.fetch: members)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,13 +107,21 @@ def read_chunks(path: Path) -> dict[int, tuple[ChunkRow, ...]]:
     return {t: tuple(rows) for t, rows in sorted(by_tar.items())}
 
 
-def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, mfcc: MfccParams) -> str:
-    """What a tar's outputs depend on: its rows, the shaping parameters, the format version."""
+def fingerprint(tar: int, rows: tuple[ChunkRow, ...], cfg: PrepareAudioConfig, mfcc: MfccParams,
+                revision: str | None = None) -> str:
+    """What a tar's outputs depend on: its rows, the shaping parameters, the format version, and
+    for the hub the dataset commit the tar is read at."""
     shaping = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    body = orjson.dumps({"tar": tar, "rows": [asdict(r) for r in rows], "cfg": shaping,
-                         "mfcc": asdict(mfcc), "version": FORMAT_VERSION},
-                        option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(body).hexdigest()
+    fields: dict[str, Any] = {"tar": tar, "rows": [asdict(r) for r in rows], "cfg": shaping,
+                              "mfcc": asdict(mfcc), "version": FORMAT_VERSION}
+    if revision is not None:
+        fields["revision"] = revision
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def dataset_revision(dataset: DatasetConfig) -> str | None:
+    """The commit a hub run reads (after `pinned_config`); None for a local mirror."""
+    return dataset.revision if dataset.source == "hub" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +211,9 @@ def process_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
     from ups.audio import MARGIN_S, CorruptAudio, decode_mono_16k, from_int16, to_int16
     from ups.dataset import open_dataset
+    from ups.member_fetch import open_members
     from ups.mfcc import hubert_mfcc
     from ups.shards import ShardWriter
-    from ups.tar_reader import iter_members
 
     skips = Skips(STAGE)
     tag = f"{job.tar:06d}"
@@ -218,9 +231,13 @@ def process_tar(job: TarJob) -> dict[str, Any]:
     decoded_s = 0.0
     seen: set[str] = set()
     ds = open_dataset(job.dataset)
+    member_bytes = 0
     try:
-        with ds.tar(job.tar) as tar_file:
-            for member in iter_members(tar_file, skips, wanted=set(by_key)):
+        with open_members(ds, job.tar, skips, set(by_key), fetch=job.dataset.fetch,
+                          members_dir=Path(job.members_dir) if job.members_dir else None,
+                          ahead=job.dataset.download_workers) as members:
+            for member in members:
+                member_bytes += len(member.data)
                 if member.key in seen:
                     skips.add("duplicate_member", f"{tag}/{member.name}")
                     continue
@@ -286,7 +303,13 @@ def process_tar(job: TarJob) -> dict[str, Any]:
             n_frames = 0
         splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
                      "hours": round(seconds[s] / 3600, 6)}
+    if ds.stats.requests:
+        log.info("%s: tar %s: %.1f MB in %d request(s) (dataset.fetch: %s)", STAGE, tag,
+                 ds.stats.bytes / 1e6, ds.stats.requests, job.dataset.fetch)
+    # bytes both ways (the same whichever way the tar was read, so markers do not depend on it)
+    fetch_bytes = {"members": member_bytes, "tar": ds.tar_size(job.tar)}
     info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
+            "revision": dataset_revision(job.dataset), "bytes": fetch_bytes,
             "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict(),
             "lost_hours": {k: round(v / 3600, 9) for k, v in sorted(lost_s.items())}}
     mark_done(audio_dir / DONE_DIR, tag, info)
@@ -378,7 +401,13 @@ class Prefetcher:
 
 
 def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, chunks: Path,
-        audio_dir: Path, features_dir: Path, report: Path) -> dict[str, Any]:
+        audio_dir: Path, features_dir: Path, report: Path,
+        fetch_meta: Path = Path("data/meta/fetch_meta.json"),
+        members_dir: Path | None = None) -> dict[str, Any]:
+    from ups.dataset import pinned_config
+
+    dataset = pinned_config(dataset, fetch_meta)  # one commit for every process of the run
+    revision = dataset_revision(dataset)
     share = work_share(os.environ)
     by_tar = read_chunks(chunks)
     tars = list(by_tar)
@@ -389,18 +418,20 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
 
     jobs: list[TarJob] = []
     for t in mine:
-        fp = fingerprint(t, by_tar[t], cfg, mfcc)
+        fp = fingerprint(t, by_tar[t], cfg, mfcc, revision)
         done = read_done(audio_dir / DONE_DIR, f"{t:06d}")
         if done is not None and done.get("fingerprint") == fp:
             continue
-        jobs.append(TarJob(t, by_tar[t], fp, cfg, mfcc, dataset, str(audio_dir), str(features_dir)))
+        jobs.append(TarJob(t, by_tar[t], fp, cfg, mfcc, dataset, str(audio_dir), str(features_dir),
+                           str(members_dir) if members_dir else None))
     log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(jobs), len(jobs))
 
     if jobs:
         from ups.dataset import open_dataset
 
-        ahead = Prefetcher(open_dataset(dataset), [j.tar for j in jobs],
-                           dataset.download_workers + cfg.workers)
+        # whole tars are prefetched; member fetches happen in the workers, `ahead` members at a time
+        ahead = Prefetcher(open_dataset(dataset), [j.tar for j in jobs] if dataset.fetch == "tars"
+                           else [], dataset.download_workers + cfg.workers)
         with ahead, bar(desc=STAGE, unit="tar", total=len(jobs)) as pbar:
             if cfg.workers == 1 or len(jobs) == 1:
                 for job in jobs:
@@ -417,7 +448,7 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
         pg.barrier()
     summary: dict[str, Any] = {}
     if share.finishes:
-        summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report)
+        summary = _finish(cfg, mfcc, tars, by_tar, audio_dir, features_dir, report, revision)
     elif share.in_array and share.group_rank == 0:
         log.info("%s: %s done; the stage's command run once after the array writes the report", STAGE,
                  share.describe())
@@ -429,11 +460,11 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
 
 def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
             by_tar: dict[int, tuple[ChunkRow, ...]], audio_dir: Path, features_dir: Path,
-            report: Path) -> dict[str, Any]:
+            report: Path, revision: str | None = None) -> dict[str, Any]:
     markers: dict[int, dict[str, Any]] = {}
     for t in tars:
         m = read_done(audio_dir / DONE_DIR, f"{t:06d}")
-        if m is None or m.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc):
+        if m is None or m.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc, revision):
             raise RuntimeError(f"{STAGE}: tar {t:06d} has no valid completion marker after the run")
         markers[t] = m
     keep_audio, keep_feats = _expected_files(markers)
@@ -444,7 +475,10 @@ def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
     totals: dict[str, dict[str, float]] = {s: {"n_chunks": 0, "n_shards": 0, "n_frames": 0, "hours": 0.0}
                                            for s in SPLITS}
     decoded_h = 0.0
+    fetch_bytes = {"members": 0, "tar": 0}
     for m in markers.values():
+        for k in fetch_bytes:
+            fetch_bytes[k] += int(m.get("bytes", {}).get(k, 0))
         other = Skips(STAGE)
         other.counts.update(m["skipped"]["counts"])
         other.examples = {k: list(v) for k, v in m["skipped"]["examples"].items()}
@@ -463,6 +497,7 @@ def _finish(cfg: PrepareAudioConfig, mfcc: MfccParams, tars: list[int],
     hours = hours_accounting(by_tar, totals, markers)
     fields = {"n_tars": len(tars), "n_chunks_selected": n_selected, "n_chunks_written": n_written,
               "splits": totals, "decoded_hours": round(decoded_h, 6), **hours,
+              "download_bytes": {"members": fetch_bytes["members"], "tars": fetch_bytes["tar"]},
               "mfcc": asdict(mfcc), "feature_dim": 3 * mfcc.num_ceps}
     write_report(report, stage=STAGE, config=cfg, skips=skips, **fields)
     log.info("%s: wrote %d of %d chunks, %.4f of %.4f h selected (%s); not written: %s", STAGE,

@@ -16,6 +16,10 @@ Memory: only tar, key, duration and speech of files.parquet are loaded whole. Ca
 caps are computed per batch of whole tars (segment lists read from the row groups that hold
 them) and reduced to a tars x languages hours matrix; after the tar choice the candidates are
 rebuilt for the chosen tars only. files.parquet must be sorted by tar, as index-vad writes it.
+
+With `fetch="members"` (dataset.fetch) the tar choice is replaced by a download budget
+(select.max_download_gb, files estimated at select.mp3_bytes_per_second): ups/member_selection.py.
+The report gives the bytes to fetch both ways (`download.members`, `download.tars`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ups import member_selection as msel
 from ups import selection as sel
 from ups.atomic import atomic_dir
 from ups.config import SelectConfig
@@ -145,15 +150,19 @@ def _eligibility(lang: np.ndarray, speech_s: np.ndarray, table: dict[str, float]
     return reasons
 
 
-def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_candidates: int,
-              n_chosen_tars: int, max_file: int, max_tar: int, filtered_h: float) -> dict | None:
+def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_chosen_tars: int,
+              max_file: int, max_tar: int, filtered_h: float, fetch: str = "tars",
+              budget_scale: float = 1.0) -> dict | None:
     """None when the target is reached (within 1 %); else the hours left after each limit, in
-    the order they apply, and the first one below the target (`binding`), named with numbers."""
+    the order they apply, and the first one below the target (`binding`), named with numbers.
+    The last limit is `max_tars` for whole-tar downloads, `max_download_gb` for members."""
     if abs(selected_h - cfg.hours) <= 0.01 * cfg.hours:
         return None
+    n_candidates = int(round(hours["candidate_hours"] / (cfg.chunk_seconds / 3600.0)))
+    download_limit = "max_download_gb" if fetch == "members" else "max_tars"
     order = [("languages" if filtered_h > 0 else "eligible_files", "eligible_hours"),
              ("min_speech_ratio", "candidate_hours"), ("caps", "after_caps_hours"),
-             ("max_tars", "in_chosen_tars_hours")]
+             (download_limit, "within_download_limit_hours")]
     binding = next((name for name, key in order if hours[key] < cfg.hours * 0.99), order[-1][0])
     whole = f"whole {cfg.chunk_seconds:g} s chunks"
     why = {
@@ -167,14 +176,48 @@ def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_c
                 f"(max_file_fraction {cfg.max_file_fraction:g}) and {max_tar} per tar "
                 f"(max_tar_fraction {cfg.max_tar_fraction:g})",
         "max_tars": f"max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
-                    f"{hours['in_chosen_tars_hours']:.3f} h of capped candidates",
+                    f"{hours['within_download_limit_hours']:.3f} h of capped candidates",
+        "max_download_gb": f"max_download_gb {cfg.max_download_gb:g}: the files that fit it give every "
+                           f"language {100 * budget_scale:.1f} % of its hours "
+                           f"({hours['within_download_limit_hours']:.3f} h of capped candidates)",
     }[binding]
     return {"binding": binding, "target_hours": cfg.hours, "selected_hours": selected_h,
             "language_filter_excluded_speech_hours": filtered_h, **hours,
             "reason": f"{selected_h:.3f} h selected of {cfg.hours:g} h asked: {why}"}
 
 
-def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
+def _member_pick(segs: _SegmentReader, elig_idx: np.ndarray, file_count: np.ndarray,
+                 lang_num: np.ndarray, file_bytes: np.ndarray, duration_s: np.ndarray,
+                 density: np.ndarray, tar: np.ndarray, shares: np.ndarray, avail_h: np.ndarray,
+                 cfg: SelectConfig, max_file: int, max_tar: int, n_langs: int) -> dict:
+    """Steps 4-5 for dataset.fetch members: chosen files within select.max_download_gb, then
+    their candidates (from whole tars, so the caps are those of the first pass) and the pick."""
+    chunk_h = cfg.chunk_seconds / 3600.0
+    tie = sel.tie_break(np.arange(len(file_count)), np.zeros(len(file_count)), cfg.chunk_seconds,
+                        cfg.seed)
+    lay = msel.layout(lang_num, file_count, file_bytes, density, tie, n_langs)
+    choice = msel.fit_budget(lay, shares, avail_h, cfg.hours, chunk_h, cfg.max_download_gb * 1e9)
+    if choice.scale < 1.0:
+        log.warning("select: the files for %.2f h would exceed select.max_download_gb=%g; taking "
+                    "%.1f %% of the hours in every language", cfg.hours, cfg.max_download_gb,
+                    100 * choice.scale)
+    rank = np.full(len(file_count), -1, dtype=np.int64)
+    rank[choice.files] = choice.rank
+    in_tars = elig_idx[np.isin(tar[elig_idx], np.unique(tar[choice.files]))]
+    parts = []
+    for ids in _tar_batches(in_tars, tar):
+        f, st, r, sc, _ = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
+        keep = rank[f] >= 0
+        parts.append((f[keep], st[keep], r[keep], sc[keep]))
+    cf, cs, cr, sc = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
+                      for i in range(4))
+    cf = cf.astype(np.int64)
+    pick = msel.pick(lang_num[cf], rank[cf], sc, choice.n_chunks)
+    return {"cf": cf, "cs": cs, "cr": cr, "pick": pick, "scale": choice.scale,
+            "bytes": choice.bytes}
+
+
+def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path, fetch: str = "tars") -> dict:
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     files_path = index_dir / "vad" / "files.parquet"
@@ -217,39 +260,56 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     tar_rows = np.unique(tar[elig_idx])
     avail = np.zeros((len(tar_rows), len(languages)))
     n_candidates = n_after_caps = 0
+    file_count = np.zeros(len(files), dtype=np.int64)  # capped candidates per file (fetch: members)
     for ids in _tar_batches(elig_idx, tar):
         c = _capped_candidates(segs, ids, duration_s, density, tar, cfg, max_file, max_tar)
         n_candidates += c[4]
         n_after_caps += len(c[0])
         np.add.at(avail, (np.searchsorted(tar_rows, tar[c[0]]), lang_num[c[0]]), chunk_h)
+        u, n = np.unique(c[0], return_counts=True)
+        file_count[u] += n
 
     # 3. temperature shares and quotas over all tars
     n_l = np.array([table.get(x, 0.0) for x in languages])
     shares = sel.temperature_shares(n_l, cfg.alpha)
     quota_all = sel.water_fill(shares, avail.sum(axis=0), cfg.hours)
 
-    # 4. tars, then the candidates of the chosen tars only
-    tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
-    tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
-    chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
-                             tolerance=0.005 * cfg.hours)
-    avail_chosen = avail[chosen].sum(axis=0)
-    quota = sel.water_fill(shares, avail_chosen, cfg.hours)
-    in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
-    cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
-                                           max_file, max_tar)
-    cl = lang_num[cf]
+    file_bytes = duration_s * cfg.mp3_bytes_per_second  # estimated member size of every file
+    budget = None
+    if fetch == "members":
+        # 4-5 on a download budget: files by usable chunks per byte, quotas over all tars
+        # (ups/member_selection.py); candidates rebuilt for the chosen files' tars only
+        budget = _member_pick(segs, elig_idx, file_count, lang_num, file_bytes, duration_s, density,
+                              tar, shares, avail.sum(axis=0), cfg, max_file, max_tar, len(languages))
+        cf, cs, cr, pick = budget["cf"], budget["cs"], budget["cr"], budget["pick"]
+        n_chosen_tars = int(len(np.unique(tar[cf])))
+        # what the budget lets through: all of it, or (bound) exactly what was picked
+        within_limit_h = float(avail.sum()) if budget["scale"] >= 1.0 else float(pick.sum() * chunk_h)
+    else:
+        # 4. tars, then the candidates of the chosen tars only
+        tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
+        tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
+        chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
+                                 tolerance=0.005 * cfg.hours)
+        avail_chosen = avail[chosen].sum(axis=0)
+        quota = sel.water_fill(shares, avail_chosen, cfg.hours)
+        in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
+        cf, cs, cr, sc, _ = _capped_candidates(segs, in_tars, duration_s, density, tar, cfg,
+                                               max_file, max_tar)
+        cl = lang_num[cf]
 
-    # 5. chunks per language (largest remainder), best-scored first
-    cap = np.round(avail_chosen / chunk_h).astype(np.int64)
-    target_chunks = int(round(cfg.hours / chunk_h))
-    n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
-    pick = np.zeros(len(cf), dtype=bool)
-    for k in range(len(languages)):
-        rows = np.flatnonzero(cl == k)
-        if n_chunks[k] and len(rows):
-            best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
-            pick[best] = True
+        # 5. chunks per language (largest remainder), best-scored first
+        cap = np.round(avail_chosen / chunk_h).astype(np.int64)
+        target_chunks = int(round(cfg.hours / chunk_h))
+        n_chunks = sel.largest_remainder(quota / chunk_h, target_chunks, cap)
+        pick = np.zeros(len(cf), dtype=bool)
+        for k in range(len(languages)):
+            rows = np.flatnonzero(cl == k)
+            if n_chunks[k] and len(rows):
+                best = rows[np.argsort(-sc[rows], kind="stable")[:n_chunks[k]]]
+                pick[best] = True
+        n_chosen_tars = len(chosen)
+        within_limit_h = float(avail_chosen.sum())
     pf, ps, pr = cf[pick], cs[pick], cr[pick]
     plang = lang[pf]
 
@@ -271,6 +331,8 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     out = out.add_column(0, "chunk_id", pa.array(np.arange(len(out), dtype=np.int64))).cast(CHUNKS_SCHEMA)
 
     sel_tars = np.unique(tar[pf])
+    sel_files = np.unique(pf)
+    member_bytes = float(file_bytes[sel_files].sum())
     tar_dur = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["duration_s"].to_pylist(), strict=True))
     dl_seconds = float(sum(tar_dur.get(int(t), 0.0) for t in sel_tars))
     hours_sel = len(pf) * chunk_h
@@ -287,8 +349,9 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
     limits = {"eligible_hours": float(whole_chunks.sum() / 3600),
               "eligible_speech_hours": float(speech_s[eligible].sum() / 3600),
               "candidate_hours": n_candidates * chunk_h, "after_caps_hours": n_after_caps * chunk_h,
-              "in_chosen_tars_hours": float(avail_chosen.sum())}
-    short = shortfall(cfg, hours_sel, limits, n_candidates, len(chosen), max_file, max_tar, filtered_h)
+              "within_download_limit_hours": within_limit_h}
+    short = shortfall(cfg, hours_sel, limits, n_chosen_tars, max_file, max_tar, filtered_h, fetch,
+                      budget["scale"] if budget is not None else 1.0)
     if short is not None:
         log.warning("select: %s", short["reason"])
     with atomic_dir(out_dir) as tmp:
@@ -306,6 +369,18 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path) -> dict:
             n_tars=int(len(sel_tars)), tars=[int(t) for t in sel_tars],
             download_audio_hours=dl_seconds / 3600,
             download_bytes_estimate=int(dl_seconds * cfg.mp3_bytes_per_second),
+            download={
+                "fetch": fetch,
+                "members": {"bytes_estimate": int(member_bytes), "n_files": int(len(sel_files)),
+                            "n_tars": int(len(sel_tars)),
+                            "audio_hours": float(duration_s[sel_files].sum() / 3600)},
+                "tars": {"bytes_estimate": int(dl_seconds * cfg.mp3_bytes_per_second),
+                         "n_tars": int(len(sel_tars)), "audio_hours": dl_seconds / 3600},
+                "limit": ({"max_download_gb": cfg.max_download_gb,
+                           "budget_bound": bool(budget["scale"] < 1.0),
+                           "hours_scale": float(budget["scale"])} if budget is not None
+                          else {"max_tars": cfg.max_tars}),
+            },
             n_candidates=n_candidates, n_candidates_after_caps=int(n_after_caps),
             max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
             languages_chosen=languages, languages=per_lang,

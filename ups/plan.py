@@ -1,0 +1,280 @@
+"""`make plan HOURS=N` / `ups plan --hours N`: what a run will download, the disk each stage will
+need and how long it will take, before any audio is fetched.
+
+It sets `select.hours` in params.yaml (what `make train HOURS=N`, a `dvc exp run -S`, does too),
+runs `dvc repro` up to the selection (fetch-meta, the indices, select: metadata only) and reads
+what those stages wrote. The download is given both ways: whole tars (their sizes from the
+source's metadata: the hub's paths-info, or stat on a mirror) and member by member (select's
+estimate from file durations, or the exact member sizes when index-members has indexed this
+selection). Outputs not made yet are estimated from their formats (16 kHz int16 PCM, 50 Hz
+float32 MFCC, 50 Hz int16 labels); times from the recorded benchmarks in bench/results/*.json,
+which were measured on this project's 2-core machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ups.frames import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+GB = 1e9
+FRAME_RATE = 50  # HuBERT frames (and labels, features) per second of audio
+PCM_BYTES_PER_S = SAMPLE_RATE * 2  # int16 mono
+MODEL_PARAMS = {"facebook/hubert-base-ls960": 94.4e6, "facebook/hubert-large-ll60k": 316.6e6}
+REPRO_TARGETS = ("select",)
+BENCH_DIRS = (Path(__file__).resolve().parents[1] / "bench" / "results",)
+
+
+class PlanError(RuntimeError):
+    """The plan cannot be made (a stage failed, a parameter is missing)."""
+
+
+# --------------------------------------------------------------------------------------------
+# params.yaml: one scalar set in place, comments kept
+# --------------------------------------------------------------------------------------------
+
+def set_param(path: Path, section: str, key: str, value: float | int | str) -> bool:
+    """Set `section.key` to `value` in a params.yaml, editing that one line (comments and layout
+    stay). Returns True when the file changed. Raises PlanError when the key is not there."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    in_section = False
+    pattern = re.compile(rf"^(\s+{re.escape(key)}:\s*)([^#\n]*?)(\s*#.*)?(\n?)$")
+    for i, line in enumerate(lines):
+        if re.match(r"^\S", line) and not line.startswith("#"):
+            in_section = line.split(":", 1)[0].strip() == section
+            continue
+        if in_section and (m := pattern.match(line)):
+            old = m.group(2).strip()
+            new = repr(value) if isinstance(value, float) else str(value)
+            if old == new or _same_number(old, value):
+                return False
+            comment = (m.group(3) or "").lstrip()
+            if comment:  # keep the comment's column where the new value leaves room
+                col = len(line.rstrip("\n")) - len(comment)
+                new += " " * max(1, col - len(m.group(1)) - len(new)) + comment
+            lines[i] = m.group(1) + new + m.group(4)
+            path.write_text("".join(lines), encoding="utf-8")
+            return True
+    raise PlanError(f"{path} has no {section}.{key} to set")
+
+
+def _same_number(text: str, value: float | int | str) -> bool:
+    try:
+        return float(text) == float(value)
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _bench(name: str, project: Path) -> dict[str, Any] | None:
+    for d in (project / "bench" / "results", *BENCH_DIRS):
+        if (data := _read(d / f"{name}.json")) is not None:
+            return data
+    return None
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _decoded_seconds(chunks: Path) -> float:
+    """Audio prepare-audio decodes: each chosen file up to the end of its last chunk."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(chunks, columns=["tar", "key", "end_s"])
+    if t.num_rows == 0:
+        return 0.0
+    g = t.group_by(["tar", "key"]).aggregate([("end_s", "max")])
+    return float(pc.sum(g["end_s_max"]).as_py())
+
+
+def _members_download(project: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Member-by-member bytes of this selection: index-members' exact figure when it indexed
+    this very chunks.parquet, else select's estimate (file durations x mp3_bytes_per_second)."""
+    import hashlib
+
+    est = report["download"]["members"]
+    out = {"n_tars": int(est["n_tars"]), "n_members": int(est["n_files"]),
+           "bytes": int(est["bytes_estimate"]), "how": "estimate (select.mp3_bytes_per_second)"}
+    idx = _read(project / "data" / "index" / "members" / "report.json")
+    chunks = project / "data" / "select" / "chunks.parquet"
+    if idx is not None and idx.get("chunks_sha256") == hashlib.sha256(chunks.read_bytes()).hexdigest():
+        m = idx["download"]["members"]
+        out.update(n_members=int(m["n_members"]), bytes=int(m["bytes"]), how="exact (index-members)")
+    return out
+
+
+def _header_walk_requests(project: Path, tars: list[int]) -> int:
+    """About one ranged read per file of each chosen tar (the VAD index counts them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = project / "data" / "index" / "vad" / "tars.parquet"
+    if not tars or not path.is_file():
+        return 0
+    t = pq.read_table(path, columns=["tar", "n_files"])
+    keep = pc.is_in(t["tar"], value_set=pa.array(tars, t["tar"].type))
+    return int(pc.sum(t.filter(keep)["n_files"]).as_py() or 0) + len(tars)
+
+
+def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
+          latency_s: float = 0.05) -> dict[str, Any]:
+    """The plan as numbers, from the outputs of the stages up to select (already run)."""
+    from ups.config import DatasetConfig, from_dict
+    from ups.dataset import open_dataset, pinned_config
+
+    meta_dir, select_dir = project / "data" / "meta", project / "data" / "select"
+    report = _read(select_dir / "report.json")
+    fetch_meta = _read(meta_dir / "fetch_meta.json")
+    if report is None or fetch_meta is None:
+        raise PlanError(f"no selection report under {select_dir} (or no {meta_dir}/fetch_meta.json)")
+    tars = [int(t) for t in report["tars"]]
+    ds_cfg = pinned_config(from_dict(DatasetConfig, params["dataset"], "dataset"),
+                           meta_dir / "fetch_meta.json")
+    tar_sizes = open_dataset(ds_cfg).tar_sizes(tars) if tars else {}
+    hours = float(report["selected_hours"])
+    audio_s = hours * 3600
+    decoded_s = _decoded_seconds(select_dir / "chunks.parquet")
+    feat_dim = 3 * int(params["features"]["mfcc"]["num_ceps"])
+    n_params = MODEL_PARAMS.get(str(params["train"]["init"]))
+    tar_bytes = sum(tar_sizes.values())
+    budget = float(params["dataset"]["cache_budget_gb"]) * GB
+    fetch = str(params["dataset"].get("fetch", "members"))
+    download = {"tars": {"n_tars": len(tars), "bytes": tar_bytes, "how": "exact (tar sizes)"},
+                "members": _members_download(project, report)}
+    fetched = download[fetch]["bytes"]
+    walk = _header_walk_requests(project, tars) if fetch == "members" else 0
+    workers = int(params["dataset"]["download_workers"])
+    disk = {
+        "fetch-meta": {"bytes": _tree_bytes(meta_dir), "how": "measured"},
+        "index-vad": {"bytes": _tree_bytes(project / "data/index/vad"), "how": "measured"},
+        "index-lang": {"bytes": _tree_bytes(project / "data/index/lang"), "how": "measured"},
+        "select": {"bytes": _tree_bytes(select_dir), "how": "measured"},
+        "tar cache (prepare-audio)": (
+            {"bytes": int(min(tar_bytes, budget)),
+             "how": f"the chosen tars, at most dataset.cache_budget_gb={budget / GB:g}; deleted LRU"}
+            if fetch == "tars" else
+            {"bytes": 0, "how": f"none: members are held in memory, {workers} at a time per worker "
+                                "(a damaged tar is fetched whole)"}),
+        "prepare-audio": {"bytes": int(audio_s * (PCM_BYTES_PER_S + FRAME_RATE * feat_dim * 4)),
+                          "how": "16 kHz int16 shards + 50 Hz float32 MFCC"},
+        "assign-labels": {"bytes": int(audio_s * FRAME_RATE * 2), "how": "50 Hz int16 labels"},
+        "train": {"bytes": None if n_params is None else int(n_params * 4 * 4),
+                  "how": "model export + state (weights, 2 AdamW moments), fp32"
+                  if n_params else f"train.init {params['train']['init']!r}: size unknown"},
+    }
+    time_s: dict[str, dict[str, Any]] = {}
+    if fetch == "members":
+        from ups.stages.index_members import WALKS_PER_WORKER
+
+        walks = WALKS_PER_WORKER * workers
+        time_s["index-members"] = {
+            "s": walk * latency_s / walks,
+            "how": f"~{walk} header reads (one per file of the chosen tars), {latency_s * 1e3:g} ms "
+                   f"each (--latency-ms), {walks} tars at a time"}
+    time_s["download"] = {"s": fetched / (mb_per_s * 1e6) if mb_per_s > 0 else None,
+                          "how": f"{fetched / GB:.1f} GB ({fetch}) at {mb_per_s:g} MB/s (--mb-per-s)"}
+    workers = int(params["prepare_audio"]["workers"])
+    if (pa := _bench("prepare_audio", project)) is not None:
+        x = float(pa["end_to_end"]["workers_1"]["x_real_time_per_core_wall"])
+        time_s["prepare-audio"] = {"s": decoded_s / (x * workers),
+                                   "how": f"{decoded_s / 3600:.1f} h decoded at {x:.0f}x real time "
+                                          f"per worker, {workers} worker(s)"}
+    if (km := _bench("kmeans", project)) is not None:
+        frames = min(float(params["kmeans"]["sample_hours"]), hours) * 3600 * FRAME_RATE
+        per_frame = km["fit"]["seconds"] / km["frames"]
+        time_s["fit-kmeans"] = {"s": frames * per_frame,
+                                "how": f"{frames / 1e6:.1f} M frames at the bench's "
+                                       f"{km['frames'] / km['fit']['seconds'] / 1e6:.2f} M frames/s"}
+        fps = km["assign"]["k100_threads1"]["frames_per_s_per_core"]
+        time_s["assign-labels"] = {"s": audio_s * FRAME_RATE / fps,
+                                   "how": f"{audio_s * FRAME_RATE / 1e6:.1f} M frames at "
+                                          f"{fps / 1e6:.2f} M frames/s (k=100, one core)"}
+    time_s["train"] = {"s": None, "how": "no GPU benchmark recorded yet "
+                                         "(python -m bench.train --device cuda --model base)"}
+    return {
+        "select_hours": float(params["select"]["hours"]), "selected_hours": hours,
+        "target_reached": bool(report.get("target_reached_within_1pct")),
+        "n_chunks": int(report["n_chunks"]), "decoded_hours": decoded_s / 3600,
+        "fetch": fetch, "download": download,
+        "disk": disk, "time": time_s, "source": ds_cfg.source,
+    }
+
+
+def _gb(n: float | None) -> str:
+    return "?" if n is None else f"{n / GB:.2f} GB" if n >= 1e7 else f"{n / 1e6:.2f} MB"
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "?"
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    reached = ("target reached" if plan["target_reached"]
+               else "SHORT of the target (see data/select/report.json)")
+    out = [f"Plan for select.hours={plan['select_hours']:g}: {plan['selected_hours']:.2f} h in "
+           f"{plan['n_chunks']} chunks, {reached}",
+           f"Source audio decoded: {plan['decoded_hours']:.1f} h", "", "Download:"]
+    for strategy, d in plan["download"].items():
+        mark = "  <- dataset.fetch" if strategy == plan["fetch"] else ""
+        what = (f"{d['n_tars']} tars" if strategy == "tars"
+                else f"{d['n_members']} members of {d['n_tars']} tars")
+        out.append(f"  {strategy:<8} {what}, {_gb(d['bytes'])}, {d['how']}{mark}")
+    out += ["", "Disk per stage:"]
+    out += [f"  {k:<26} {_gb(v['bytes']):>10}  {v['how']}" for k, v in plan["disk"].items()]
+    total = sum(v["bytes"] or 0 for v in plan["disk"].values())
+    out.append(f"  {'total':<26} {_gb(total):>10}  (the DVC cache holds outputs again unless it links)")
+    out += ["", "Time (bench/results, a 2-core machine without GPU):"]
+    out += [f"  {k:<26} {_dur(v['s']):>10}  {v['how']}" for k, v in plan["time"].items()]
+    out += ["", "Nothing has been downloaded. `make train HOURS=...` with the same hours starts it."]
+    return "\n".join(out)
+
+
+def run(project: Path, hours: float, *, params_path: Path, mb_per_s: float, repro: bool = True,
+        as_json: bool = False, latency_ms: float = 50.0) -> int:
+    import yaml
+
+    if hours <= 0:
+        raise PlanError(f"HOURS must be > 0, got {hours:g}")
+    if set_param(params_path, "select", "hours", float(hours)):
+        log.info("plan: select.hours set to %g in %s (as `dvc exp run -S` does)", hours, params_path)
+    if repro:
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        res = subprocess.run([sys.executable, "-m", "dvc", "repro", *REPRO_TARGETS], cwd=project,
+                             env=env)
+        if res.returncode != 0:
+            raise PlanError(f"dvc repro {' '.join(REPRO_TARGETS)} failed (exit {res.returncode})")
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    plan = build(project, params, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3)
+    if as_json:
+        sys.stdout.write(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_plan(plan))
+    return 0
