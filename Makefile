@@ -13,6 +13,8 @@ SETUPTOOLS_VERSION := 84.2.1
 
 HOURS  ?= 100
 GPUS   ?= 1
+ARGS   ?=
+MSG    ?= ups: save the last run (dvc.lock, params, metrics)
 # make train NODES=N (> 1) prints the per-node commands; RDZV is the first node's host:port.
 NODES  ?= 1
 RDZV   ?= $(shell hostname):29500
@@ -34,12 +36,33 @@ DOCKER_ENV  := HF_TOKEN HF_ENDPOINT HF_HUB_OFFLINE UPS_RDZV_ENDPOINT UPS_RDZV_ID
                GLOO_SOCKET_IFNAME
 
 export DVC_NO_ANALYTICS := 1
-# dvc.yaml runs `python -m ups ...`: that must be the venv's python.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# dvc.yaml runs `python -m ups ...`: that must be the venv's python (VENV relative or absolute).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup test test-cluster stress demo plan train iterate repro push pull lint bench gpu-check report du \
-        docker-build docker-train clean
+# `dvc exp run` (train, iterate) and `make save` make git commits. Where git config lacks user.name or user.email
+# they would stop ("Git user name and email must be configured"), so then each of the author and
+# committer name and email comes from the environment (GIT_AUTHOR_NAME, ...), else git config, else
+# this fallback. With both set in git config nothing is added. Evaluated per use.
+FALLBACK_GIT_NAME  := ups
+FALLBACK_GIT_EMAIL := ups@localhost.invalid
+GIT_CFG_NAME  = $(shell git config user.name 2>/dev/null)
+GIT_CFG_EMAIL = $(shell git config user.email 2>/dev/null)
+GIT_ID_ENV = $(if $(and $(GIT_CFG_NAME),$(GIT_CFG_EMAIL)),,\
+  GIT_AUTHOR_NAME='$(or $(GIT_AUTHOR_NAME),$(GIT_CFG_NAME),$(FALLBACK_GIT_NAME))' \
+  GIT_AUTHOR_EMAIL='$(or $(GIT_AUTHOR_EMAIL),$(GIT_CFG_EMAIL),$(FALLBACK_GIT_EMAIL))' \
+  GIT_COMMITTER_NAME='$(or $(GIT_COMMITTER_NAME),$(GIT_CFG_NAME),$(FALLBACK_GIT_NAME))' \
+  GIT_COMMITTER_EMAIL='$(or $(GIT_COMMITTER_EMAIL),$(GIT_CFG_EMAIL),$(FALLBACK_GIT_EMAIL))')
+# What `make save` commits: the lock, the params, the metrics and plots DVC keeps in git, and
+# the .gitignore files DVC writes beside its outputs (the outputs themselves are in the cache).
+SAVE_PATHS := dvc.yaml dvc.lock params.yaml dvclive reports/evaluate/metrics.json \
+              reports/evaluate/probe_layers.csv
+# `make exps`: the parameters that tell runs apart and the metrics that say which one helped, as
+# a Markdown table (complete at any terminal width; DVC's own table elides columns past 80).
+EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(kind|layer)|valid\.(loss|acc_masked)|probe\.(init|continued)\.best_accuracy)$$
+
+.PHONY: help setup test test-cluster stress demo plan train exps save iterate repro push pull lint bench \
+        gpu-check report du docker-build docker-train clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
@@ -77,16 +100,24 @@ demo: $(STAMP) ## Whole pipeline on the bundled sample corpus, CPU, minutes (run
 plan: $(STAMP) ## Before a real run: make plan HOURS=100 (download, disk, time; no audio fetched)
 	$(VENV)/bin/ups plan --hours $(HOURS)
 
-train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 (dvc exp run with those params); NODES=N prints per-node commands
+train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run); NODES=N prints per-node commands
 ifeq ($(NODES),1)
-	$(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS)
+	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
 else
 	@$(PY) -m ups.cluster plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
 endif
 
+exps: $(STAMP) ## Compare runs: dvc exp show, hours/clusters/features and key metrics only
+	@$(DVC) exp show --no-pager --md --precision 3 --drop '.*' --keep '$(EXPS_KEEP)'
+
+save: ## Commit the last run to git (dvc.lock, params, metrics) so a clone can pull it: MSG="..."
+	git add -- $(wildcard $(SAVE_PATHS)) '*.gitignore'
+	@if git diff --cached --quiet; then echo "nothing to save: dvc.lock and params.yaml are committed"; \
+	  else $(GIT_ID_ENV) git commit -q -m "$(MSG)" && git log -1 --format='saved as %h: %s'; fi
+
 # iterate: RUN_DIR (default: this repo), LAYER (default: features.layer), SET='key=value ...'
 iterate: $(STAMP) ## Next iteration: labels from the continued model's layer, train again (LAYER, SET)
-	$(VENV)/bin/ups iterate $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(LAYER),--layer $(LAYER)) \
+	$(GIT_ID_ENV) $(VENV)/bin/ups iterate $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(LAYER),--layer $(LAYER)) \
 	  $(foreach s,$(SET),--set '$(s)')
 
 repro: $(STAMP) ## dvc repro: rebuild only what changed
@@ -95,8 +126,9 @@ repro: $(STAMP) ## dvc repro: rebuild only what changed
 push: $(STAMP) ## dvc push: share artifacts through the DVC remote
 	$(DVC) push
 
-pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote
-	$(DVC) pull --allow-missing
+pull: $(STAMP) ## dvc pull: fetch artifacts from the DVC remote (an error if it lacks any)
+	$(VENV)/bin/ups remote-check
+	$(DVC) pull
 
 lint: $(STAMP) ## ruff and mypy on ups/
 	$(VENV)/bin/ruff check $(wildcard ups tests scripts bench)
@@ -128,7 +160,7 @@ docker-train: ## Train in the image (HOURS, GPUS; NODES=N: this node's share), m
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS))
+	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS))
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

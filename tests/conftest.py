@@ -56,3 +56,25 @@ def demo_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "ups", "demo", "--run-dir", str(run_dir)],
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     return run_dir, proc
+
+
+def corrupt_cache_objects(dvc_root: Path) -> list[str]:
+    """DVC cache objects whose bytes no longer hash to their name (written through a link)."""
+    import hashlib
+
+    bad = []
+    for obj in (dvc_root / ".dvc" / "cache" / "files" / "md5").glob("*/*"):
+        if obj.suffix == ".dir" or not obj.is_file():
+            continue
+        if hashlib.md5(obj.read_bytes()).hexdigest() != obj.parent.name + obj.name:  # noqa: S324
+            bad.append(str(obj.relative_to(dvc_root)))
+    return bad
+
+
+def linked_to_cache(dvc_root: Path, path: Path) -> bool:
+    """True when `path` is its DVC cache object: the same inode (hard link) or a symlink to it."""
+    import hashlib
+
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324
+    obj = dvc_root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return obj.is_file() and (path.resolve() == obj.resolve() or path.stat().st_ino == obj.stat().st_ino)

@@ -42,3 +42,18 @@ def test_markers_and_json(tmp_path):
     assert read_done(tmp_path, "000002") is None
     write_json(tmp_path / "x.json", {"b": 1, "a": [1, 2]})
     assert read_json(tmp_path / "x.json") == {"a": [1, 2], "b": 1}
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_files_get_the_mode_the_umask_allows(tmp_path, umask, mode):
+    """mkstemp's 0600 is not what an output should be: other users read what the umask allows."""
+    import stat
+    import subprocess
+    import sys
+
+    code = ("import sys; from ups.atomic import write_bytes, write_json; "
+            "write_bytes(sys.argv[1], b'x'); write_json(sys.argv[2], {'a': 1})")
+    a, b = tmp_path / "a.bin", tmp_path / "sub" / "b.json"
+    subprocess.run([sys.executable, "-c", code, str(a), str(b)], check=True, umask=umask, timeout=60)
+    assert stat.S_IMODE(a.stat().st_mode) == mode
+    assert stat.S_IMODE(b.stat().st_mode) == mode

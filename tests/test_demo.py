@@ -41,6 +41,20 @@ def test_prepare_is_idempotent_and_tracks_code_changes(tmp_path):
     assert (run_dir / "params.yaml").stat().st_mtime_ns == params_mtime  # unchanged: not rewritten
 
 
+def test_demo_links_outputs_to_the_cache_like_the_repo(tmp_path):
+    """The demo project gets the repo's cache.type, so its shards are stored once."""
+    import re
+
+    repo_type = re.search(r'^\s*type\s*=\s*"?([^"\n]+)"?\s*$',
+                          (REPO / ".dvc" / "config").read_text(), re.MULTILINE)
+    assert repo_type and repo_type.group(1) == demo.CACHE_TYPE
+    run_dir = demo.prepare(tmp_path / "demo")
+    assert f'type = "{demo.CACHE_TYPE}"' in (run_dir / ".dvc" / "config").read_text()
+    config_mtime = (run_dir / ".dvc" / "config").stat().st_mtime_ns
+    demo.prepare(run_dir)
+    assert (run_dir / ".dvc" / "config").stat().st_mtime_ns == config_mtime  # set once
+
+
 def test_hours_summary_states_selected_written_and_why_they_differ(tmp_path):
     from ups.atomic import write_json
 

@@ -84,6 +84,23 @@ def test_rows_have_the_known_sizes(project: Path) -> None:
         assert r.disk_bytes is not None and r.disk_bytes >= 0
 
 
+def test_cache_row_says_what_the_outputs_share_and_symlinks_count_once(project: Path) -> None:
+    rows = _by_name(du.collect(project, project / "params.yaml"))
+    assert rows["dvc cache"].note == "1000 B of it linked from the outputs"
+    # cache.type symlink: the output is a symlink to its cache object, measured as the object.
+    (project / "data/two/b.bin").unlink()
+    obj = project / ".dvc/cache/files/md5/12/3456"
+    (project / "data/two/b.bin").symlink_to(obj)
+    (project / "data/two/dangling.bin").symlink_to(project / "nowhere")
+    rows = _by_name(du.collect(project, project / "params.yaml"))
+    link_size = len(str(project / "nowhere"))
+    assert (rows["two"].files, rows["two"].apparent_bytes) == (3, 300 + 50 + link_size)
+    assert rows["dvc cache"].note == "1.0 KiB of it linked from the outputs"
+    tot = rows["total (links once)"]
+    # the cache adds nothing: both its objects are outputs' files; the remote's are its own
+    assert tot.apparent_bytes == 1000 + (300 + 50 + link_size) + 5010 + 6144 + 1050
+
+
 def test_disk_bytes_follow_allocation_not_size(project: Path) -> None:
     sparse = project / "cache/tars/sparse.tar"
     with sparse.open("wb") as fh:

@@ -11,6 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import corrupt_cache_objects, linked_to_cache
+from ups import du
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +65,28 @@ def test_demo_runs_every_stage_then_is_a_no_op(demo_run):
     assert "Data and pipelines are up to date" in second.stdout + second.stderr
     assert (REPO / "params.yaml").read_bytes() == params_before
     assert not (run_dir / "dvc.lock").read_text().count("hf_")  # no token-like string recorded
+
+
+@pytest.mark.slow
+def test_demo_outputs_are_stored_once(demo_run):
+    """Shards, features and labels are links to their cache objects (cache.type hardlink,symlink),
+    no stage wrote into one, and `ups du` counts each once."""
+    run_dir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for d in ("data/audio", "data/features", "data/labels", "models/hubert-cpt")
+             for p in sorted((run_dir / d).rglob("*")) if p.is_file()]
+    assert len([p for p in files if p.suffix == ".tar"]) >= 3
+    not_linked = [str(p.relative_to(run_dir)) for p in files if not linked_to_cache(run_dir, p)]
+    assert not_linked == []
+    assert corrupt_cache_objects(run_dir) == []
+    rows = {r.name: r for r in du.collect(run_dir, run_dir / "params.yaml")}
+    audio, cache = rows["prepare-audio"].apparent_bytes, rows["dvc cache"].apparent_bytes
+    total = rows["total (links once)"].apparent_bytes
+    assert audio and cache and total
+    stages = sum(r.apparent_bytes or 0 for r in rows.values() if r.kind == "stage")
+    # the outputs are inside the cache's bytes: the total is the cache plus what DVC keeps in git
+    assert cache <= total < cache + 0.05 * stages
+    assert "linked from the outputs" in rows["dvc cache"].note
 
 
 @pytest.mark.slow

@@ -1,41 +1,31 @@
-"""A DVC SSH remote for real: an OpenSSH server on 127.0.0.1, push, wipe, pull, compare bytes.
+"""A DVC SSH remote for real: an SFTP server on 127.0.0.1, push, wipe, pull, compare bytes.
 
-`sshd` comes from Debian's `openssh-server`, which `.ci/run` installs; the test fails (it does not
-skip) when it is missing. Keys are generated here; the key path goes to `.dvc/config.local` (the
-untracked, per-machine file) and never to `.dvc/config`. The artifacts come from the `artifacts`
-fixture, a small DVC project (a file, a directory, a tar shard, an intermediate output marked
-`push: false`); to exercise the demo pipeline's outputs instead, make that fixture run
-`ups demo --run-dir <tmp>` and return the demo project and its outputs.
+The server is `tests/ssh_server.py` (asyncssh, a pinned Python package), so the test needs no
+OpenSSH server, root, or `ssh-keygen`: it runs on any machine `make test` runs on. Keys are
+generated there; the key path goes to `.dvc/config.local` (the untracked, per-machine file) and
+never to `.dvc/config`. The artifacts come from the `artifacts` fixture, a small DVC project (a
+file, a directory, a tar shard, an intermediate output marked `push: false`), and from the demo
+pipeline's real outputs (`demo_run`).
 """
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-SSHD = Path("/usr/sbin/sshd")
+from tests.ssh_server import SftpServer, SshServer
+
 CMD_TIMEOUT_S = 120
-
-
-@dataclass(frozen=True)
-class SshServer:
-    host: str
-    port: int
-    user: str
-    client_key: Path
 
 
 @dataclass(frozen=True)
@@ -46,61 +36,10 @@ class Project:
     env: dict[str, str]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                   check=True, timeout=30)
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    if not SSHD.is_file():
-        pytest.fail(f"{SSHD} is missing: this test needs Debian's openssh-server, which .ci/run "
-                    "installs (apt-get install openssh-server)")
-    d = tmp_path / "sshd"
-    d.mkdir()
-    _keygen(d / "host_key")
-    _keygen(d / "client_key")
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nPubkeyAuthentication yes\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nPidFile none\nSubsystem sftp internal-sftp\n"
-        "LogLevel VERBOSE\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-    log = (d / "sshd.log").open("wb")
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited with {proc.returncode}: {(d / 'sshd.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not listen on {port}: {(d / 'sshd.log').read_text()}")
-                time.sleep(0.1)
-        yield SshServer("127.0.0.1", port, getpass.getuser(), d / "client_key")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+    with SftpServer(tmp_path / "ssh-keys") as server:
+        yield server
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:

@@ -22,6 +22,18 @@ import orjson
 PathLike = str | os.PathLike[str]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs get the mode a plain open() would give them (0666 minus the
+# umask), so other users and groups read them as the umask allows. Read once, at import (before
+# any worker thread starts), since reading it means setting it for a moment.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     """Persist a rename: the directory entry itself must reach the disk."""
     try:
@@ -45,6 +57,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

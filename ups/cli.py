@@ -306,6 +306,23 @@ def _add_du(sub: Any) -> None:
     p.set_defaults(handler=_du)
 
 
+def _remote_check(args: argparse.Namespace) -> int:
+    from ups import remote
+
+    print(remote.check(Path(args.repo)))
+    return 0
+
+
+def _add_remote_check(sub: Any) -> None:
+    p = sub.add_parser("remote-check", help="Fail with one line if the default DVC remote cannot "
+                       "serve a pull (make pull runs it first).",
+                       description="Check that the default DVC remote is set and, for a local "
+                       "directory, that it exists and holds data; SSH and S3 remotes are left to "
+                       "`dvc pull`, which reports a failed connection itself.")
+    p.add_argument("--repo", default=".", help="the DVC project (default: .)")
+    p.set_defaults(handler=_remote_check)
+
+
 def _plan(args: argparse.Namespace) -> int:
     from ups import plan
 
@@ -366,10 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_fetch_meta, _add_index_vad, _add_index_lang, _add_select, _add_index_members,
         _add_prepare_audio, _add_fit_kmeans, _add_assign_labels,
-        _add_train, _add_evaluate, _add_demo, _add_iterate, _add_du, _add_plan, _add_report,
+        _add_train, _add_evaluate, _add_demo, _add_iterate, _add_du, _add_plan, _add_remote_check,
+        _add_report,
     ):
         add(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message says what to do (a token, a budget, a remote): one line, no traceback.
+
+    Imported only once an exception is raised, so `ups --help` does not load the dataset code;
+    when one of these was raised its module is loaded already.
+    """
+    from ups.dataset import CacheFullError, DatasetError, DownloadError
+    from ups.remote import RemoteError
+
+    return DatasetError, DownloadError, CacheFullError, RemoteError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        log.error("%s", exc)
+        log.debug("where it was raised", exc_info=exc)  # -v shows the traceback
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to resume")
         return 130

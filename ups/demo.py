@@ -12,6 +12,7 @@ from __future__ import annotations
 import filecmp
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from ups.atomic import write_bytes
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
+# As in the repo's .dvc/config: each output is a hard link to (or, across file systems, a symlink
+# into) its cache object, so the demo's shards are stored once (docs/reproducibility.md).
+CACHE_TYPE = "hardlink,symlink"
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +75,13 @@ def prepare(run_dir: Path, repo: Path = REPO) -> Path:
     if not (run_dir / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=run_dir,
                        check=True, env=env)
+    if not re.search(rf'^\s*type\s*=\s*"?{CACHE_TYPE}"?\s*$',
+                     (run_dir / ".dvc" / "config").read_text(encoding="utf-8"), re.MULTILINE):
+        subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type", CACHE_TYPE], cwd=run_dir,
+                       check=True, env=env)
+        if (run_dir / "dvc.lock").is_file():  # a demo run before links: turn its copies into links
+            subprocess.run([sys.executable, "-m", "dvc", "checkout", "--relink", "-q"], cwd=run_dir,
+                           check=False, env=env)
     _sync_tree(repo / "ups", run_dir / "ups")
     dvc_yaml = (repo / "dvc.yaml").read_bytes()
     if not (run_dir / "dvc.yaml").exists() or (run_dir / "dvc.yaml").read_bytes() != dvc_yaml:

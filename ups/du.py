@@ -3,18 +3,22 @@
 Sizes are given twice: apparent (the sum of file sizes, what a copy would need) and on disk
 (allocated blocks). A file with several hard links is counted once per row, and once in the total:
 with `cache.type` hardlink a stage output and its DVC cache object are the same inode, so the
-total is what deleting everything listed would free, not the sum of the rows. A remote is measured
-only when it is a local directory; for SSH, S3 and others the row says "unknown".
+total is what deleting everything listed would free, not the sum of the rows. A symlink to a file
+(`cache.type` symlink) counts as the file it points to, so it too is counted once with its cache
+object. The DVC cache row says how much of it the outputs share. A remote is measured only when
+it is a local directory; for SSH, S3 and others the row says "unknown".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from ups.remote import local_path
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,23 @@ class Usage:
         return d
 
 
+def _stat(path: str) -> os.stat_result:
+    """A symlink to a regular file is measured as that file (a DVC cache object, usually)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:
+            return st  # dangling
+        if stat.S_ISREG(target.st_mode):
+            return target
+    return st
+
+
 def _walk(path: Path) -> list[os.stat_result]:
-    """lstat of every non-directory entry under `path` (the path itself if it is a file)."""
+    """stat of every non-directory entry under `path` (the path itself if it is a file)."""
     try:
-        st = path.lstat()
+        st = _stat(str(path))
     except FileNotFoundError:
         return []
     if not path.is_dir() or path.is_symlink():
@@ -53,7 +70,7 @@ def _walk(path: Path) -> list[os.stat_result]:
     for dirpath, dirnames, filenames in os.walk(path):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             try:
-                out.append(os.lstat(os.path.join(dirpath, name)))
+                out.append(_stat(os.path.join(dirpath, name)))
             except FileNotFoundError:
                 continue  # removed while we walked
     return out
@@ -88,16 +105,6 @@ def _rel(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
-
-
-def _local_remote_path(url: str) -> Path | None:
-    """The directory of a local remote url (plain path or file://), None for anything else."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else url)
-    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
-        return Path(url)
-    return None
 
 
 def _stage_name(stage: Any, root: Path) -> str:
@@ -136,12 +143,17 @@ def collect(root: Path, params: Path) -> list[Usage]:
     rows.append(tar_row)
 
     if cache_dir is not None:
-        rows.append(measure(Usage("dvc cache", "dvc_cache", [_rel(cache_dir, root)]), [cache_dir]))
+        cache_row = measure(Usage("dvc cache", "dvc_cache", [_rel(cache_dir, root)]), [cache_dir])
+        outputs = {ino for r in rows if r.kind == "stage" for ino in r.inodes}
+        shared = sum(a for ino, (a, _) in cache_row.inodes.items() if ino in outputs)
+        if shared and not cache_row.note:
+            cache_row.note = f"{human(shared)} of it linked from the outputs"
+        rows.append(cache_row)
 
     if remote_name is None:
         rows.append(Usage("remote", "remote", [], None, None, None, "no default remote"))
     else:
-        local = _local_remote_path(str(remote_url)) if remote_url else None
+        local = local_path(str(remote_url)) if remote_url else None
         name = f"remote {remote_name}"
         if local is None:
             rows.append(Usage(name, "remote", [str(remote_url)], None, None, None,

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import yaml
 
+from tests.conftest import corrupt_cache_objects, linked_to_cache
 from tests.stages.conftest import REPO, write_params
 
 ISSUE4_STAGES = ("index-members", "prepare-audio", "fit-kmeans", "assign-labels")
@@ -44,6 +45,7 @@ def project(corpus, tmp_path, tiny_hubert_dir):
     (tmp_path / "data" / "meta" / "fetch_meta.json").write_text(
         '{"dataset": {"source": "local", "local_root": "%s"}}\n' % (corpus / "sample"))
     dvc("init", "--no-scm", "-q", cwd=tmp_path)
+    dvc("config", "cache.type", "hardlink,symlink", cwd=tmp_path)  # as the repo's .dvc/config
     return tmp_path
 
 
@@ -96,3 +98,21 @@ def test_reclustering_does_not_redecode(project):
     assert stat_tree(project / "data" / "audio") | stat_tree(project / "data" / "features") == audio
     report = orjson.loads((project / "data/labels/report.json").read_bytes())
     assert report["features_kind"] == "hubert" and report["n_clusters"] == 5
+    # assign-labels re-ran twice over its persisted, cache-linked outputs (DVC unprotects them
+    # first): no cache object was written through a link, and the new outputs are links again.
+    assert corrupt_cache_objects(project) == []
+    outs = [p for d in ("data/audio", "data/features", "data/labels") for p in (project / d).rglob("*")
+            if p.is_file()]
+    assert outs and all(linked_to_cache(project, p) for p in outs)
+
+    # prepare-audio re-run over its linked, persisted outputs (a code dep changed): every tar is
+    # done already, so nothing is rewritten and nothing downstream re-runs; links and cache intact.
+    audio_bytes = {k: (project / "data" / k).read_bytes() for k in stat_tree(project / "data")
+                   if k.startswith(("audio/", "features/"))}
+    with (project / "ups" / "tar_reader.py").open("a") as fh:  # prepare-audio only
+        fh.write("# edited\n")
+    out = dvc("repro", cwd=project).stdout
+    assert "Running stage 'prepare-audio'" in out and "Running stage 'fit-kmeans'" not in out, out
+    assert {k: (project / "data" / k).read_bytes() for k in audio_bytes} == audio_bytes
+    assert corrupt_cache_objects(project) == []
+    assert all(linked_to_cache(project, p) for p in outs)

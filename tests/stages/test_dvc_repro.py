@@ -66,3 +66,14 @@ def test_dvc_repro_and_select_hours_reruns_select_only(tmp_path):
     params["select"]["hours"] = 0.1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _repro(dvc, root) == {**dict.fromkeys(STAGES, False), "select": True}
+
+    # An edited local mirror re-runs fetch-meta (its metadata files are deps), and what follows
+    # from the changed file only: the LID file is the same, so index-lang is not re-run.
+    vad = root / "sample" / "vad_results.jsonl"
+    lines = vad.read_bytes().splitlines(keepends=True)
+    vad.write_bytes(b"".join(lines[:-1]))
+    status = _sh([dvc, "status", "fetch-meta"], root)
+    assert "sample/vad_results.jsonl" in status and "modified" in status, status
+    assert _repro(dvc, root) == {"fetch-meta": True, "index-vad": True, "index-lang": False,
+                                 "select": True}
+    assert (root / "data" / "meta" / "vad_results.jsonl").read_bytes() == vad.read_bytes()
