@@ -102,7 +102,7 @@ plan: $(STAMP) ## Before a real run: make plan HOURS=100 (download, disk, time; 
 
 train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ..."] (dvc exp run); NODES=N prints per-node commands
 ifeq ($(NODES),1)
-	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS)
+	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) -S train.nodes=1 $(ARGS)
 else
 	@$(PY) -m ups.cluster plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
 endif
@@ -160,7 +160,7 @@ docker-train: ## Train in the image (HOURS, GPUS; NODES=N: this node's share), m
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) $(ARGS))
+	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) -S train.nodes=1 $(ARGS))
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

@@ -242,7 +242,8 @@ def test_docker_train_command_line(tmp_path: Path) -> None:
                             f"{hf}:/cache/huggingface"]
     assert cmd[cmd.index("-w") + 1] == repo
     i = cmd.index("ups:latest")
-    assert cmd[i + 1:] == ["dvc", "exp", "run", "-S", "select.hours=7", "-S", "train.gpus=2"]
+    assert cmd[i + 1:] == ["dvc", "exp", "run", "-S", "select.hours=7", "-S", "train.gpus=2",
+                          "-S", "train.nodes=1"]
 
 
 def test_docker_train_on_several_nodes_runs_this_nodes_share(tmp_path: Path) -> None:

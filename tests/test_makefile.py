@@ -56,8 +56,9 @@ def _train_cmd(env: dict[str, str], *args: str, cwd: Path = REPO) -> list[str]:
 def test_train_passes_hours_gpus_and_args(tmp_path: Path) -> None:
     cmd = _train_cmd(_env(tmp_path, "[user]\n\tname = A\n\temail = a@b.c\n"), "HOURS=7", "GPUS=2",
                      "ARGS=-S kmeans.n_clusters=500 -S features.kind=hubert")
+    # train.nodes=1: a one-node run even where an earlier `make train NODES=N` left nodes: N
     assert cmd == [f"{VENV}/bin/dvc", "exp", "run", "-S", "select.hours=7", "-S", "train.gpus=2",
-                   "-S", "kmeans.n_clusters=500", "-S", "features.kind=hubert"]
+                   "-S", "train.nodes=1", "-S", "kmeans.n_clusters=500", "-S", "features.kind=hubert"]
 
 
 @pytest.mark.parametrize(("gitconfig", "identity"), [
@@ -84,7 +85,7 @@ def test_fallback_identity_only_where_git_has_none(tmp_path: Path, gitconfig: st
 def test_docker_train_passes_args(tmp_path: Path) -> None:
     out = _make("docker-train", "DRY=1", "ARGS=-S kmeans.n_clusters=50", env=_env(tmp_path))
     assert out.strip().splitlines()[-1].endswith(
-        "dvc exp run -S select.hours=100 -S train.gpus=1 -S kmeans.n_clusters=50")
+        "dvc exp run -S select.hours=100 -S train.gpus=1 -S train.nodes=1 -S kmeans.n_clusters=50")
 
 
 def test_ci_runs_make_test_and_installs_nothing_for_it() -> None:

@@ -1,4 +1,4 @@
-"""A tiny labelled corpus in the issue-4 formats: WebDataset shards + frame labels.
+"""A tiny labelled corpus in the formats prepare-audio and assign-labels write: shards + labels.
 
 Each chunk is a tone whose frequency changes every 0.5 s; the label of a frame is
 the index of its tone, so a model can learn it and the loss can fall.

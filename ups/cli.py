@@ -49,7 +49,7 @@ def _add_fetch_meta(sub: Any) -> None:
                    help="where the two JSONL files and fetch_meta.json (sizes, sha256, revision) go")
 
 
-# <<< issue-3 cli: index-vad, index-lang, select >>>
+# --- metadata indices and chunk selection (index-vad, index-lang, select) ---------------------
 
 def _index_vad(args: argparse.Namespace) -> int:
     from ups.config import IndexVadConfig
@@ -99,7 +99,8 @@ def _add_select(sub: Any) -> None:
     p.add_argument("--index-dir", default="data/index")
     p.add_argument("--out-dir", default="data/select")
 
-# <<< end issue-3 cli >>>
+
+# --- audio shards, k-means and labels (index-members, prepare-audio, fit-kmeans, assign-labels)
 
 def _index_members(args: argparse.Namespace) -> int:
     from ups.config import DatasetConfig
@@ -118,8 +119,6 @@ def _add_index_members(sub: Any) -> None:
                    help="fetch-meta's record: the dataset commit every request of the run uses")
     p.add_argument("--out-dir", default="data/index/members")
 
-
-# <<< issue-4 cli: prepare-audio, fit-kmeans, assign-labels >>>
 
 def _prepare_audio(args: argparse.Namespace) -> int:
     from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig
@@ -190,9 +189,8 @@ def _add_assign_labels(sub: Any) -> None:
     p.add_argument("--chunks", default="data/select/chunks.parquet", help="languages for the report")
     p.add_argument("--out-dir", default="data/labels")
 
-# <<< end issue-4 cli >>>
 
-# <<< issue-5 cli: train >>>
+# --- training (train) -------------------------------------------------------------------------
 
 def _train(args: argparse.Namespace) -> int:
     from ups.config import TrainConfig
@@ -213,9 +211,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--state-dir", default="data/train/state", help="resumable training state")
     p.add_argument("--live-dir", default="dvclive", help="dvclive metrics and plots")
 
-# <<< end issue-5 cli >>>
 
-# <<< issue-6 cli: evaluate >>>
+# --- evaluation (evaluate) --------------------------------------------------------------------
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ups.config import EvaluateConfig, FeaturesConfig, TrainConfig
@@ -239,8 +236,6 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--model-dir", default="models/hubert-cpt", help="the continued model (+ head)")
     p.add_argument("--live-dir", default="dvclive", help="the trainer's dvclive dir ('' to ignore)")
     p.add_argument("--out-dir", default="reports/evaluate")
-
-# <<< end issue-6 cli >>>
 
 
 # --- helpers that are not stages -------------------------------------------------------------

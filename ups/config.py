@@ -183,7 +183,7 @@ class FetchMetaConfig:
                     f"fetch_meta.{name}", "must be a file name at the dataset root", value)
 
 
-# <<< issue-3 configs: index_vad, index_lang, select >>>
+# --- metadata indices and chunk selection (index_vad, index_lang, select) ---------------------
 
 @dataclass(frozen=True)
 class IndexVadConfig:
@@ -264,9 +264,8 @@ class SelectConfig:
         require(self.max_download_gb >= 0, "select.max_download_gb", "must be >= 0",
                 self.max_download_gb)
 
-# <<< end issue-3 configs >>>
 
-# <<< issue-4 configs: features, prepare_audio, kmeans, assign_labels >>>
+# --- audio shards, k-means and labels (features, prepare_audio, kmeans, assign_labels) --------
 
 @dataclass(frozen=True)
 class MfccParams:
@@ -367,9 +366,8 @@ class AssignLabelsConfig:
     def __post_init__(self) -> None:
         require(self.block_frames >= 1, "assign_labels.block_frames", "must be >= 1", self.block_frames)
 
-# <<< end issue-4 configs >>>
 
-# <<< issue-5 configs: train >>>
+# --- training (train) -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -462,9 +460,8 @@ class TrainConfig:
         require(self.valid_max_batches is None or self.valid_max_batches >= 1, "train.valid_max_batches",
                 "must be >= 1 or null", self.valid_max_batches)
 
-# <<< end issue-5 configs >>>
 
-# <<< issue-6 configs: evaluate >>>
+# --- evaluation (evaluate) --------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -499,8 +496,6 @@ class EvaluateConfig:
         require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1", self.batch_size)
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 "evaluate.device", "must be auto, cpu, cuda or cuda:N", self.device)
-
-# <<< end issue-6 configs >>>
 
 
 _ = field  # re-exported for stage configs that need default factories

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import corrupt_cache_objects, linked_to_cache
 from tests.stages.conftest import REPO, write_params
 
-ISSUE4_STAGES = ("index-members", "prepare-audio", "fit-kmeans", "assign-labels")
+AUDIO_LABEL_STAGES = ("index-members", "prepare-audio", "fit-kmeans", "assign-labels")
 
 
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def project(corpus, tmp_path, tiny_hubert_dir):
     shutil.copytree(REPO / "ups", tmp_path / "ups", ignore=shutil.ignore_patterns("__pycache__"))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {k: stages[k] for k in ISSUE4_STAGES}}, sort_keys=False))
+        {"stages": {k: stages[k] for k in AUDIO_LABEL_STAGES}}, sort_keys=False))
     write_params(tmp_path / "params.yaml", corpus / "sample",
                  features={"hubert_model": str(tiny_hubert_dir), "layer": 1, "device": "cpu"})
     (tmp_path / "data" / "select").mkdir(parents=True)
@@ -76,7 +76,7 @@ def set_param(cwd: Path, section: str, key: str, value) -> None:
 @pytest.mark.slow
 def test_reclustering_does_not_redecode(project):
     first = dvc("repro", cwd=project).stdout
-    for stage in ISSUE4_STAGES:
+    for stage in AUDIO_LABEL_STAGES:
         assert f"Running stage '{stage}'" in first
     assert changed_stages(project) == set()
     audio = stat_tree(project / "data" / "audio") | stat_tree(project / "data" / "features")

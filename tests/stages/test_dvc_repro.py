@@ -1,4 +1,4 @@
-"""fetch-meta and the three issue-3 stages through `dvc repro` on the bundled sample corpus.
+"""fetch-meta and the index and selection stages through `dvc repro` on the bundled sample corpus.
 
 The scratch DVC project gets a copy of `sample/` as its local dataset mirror
 (`dataset.source: local`); changing select.hours re-runs select only.

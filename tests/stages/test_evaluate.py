@@ -123,7 +123,7 @@ def test_metrics_hold_init_and_continued(run_dir):
 
 @pytest.mark.slow
 def test_probe_fits_and_scores_on_held_out_files_only(run_dir):
-    # issue 13: the probe used chunks of both shard splits, so most of its test files were in
+    # regression: the probe once used chunks of both shard splits, so most of its test files were in
     # the continued model's training data. Now every probe file is an eval file, fit and test
     # sides share no file, and no probe file is in a split any model trained on.
     files = _split_files(run_dir / "data")

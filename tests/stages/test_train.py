@@ -210,7 +210,7 @@ def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
     assert [r["step"] for r in _history(tmp_path) if "valid/loss" in r] == [2]
 
 
-# --- right at real scale (issue 11) -----------------------------------------------------------
+# --- at real scale: every stream, every chunk, resumes that keep their work ---------------------
 
 
 def test_weight_decay_reaches_weight_matrices_only(tmp_path):

@@ -177,8 +177,8 @@ def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_c
                 f"(select.max_tar_fraction {cfg.max_tar_fraction:g})",
         "max_tars": f"select.max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
                     f"{hours['within_download_limit_hours']:.3f} h of capped candidates",
-        "max_download_gb": f"select.max_download_gb {cfg.max_download_gb:g}: the files that fit it give every "
-                           f"language {100 * budget_scale:.1f} % of its hours "
+        "max_download_gb": f"select.max_download_gb {cfg.max_download_gb:g}: the files that fit it "
+                           f"give every language {100 * budget_scale:.1f} % of its hours "
                            f"({hours['within_download_limit_hours']:.3f} h of capped candidates)",
     }[binding]
     return {"binding": binding, "target_hours": cfg.hours, "selected_hours": selected_h,
