@@ -9,7 +9,8 @@ measured in the same run.
 
 `--compare SRC` also times the trainer of another source tree (a checkout of an earlier
 commit) on the same corpus and config, alternating the two (A B A B) so both see the same
-machine load, and records the ratio: how a change to the trainer moved its speed.
+machine load, each run in a fresh process for both trees, and records the ratio: how a change
+to the trainer moved its speed.
 
 GPU: `python -m bench.train --device cuda --model base` times HuBERT-base (random weights,
 bf16) through the trainer with the auto batch table on 10 s chunks (`--compile` for
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare:
                 ours, theirs = [], []
                 for k in range(args.repeats):
-                    ours.append(trainer_rate(cfg, corpus, work / f"run{k}"))
+                    # both trees in a fresh process each: the same harness on both sides
+                    ours.append(tree_rate(ROOT, cfg_dict, corpus, work / f"run{k}"))
                     src = Path(args.compare).resolve()
                     theirs.append(tree_rate(src, cfg_dict, corpus, work / f"other{k}"))
                 rate = statistics.median(ours)
