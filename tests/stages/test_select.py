@@ -227,3 +227,15 @@ def test_rerun_writes_identical_bytes(index_dir, tmp_path):
     _select(index_dir, tmp_path, "r2")
     for name in ("chunks.parquet", "report.json", "hours_per_language.png"):
         assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("fetch", ["tars", "members"])
+def test_a_target_beyond_the_data_takes_all_that_the_caps_allow(index_dir, tmp_path, fetch):
+    # The tar choice stopped once what was left to take fell under 0.5 % of select.hours; with a
+    # target 300x the data, that was true before the first tar, and nothing was selected.
+    cfg = dataclasses.replace(BASE, hours=300.0)
+    select.run(cfg, index_dir=index_dir, out_dir=tmp_path / fetch, fetch=fetch)
+    rep = read_json(tmp_path / fetch / "report.json")
+    s = rep["shortfall"]
+    assert s["binding"] == "eligible_files" and s["after_caps_hours"] > 0.5
+    assert rep["selected_hours"] == pytest.approx(s["after_caps_hours"], rel=0.01)

@@ -289,8 +289,9 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path, fetch: str = "tars
         # 4. tars, then the candidates of the chosen tars only
         tdens = dict(zip(tars_tbl["tar"].to_pylist(), tars_tbl["density"].to_pylist(), strict=True))
         tar_density = np.array([tdens.get(int(t), 0.0) for t in tar_rows])
+        # 0.5 % of what can be taken: of select.hours, or of all the data when it holds less
         chosen = sel.choose_tars(avail, quota_all, tar_density, tar_rows, cfg.max_tars,
-                                 tolerance=0.005 * cfg.hours)
+                                 tolerance=0.005 * float(quota_all.sum()))
         avail_chosen = avail[chosen].sum(axis=0)
         quota = sel.water_fill(shares, avail_chosen, cfg.hours)
         in_tars = elig_idx[np.isin(tar[elig_idx], tar_rows[chosen])]
