@@ -12,8 +12,8 @@ The policy (select's docs repeat it):
    sum to the target (water-filling; A_l = hours of capped candidates), so a language that runs out
    passes its surplus to the others in proportion to p.
 4. Tars: greedily take the tar that covers most of the remaining quotas (ties: denser tar, lower
-   number) until the quotas are covered (to 0.5 % of their sum) or max_tars tars are taken; quotas are then recomputed
-   over the chosen tars only. Fewer tars = less download, less balance.
+   number) until the quotas are covered (to 0.5 % of their sum) or max_tars tars are taken;
+   quotas are then recomputed over the chosen tars only. Fewer tars = less download, less balance.
 5. Inside a language, chunks are taken by speech ratio, then file VAD density, then a seeded random
    key; counts per language by largest remainder so that the total is exact.
 6. Held-out files, per language (`hold_out_files`): first the evaluation set (eval_fraction of
