@@ -75,3 +75,23 @@ def test_resume_on_the_gpu(tmp_path, corpus):
     assert steps == sorted(set(steps))  # one continuous history, nothing trained twice
     fresh = _run(replace(cfg, resume=False), corpus, tmp_path / "fresh")
     assert fresh["steps"] == summary["steps"]
+
+
+def test_gpu_nearest_centroid_matches_numpy_and_the_report_says_torch():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ups.kmeans import Normaliser, assign
+    from ups.stages.assign_labels import HubertLabeller
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 768)).astype(np.float32)
+    centroids = rng.normal(size=(500, 768)).astype(np.float32)
+    norm = Normaliser(x.mean(axis=0), x.std(axis=0))
+    labeller = HubertLabeller(SimpleNamespace(device="cuda"), norm, centroids)
+    assert labeller.method == "torch on cuda"
+    got, inertia = labeller.assign(torch.from_numpy(x).cuda(), 4096)
+    want, want_inertia = assign(norm.apply(x), centroids)
+    assert got.dtype == np.int16 and (got == want).mean() > 0.999  # float32 ties / rounding only
+    assert inertia == pytest.approx(want_inertia, rel=1e-4)

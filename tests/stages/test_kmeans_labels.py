@@ -79,6 +79,7 @@ def test_mfcc_kmeans_labels_every_chunk_per_cnn_frame(prepared, corpus):
     assert 0 < report["splits"]["train"]["usage_entropy_bits"] <= 3.0
     assert 0 <= report["mi_cluster_language_bits"] <= report["language_entropy_bits"]
     assert report["languages"] == ["de", "en", "sw", "yo"]
+    assert report["nearest_centroid"] == "numpy on the CPU"
 
 
 def test_fit_is_deterministic(prepared, corpus):
@@ -121,6 +122,9 @@ def test_hubert_layer_features_label_every_chunk(prepared, corpus, tiny_hubert):
     with np.load(out / "hub" / "kmeans" / "model.npz", allow_pickle=False) as z:
         assert z["centroids"].shape == (8, 32) and str(z["kind"]) == "hubert" and int(z["layer"]) == 2
     assert report["features_kind"] == "hubert"
+    # which search ran is in the reports (on a GPU: "torch on cuda...", tests/test_cuda.py)
+    assert report["nearest_centroid"] == "numpy on the CPU"
+    assert read_json(out / "hub" / "kmeans" / "report.json")["fit"].endswith("numpy on the CPU")
 
 
 def test_hubert_layer_out_of_range_fails_naming_the_parameter(tiny_hubert):

@@ -220,6 +220,11 @@ class HubertLabeller:
         self.on_gpu = not str(features.device).startswith("cpu")
         self.gpu = TorchAssigner(norm, centroids, features.device) if self.on_gpu else None
 
+    @property
+    def method(self) -> str:
+        """Which nearest-centroid search ran: the report says so (a GPU run uses torch)."""
+        return f"torch on {self.features.device}" if self.on_gpu else "numpy on the CPU"
+
     def assign(self, h: Any, block_frames: int) -> tuple[np.ndarray, float]:
         if self.gpu is not None:
             return self.gpu(h, block_frames)
@@ -319,6 +324,8 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
                  "revision": str(m.get("revision", "")), "n_clusters": k}
     fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
                               "n_clusters": k, "splits": per_split,
+                              "nearest_centroid": extract.method if extract is not None
+                              else "numpy on the CPU",
               "languages": languages, "mi_cluster_language_bits": mi,
               "language_entropy_bits": lang_h,
               "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}

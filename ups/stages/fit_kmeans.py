@@ -114,6 +114,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         "n_sample_frames": int(len(x)), "sample_hours": round(len(x) / FRAME_RATE_HZ / 3600, 6),
         "dim": int(x.shape[1]), "inertia_per_frame": inertia / len(x),
         "n_steps": km.n_steps, "converged": km.converged,
+        "fit": "ups.kmeans mini-batch k-means, numpy on the CPU",
         "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(cfg.n_clusters),
         "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
     }
