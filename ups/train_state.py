@@ -69,8 +69,10 @@ def save_state(
     name = f"step-{step:09d}"
     final = state_dir / name
     partial = state_dir / (name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    replaced = state_dir / (name + ".replaced")
+    for stale in [partial, *state_dir.glob("step-*.replaced")]:  # what a kill left
+        if stale.is_dir():
+            shutil.rmtree(stale)
     partial.mkdir(parents=True)
     save_file(_tensors(model), str(partial / "model.safetensors"))
     opt_tensors, groups = optimizer_to_files(optimizer)
@@ -85,11 +87,13 @@ def save_state(
             os.fsync(fd)
         finally:
             os.close(fd)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # the same step again (the final save after a save step): set the old
+        os.replace(final, replaced)  # one aside by name, so a kill never meets a half-deleted state
     os.replace(partial, final)
     _fsync_dir(state_dir)
     write_json(state_dir / "latest.json", {"step": step, "dir": name, "fingerprint": info.get("fingerprint")})
+    if replaced.exists():
+        shutil.rmtree(replaced)
     others = [p for p in complete_states(state_dir) if p != final]
     for old in others[: max(0, len(others) - (KEEP - 1))]:
         shutil.rmtree(old)
@@ -130,7 +134,7 @@ def discard_states(state_dir: Path) -> list[str]:
         return []
     gone = []
     for p in sorted(state_dir.iterdir()):
-        if p.is_dir() and (_DIR.match(p.name) or _DIR.match(p.name.removesuffix(".partial"))):
+        if p.is_dir() and _DIR.match(p.name.removesuffix(".partial").removesuffix(".replaced")):
             shutil.rmtree(p)
             gone.append(p.name)
     (state_dir / "latest.json").unlink(missing_ok=True)

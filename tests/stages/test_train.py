@@ -353,3 +353,43 @@ def test_the_step_makes_at_most_one_host_sync(tmp_path, corpus, monkeypatch):
         counts.append(calls["n"])
     per_step = (counts[1] - counts[0]) / 6
     assert per_step <= 1.0, counts
+
+
+def test_the_last_step_is_validated_once(tmp_path, corpus):
+    # finish() compared the final validation with the last history record, which is always the
+    # epoch record by then: a run ending on a validation step validated twice and logged it twice.
+    cfg = _cfg("tiny", max_steps=6, valid_every_steps=3, save_every_steps=100)
+    _run(cfg, corpus, tmp_path)
+    valid_steps = [h["step"] for h in _history(tmp_path) if "valid/loss" in h]
+    assert valid_steps == [3, 6]
+
+
+def test_an_epoch_without_one_readable_sample_stops_the_run(tmp_path):
+    # The catalogue reads tar headers only, so shards whose samples cannot be decoded pass it;
+    # each epoch then made no step and the loop started the next one, for ever.
+    import io
+    import signal
+    import tarfile
+
+    corpus = write_corpus(tmp_path / "c", n_train=8, n_valid=2, seconds=(1.0, 1.0))
+    for shard in sorted((corpus["audio"] / "train").glob("*.tar")):
+        members = []
+        with tarfile.open(shard) as tf:
+            for m in tf:
+                data = tf.extractfile(m).read() if m.isfile() else b""
+                members.append((m, b"\0" * len(data) if m.name.endswith(".pcm.npy") else data))
+        with tarfile.open(shard, "w") as tf:
+            for m, data in members:
+                tf.addfile(m, io.BytesIO(data))
+
+    def hung(*_):
+        raise TimeoutError("train did not stop")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match="no readable sample"):
+            _run(_cfg("tiny", max_steps=4, num_workers=0), corpus, tmp_path / "out")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

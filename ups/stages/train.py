@@ -449,7 +449,12 @@ def train(
     progress = bar(desc="train", unit="step", total=prog.total_steps, initial=prog.step)
     while prog.step < prog.total_steps:
         if prog.steps_in_epoch(r.grad_accum) < r.steps_per_epoch:
+            before, fresh = prog.step, prog.steps_in_epoch(r.grad_accum) == 0
             run_epoch(r, prog, sums, skips, live, state_dir, progress, stop_after_steps)
+            if fresh and prog.step == before:  # every rank voted the same end: all stop here
+                skips.log_summary()
+                raise RuntimeError(f"train: epoch {prog.epoch} made no step: a data stream had no "
+                                   "readable sample (see the skip counts above)")
         end_epoch(r, prog, live)
     if prog.batches_in_epoch > 0:  # resumed from a state saved at the schedule's last step
         end_epoch(r, prog, live)
@@ -728,16 +733,23 @@ def save(r: Run, prog: Progress, state_dir: Path) -> None:
     distributed.barrier(d)
 
 
+def _last_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last training log and the last validation, one dict (the validation's step wins)."""
+    last: dict[str, Any] = {}
+    for key in ("train/loss", "valid/loss"):
+        last.update(next((h for h in reversed(history) if key in h), {}))
+    return last
+
+
 def finish(
     r: Run, prog: Progress, skips: Skips, live: _Live, model_dir: Path, state_dir: Path
 ) -> dict[str, Any]:
     """Final validation and state, the export (rank 0) and the summary."""
     if prog.step == 0:
         raise RuntimeError("train: no batch could be formed (too little data for train.batch_size?)")
-    if r.valid_loader is not None:
-        final = {"step": prog.step, **validate(r)}
-        if not prog.history or prog.history[-1] != final:
-            _record(prog, live, final)
+    validated = [h["step"] for h in prog.history if "valid/loss" in h]
+    if r.valid_loader is not None and (not validated or validated[-1] != prog.step):
+        _record(prog, live, {"step": prog.step, **validate(r)})
     save(r, prog, state_dir)
     skips.log_summary()
     summary = {
@@ -755,7 +767,7 @@ def finish(
         "n_clusters": r.n_clusters,
         "steps_per_epoch": r.steps_per_epoch,
         "total_steps": prog.total_steps,
-        "last": prog.history[-1] if prog.history else {},
+        "last": _last_metrics(prog.history),
         "flops_per_audio_second": r.flops,
     }
     if r.d.is_main:
