@@ -107,6 +107,8 @@ def test_make_plan_on_the_sample_corpus_as_typed(tmp_path):
         p.stat().st_size for p in (proj / "data/meta").iterdir())
     assert plan["disk"]["prepare-audio"]["bytes"] == pytest.approx(0.3 * 3600 * (32000 + 50 * 39 * 4))
     assert plan["time"]["prepare-audio"]["s"] > 0 and plan["time"]["train"]["s"] is None
+    # HuBERT-base: the export + 2 kept states + the one being written (weights, 2 AdamW moments)
+    assert plan["disk"]["train"]["bytes"] == int(94.4e6 * 4 * (1 + 3 * 3))
 
 
 def test_plan_refuses_nonpositive_hours(tmp_path):

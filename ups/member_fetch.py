@@ -3,7 +3,8 @@
 `open_members(ds, tar, ...)` yields an iterator of `ups.tar_reader.Member` in tar order. With
 `dataset.fetch: members` it reads the tar's member index (index-members' stored file, or a header
 walk now when there is none) and fetches only the wanted members, one ranged request each,
-`ahead` at a time (so at most `ahead` members are held in memory, nothing on disk), each resumed
+`ahead` at a time (so at most `ahead` + 1 members are held in memory: those in flight and the
+one being decoded; nothing on disk), each resumed
 after a dropped connection and checked by its length. Unsafe and non-audio entries are counted
 and skipped exactly as `iter_members` counts them reading the whole tar, so both ways give the
 same members, the same skip counts and therefore the same shards. When the index is not usable

@@ -33,7 +33,6 @@ from ups.keys import normalize_key
 from ups.tar_reader import unsafe_reason
 
 WINDOW = 2048  # bytes per buffer miss: a header with its pax or GNU record (1.5 KiB) in one request
-STATUSES = ("ok", "truncated", "bad_header", "unreadable", "unsupported")
 SCHEMA = pa.schema([("tar", pa.int32()), ("name", pa.string()), ("key", pa.string()),
                     ("offset", pa.int64()), ("size", pa.int64()), ("skip", pa.string())])
 

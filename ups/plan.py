@@ -162,6 +162,8 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
     decoded_s = _decoded_seconds(select_dir / "chunks.parquet")
     feat_dim = 3 * int(params["features"]["mfcc"]["num_ceps"])
     n_params = MODEL_PARAMS.get(str(params["train"]["init"]))
+    from ups.train_state import KEEP  # states kept on disk (imports torch: here, not at the top)
+
     tar_bytes = sum(tar_sizes.values())
     budget = float(params["dataset"]["cache_budget_gb"]) * GB
     fetch = str(params["dataset"].get("fetch", "members"))
@@ -179,13 +181,16 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
             {"bytes": int(min(tar_bytes, budget)),
              "how": f"the chosen tars, at most dataset.cache_budget_gb={budget / GB:g}; deleted LRU"}
             if fetch == "tars" else
-            {"bytes": 0, "how": f"none: members are held in memory, {workers} at a time per worker "
+            {"bytes": 0, "how": f"none: members are held in memory, {workers} + 1 at a time per worker "
                                 "(a damaged tar is fetched whole)"}),
         "prepare-audio": {"bytes": int(audio_s * (PCM_BYTES_PER_S + FRAME_RATE * feat_dim * 4)),
                           "how": "16 kHz int16 shards + 50 Hz float32 MFCC"},
         "assign-labels": {"bytes": int(audio_s * FRAME_RATE * 2), "how": "50 Hz int16 labels"},
-        "train": {"bytes": None if n_params is None else int(n_params * 4 * 4),
-                  "how": "model export + state (weights, 2 AdamW moments), fp32"
+        # the export plus KEEP states of weights and 2 AdamW moments; one more while a new one
+        # is written (the oldest goes once it is complete)
+        "train": {"bytes": None if n_params is None else int(n_params * 4 * (1 + 3 * (KEEP + 1))),
+                  "how": f"model export + {KEEP} states (weights, 2 AdamW moments; one more while "
+                         "a state is written), fp32"
                   if n_params else f"train.init {params['train']['init']!r}: size unknown"},
     }
     time_s: dict[str, dict[str, Any]] = {}

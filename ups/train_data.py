@@ -105,8 +105,8 @@ class LabelIndex:
 
 
 def count_clusters(labels_root: Path) -> int:
-    """Number of clusters: `n_clusters` from `<labels_root>/../kmeans/model.npz`-style JSON if
-    present (`<labels_root>/meta.json`), else the largest label over all splits + 1."""
+    """Number of clusters: `n_clusters` from `<labels_root>/meta.json` (assign-labels writes it)
+    if present, else the largest label over all splits + 1."""
     meta = Path(labels_root) / "meta.json"
     if meta.is_file():
         data = orjson.loads(meta.read_bytes())

@@ -526,8 +526,3 @@ def hours_accounting(by_tar: dict[int, tuple[ChunkRow, ...]], totals: dict[str, 
         out[name] = {k: round(v, 6) for k, v in d.items()} | {"total": round(sum(d.values()), 6)}
     return out
 
-
-def list_features(features_dir: Path, split: str) -> list[int]:
-    """Tar numbers with features for `split`, sorted (for fit-kmeans and assign-labels)."""
-    return sorted(int(p.name.split(".")[0]) for p in (features_dir / split).glob("*.feats.npy"))
-

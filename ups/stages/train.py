@@ -68,7 +68,6 @@ RUNTIME_KEYS = (
     "epochs",
     "max_steps",
 )
-SCHEDULE_KEYS = ("epochs", "max_steps")
 # Summed per step on the device (the loss terms) and on the host (counts), reduced at log time.
 DEVICE_SUMS = (*SUM_NAMES, "penalty")
 HOST_SUMS = ("micro_batches", "audio_samples")
