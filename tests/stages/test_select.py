@@ -239,3 +239,9 @@ def test_a_target_beyond_the_data_takes_all_that_the_caps_allow(index_dir, tmp_p
     s = rep["shortfall"]
     assert s["binding"] == "eligible_files" and s["after_caps_hours"] > 0.5
     assert rep["selected_hours"] == pytest.approx(s["after_caps_hours"], rel=0.01)
+
+
+def test_a_target_of_a_fraction_of_a_chunk_blames_whole_chunks_not_a_limit(index_dir, tmp_path):
+    _, rep = _select(index_dir, tmp_path, "tiny", hours=0.004)  # 1.44 chunks of 10 s
+    assert rep["shortfall"]["binding"] == "whole_chunks"
+    assert "select.max_tars" not in rep["shortfall_reason"] and "whole 10 s chunks" in rep["shortfall_reason"]

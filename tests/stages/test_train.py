@@ -393,3 +393,16 @@ def test_an_epoch_without_one_readable_sample_stops_the_run(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fresh_start_names_an_auto_batch_that_resolved_otherwise():
+    # The fingerprint holds the resolved batch, the warning compared the raw config ("auto" both
+    # times) and blamed "labels or shards changed" when a run moved to another GPU.
+    from dataclasses import asdict
+
+    cfg = _cfg("tiny", batch_size="auto", grad_accum="auto")
+    info = {"config": asdict(cfg), "batch_size": 32, "grad_accum": 2}
+    assert train._changed_keys(info, cfg, 64, 1) == ["train.batch_size (auto: 32 -> 64)",
+                                                     "train.grad_accum (auto: 2 -> 1)"]
+    assert train._changed_keys(info, cfg, 32, 2) == []
+    assert train._changed_keys(info, replace(cfg, learning_rate=1.0), 32, 2) == ["train.learning_rate"]

@@ -163,7 +163,8 @@ def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_c
     order = [("languages" if filtered_h > 0 else "eligible_files", "eligible_hours"),
              ("min_speech_ratio", "candidate_hours"), ("caps", "after_caps_hours"),
              (download_limit, "within_download_limit_hours")]
-    binding = next((name for name, key in order if hours[key] < cfg.hours * 0.99), order[-1][0])
+    # no limit below the target: the shortfall is whole chunks against each language's quota
+    binding = next((name for name, key in order if hours[key] < cfg.hours * 0.99), "whole_chunks")
     whole = f"whole {cfg.chunk_seconds:g} s chunks"
     why = {
         "languages": f"select.languages / select.exclude_languages leave {hours['eligible_hours']:.3f} h "
@@ -177,6 +178,9 @@ def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_c
                 f"(select.max_tar_fraction {cfg.max_tar_fraction:g})",
         "max_tars": f"select.max_tars {cfg.max_tars}: the {n_chosen_tars} chosen tars hold "
                     f"{hours['within_download_limit_hours']:.3f} h of capped candidates",
+        "whole_chunks": f"every limit leaves at least the target; each language's quota is met "
+                        f"in {whole} (select.chunk_seconds), which select.hours {cfg.hours:g} "
+                        f"does not divide into within 1 %",
         "max_download_gb": f"select.max_download_gb {cfg.max_download_gb:g}: the files that fit it "
                            f"give every language {100 * budget_scale:.1f} % of its hours "
                            f"({hours['within_download_limit_hours']:.3f} h of capped candidates)",

@@ -352,9 +352,15 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.max_steps or cfg.epochs * steps_per_epoch
 
 
-def _changed_keys(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    now = asdict(cfg)
-    return sorted(f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k])
+def _changed_keys(info: dict[str, Any], cfg: TrainConfig, batch_size: int, grad_accum: int) -> list[str]:
+    """The train.* keys whose values differ from the state's; `auto` batch values by what they
+    resolved to (another GPU gives another row of the batch table)."""
+    saved, now = info.get("config", {}), asdict(cfg)
+    changed = [f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
+    for key, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
+        if key in info and info[key] != value and f"train.{key}" not in changed:
+            changed.append(f"train.{key} ({now[key]}: {info[key]} -> {value})")
+    return sorted(changed)
 
 
 def _check_schedule(saved: dict[str, Any], cfg: TrainConfig, found: Path, step: int) -> None:
@@ -382,7 +388,7 @@ def resume(r: Run, state_dir: Path) -> Progress:
                     found, st["info"].get("format", 1), STATE_FORMAT)
         st = None
     if st is not None and st["info"].get("fingerprint") != r.fingerprint:
-        changed = _changed_keys(st["info"].get("config", {}), cfg)
+        changed = _changed_keys(st["info"], cfg, r.batch_size, r.grad_accum)
         log.warning("train: state %s was made with another config or data (%s); starting afresh",
                     found, ", ".join(changed) or "labels or shards changed")
         st = None
@@ -725,6 +731,8 @@ def save(r: Run, prog: Progress, state_dir: Path) -> None:
                 "scaler": r.scaler.state_dict() if r.scaler is not None else None,
                 "fingerprint": r.fingerprint,
                 "config": asdict(r.cfg),
+                "batch_size": r.batch_size,  # as resolved (train.batch_size may be auto)
+                "grad_accum": r.grad_accum,
                 "world_size": d.world_size,
             },
             history=prog.history,
