@@ -151,6 +151,27 @@ def list_shards(split_dir: Path) -> list[Path]:
     return sorted(p for p in Path(split_dir).glob("*.tar") if p.is_file())
 
 
+def decode_pcm(data: bytes, skips: Counter[str]) -> np.ndarray | None:
+    """One `.pcm.npy` member as int16 mono samples; None (counted) when it is not one."""
+    try:
+        pcm = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        skips["bad_sample"] += 1
+        return None
+    if pcm.ndim != 1 or pcm.dtype != np.int16:
+        skips["bad_pcm_format"] += 1
+        return None
+    return pcm
+
+
+def _file_members(tf: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, sample key, extension) of each regular file of a shard, in tar order."""
+    for member in tf:
+        if member.isfile():
+            key, _, ext = member.name.rpartition("/")[2].partition(".")
+            yield member, key, ext
+
+
 def read_shard(path: Path, skips: Counter[str]) -> Iterator[tuple[int, np.ndarray]]:
     """(chunk_id, int16 pcm) per sample of one shard, in file order; bad samples counted."""
     current: str | None = None
@@ -163,22 +184,16 @@ def read_shard(path: Path, skips: Counter[str]) -> Iterator[tuple[int, np.ndarra
             skips["missing_pcm"] += 1
             return None
         try:
-            pcm = np.load(io.BytesIO(fields["pcm.npy"]), allow_pickle=False)
             chunk_id = int(current)
-        except (ValueError, OSError):
+        except ValueError:
             skips["bad_sample"] += 1
             return None
-        if pcm.ndim != 1 or pcm.dtype != np.int16:
-            skips["bad_pcm_format"] += 1
-            return None
-        return chunk_id, pcm
+        pcm = decode_pcm(fields["pcm.npy"], skips)
+        return None if pcm is None else (chunk_id, pcm)
 
     try:
         with tarfile.open(path, "r|") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+            for member, key, ext in _file_members(tf):
                 if key != current:
                     item = flush()
                     if item is not None:
@@ -316,10 +331,7 @@ def catalog_shard(path: Path, labels: LabelIndex, min_frames: int, skips: Counte
     ids, offsets, sizes, frames = [], [], [], []
     try:
         with tarfile.open(path, "r:") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+            for member, key, ext in _file_members(tf):
                 if ext != "pcm.npy":
                     continue
                 try:
@@ -379,16 +391,9 @@ def read_samples(
         with open(entry.path, "rb") as fh:
             for i in range(first, stop):
                 fh.seek(int(entry.offsets[i]))
-                data = fh.read(int(entry.sizes[i]))
-                try:
-                    pcm = np.load(io.BytesIO(data), allow_pickle=False)
-                except (ValueError, OSError, EOFError):
-                    skips["bad_sample"] += 1
-                    continue
-                if pcm.ndim != 1 or pcm.dtype != np.int16:
-                    skips["bad_pcm_format"] += 1
-                    continue
-                yield int(entry.chunk_ids[i]), pcm
+                pcm = decode_pcm(fh.read(int(entry.sizes[i])), skips)
+                if pcm is not None:
+                    yield int(entry.chunk_ids[i]), pcm
     except OSError as exc:
         log.warning("shard %s unreadable: %s", entry.path, exc)
         skips["bad_shard"] += 1
