@@ -30,7 +30,7 @@ def test_assign_matches_brute_force_and_reports_inertia():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1001, 39)).astype(np.float32)
     c = rng.standard_normal((17, 39)).astype(np.float32)
-    labels, inertia = assign(x, c, block_frames=100)
+    labels, inertia = assign(x, c)
     d = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(labels, d.argmin(1))
     assert labels.dtype == np.int16

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ups.blas import fixed_blas
 from ups.frames import SAMPLE_RATE
 
 MARGIN_S = 1.0  # decoded past the last wanted sample, so the resampler's tail never reaches it
@@ -58,7 +59,8 @@ def decode_mono_16k(data: bytes, need_samples: int | None = None, quality: str =
     if x.shape[1] == 1:
         mono = x[:, 0]
     else:
-        mono = x @ np.full(x.shape[1], 1.0 / x.shape[1], dtype=np.float32)
+        with fixed_blas():  # one BLAS thread: the same PCM bytes on every machine (ups.blas)
+            mono = x @ np.full(x.shape[1], 1.0 / x.shape[1], dtype=np.float32)
     if sr == SAMPLE_RATE:
         return np.ascontiguousarray(mono, dtype=np.float32)
     return soxr.resample(mono, sr, SAMPLE_RATE, quality=quality)

@@ -400,8 +400,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.verbose)
+    from ups.blas import fixed_blas
+
     try:
-        return int(args.handler(args) or 0)
+        # numpy BLAS on one thread for the whole command: tracked outputs must not depend on the
+        # thread count; the products that want cores run in fixed blocks on a pool (ups.blas)
+        with fixed_blas():
+            return int(args.handler(args) or 0)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2

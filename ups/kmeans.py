@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ups.blas import fixed_blas, map_blocks
 from ups.config import KmeansConfig
 
 STD_FLOOR = 1e-5
@@ -93,18 +94,15 @@ def _init_size(cfg: KmeansConfig, n: int) -> int:
 
 
 def fit_kmeans(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
-    """Mini-batch k-means with the configured (fairseq) settings on normalised frames (see above)."""
-    from threadpoolctl import threadpool_limits
+    """Mini-batch k-means with the configured (fairseq) settings on normalised frames (see above).
 
+    Every product runs in fixed row blocks on one BLAS thread each (`ups.blas`): the centroids
+    and figures are the same bytes for any thread count."""
     n = len(x)
     if n < cfg.n_clusters:
         raise ValueError(f"{n} sampled frames cannot make {cfg.n_clusters} clusters "
                          "(raise kmeans.sample_hours or lower kmeans.n_clusters)")
-    # small products (39-dim MFCC, k = 100: batch x d x k = 39 M) run on one BLAS thread, as
-    # sklearn's minibatch loop: a second thread cost more than it gave (17 ms vs 1.7 ms per step on
-    # a busy host); 768-dim HuBERT frames with k = 500 (3.8 G per step) use every core
-    threads = 1 if x.shape[1] * cfg.n_clusters < 100_000 else None
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with fixed_blas():
         return _fit(np.ascontiguousarray(x, dtype=np.float32), cfg)
 
 
@@ -122,14 +120,14 @@ def kmeans_plusplus_runs(x: np.ndarray, k: int, n_runs: int, rng: np.random.Gene
     centres = np.empty((n_runs, k, d), dtype=np.float32)
     first = rng.integers(0, n, n_runs)
     centres[:, 0] = x[first]
-    closest = np.maximum(x_sq[None, :] - 2.0 * (x[first] @ x.T) + x_sq[first, None], 0.0)
+    closest = np.maximum(x_sq[None, :] - 2.0 * _products(x[first], x) + x_sq[first, None], 0.0)
     runs = np.arange(n_runs)
     for c in range(1, k):
         cum = np.cumsum(closest, axis=1, dtype=np.float64)
         r = rng.random((n_runs, trials)) * cum[:, -1:]
         cand = np.minimum(np.stack([np.searchsorted(cum[i], r[i]) for i in runs]), n - 1)
         flat = cand.ravel()
-        dist = x[flat] @ x.T  # (runs * trials, n), in place from here on
+        dist = _products(x[flat], x)  # (runs * trials, n), in place from here on
         dist *= -2.0
         dist += x_sq[None, :]
         dist += x_sq[flat, None]
@@ -140,6 +138,18 @@ def kmeans_plusplus_runs(x: np.ndarray, k: int, n_runs: int, rng: np.random.Gene
         closest = dist[runs, best]
         centres[:, c] = x[cand[runs, best]]
     return centres
+
+
+def _products(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """a @ x.T, (len(a), len(x)) float32, in fixed blocks of x's rows (`ups.blas.map_blocks`)."""
+    out = np.empty((len(a), len(x)), dtype=np.float32)
+
+    def block(s: int, e: int) -> None:
+        out[:, s:e] = a @ x[s:e].T
+
+    with fixed_blas():
+        map_blocks(block, len(x), macs_per_row=a.shape[0] * a.shape[1])
+    return out
 
 
 def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
@@ -165,7 +175,7 @@ def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
     tol = cfg.tol * float(np.mean(np.var(x, axis=0, dtype=np.float64))) if cfg.tol > 0 else 0.0
     for step in range(n_steps):
         xb = x[rng.integers(0, n, batch)]
-        labels, batch_inertia = assign(xb, centres.astype(np.float32), block_frames=batch)
+        labels, batch_inertia = assign(xb, centres.astype(np.float32))
         lab = labels.astype(np.int64)
         nk = np.bincount(lab, minlength=k).astype(np.float64)
         order = np.argsort(lab, kind="stable")
@@ -211,25 +221,31 @@ def _reassign(centres: np.ndarray, counts: np.ndarray, xb: np.ndarray, ratio: fl
         counts[small] = counts[~small].min() if (~small).any() else 0.0
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, block_frames: int = 65536,
-           c_sq: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Nearest centroid of each row: (int16 labels, sum of squared distances)."""
+def assign(x: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Nearest centroid of each row: (int16 labels, sum of squared distances).
+
+    Rows go in fixed blocks of `ups.blas.BLOCK_ROWS`, each on one BLAS thread (on a pool when
+    the product is large); the inertia is summed in float64, block by block in row order, so
+    labels and inertia are the same bytes for any thread count."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     if c_sq is None:
         c_sq = np.einsum("kd,kd->k", centroids, centroids)
     labels = np.empty(len(x), dtype=np.int16)
-    inertia = 0.0
     ct = np.ascontiguousarray(centroids.T)
-    for s in range(0, len(x), block_frames):
-        xb = np.ascontiguousarray(x[s:s + block_frames], dtype=np.float32)
+
+    def block(s: int, e: int) -> float:
+        xb = np.ascontiguousarray(x[s:e], dtype=np.float32)
         d = xb @ ct
         d *= -2.0
         d += c_sq
         best = d.argmin(axis=1)
-        labels[s:s + len(xb)] = best
-        inertia += float(d[np.arange(len(xb)), best].sum(dtype=np.float64)
-                         + np.einsum("nd,nd->", xb, xb, dtype=np.float64))
-    return labels, inertia
+        labels[s:e] = best
+        return float(d[np.arange(len(xb)), best].sum(dtype=np.float64)
+                     + np.einsum("nd,nd->", xb, xb, dtype=np.float64))
+
+    with fixed_blas():
+        parts = map_blocks(block, len(x), macs_per_row=centroids.size)
+    return labels, float(sum(parts))
 
 
 class TorchAssigner:

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
+from ups.blas import single_threaded
 from ups.config import MfccParams
 from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn_frames
 
@@ -70,6 +71,7 @@ def povey_window() -> np.ndarray:
     return w
 
 
+@single_threaded  # the bytes must not depend on the BLAS thread count (ups.blas)
 def kaldi_mfcc(x: np.ndarray, spec: MfccParams = DEFAULT_MFCC) -> np.ndarray:
     """Kaldi MFCC (snip_edges, no energy, no dither) of 16 kHz float audio: (n_frames, num_ceps).
 

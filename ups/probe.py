@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ups.audio import from_int16
+from ups.blas import fixed_blas
 from ups.config import MfccParams
 from ups.mfcc import hubert_mfcc
 
@@ -91,8 +92,9 @@ def fit_probe(
     clf = make_pipeline(
         StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
     )
-    clf.fit(np.asarray(x_train, dtype=np.float64), np.asarray(y_train))
-    pred = clf.predict(np.asarray(x_test, dtype=np.float64)[keep])
+    with fixed_blas():  # one BLAS thread: the same figures for any thread count (ups.blas)
+        clf.fit(np.asarray(x_train, dtype=np.float64), np.asarray(y_train))
+        pred = clf.predict(np.asarray(x_test, dtype=np.float64)[keep])
     labels = sorted(set(yt))
     out["accuracy"] = float(accuracy_score(yt, pred))
     out["macro_f1"] = float(f1_score(yt, pred, labels=labels, average="macro", zero_division=0))

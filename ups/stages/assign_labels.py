@@ -97,7 +97,7 @@ def label_tar(cfg: AssignLabelsConfig, features: FeaturesConfig, norm: Normalise
         inertia = 0.0
         step = cfg.block_frames
         for s in range(0, tf.n_frames, step):
-            lab, ine = assign(norm.apply(np.asarray(x[s:s + step])), centroids, step, c_sq)
+            lab, ine = assign(norm.apply(np.asarray(x[s:s + step])), centroids, c_sq)
             labels[s:s + step] = lab
             inertia += ine
         return labels, inertia
@@ -228,7 +228,7 @@ class HubertLabeller:
     def assign(self, h: Any, block_frames: int) -> tuple[np.ndarray, float]:
         if self.gpu is not None:
             return self.gpu(h, block_frames)
-        return assign(self.norm.apply(h.numpy()), self.centroids, block_frames, self.c_sq)
+        return assign(self.norm.apply(h.numpy()), self.centroids, self.c_sq)
 
 
 def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source: Any) -> None:
