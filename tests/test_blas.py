@@ -124,7 +124,7 @@ def test_blocks_cover_every_row_once_in_order():
     assert blas.blocks(10, 4) == [(0, 4), (4, 8), (8, 10)]
     spans = blas.blocks(10_001)
     assert spans[0][0] == 0 and spans[-1][1] == 10_001
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_in_process_results_match_under_both_thread_counts():
@@ -140,3 +140,20 @@ def test_in_process_results_match_under_both_thread_counts():
             out.append(hashlib.sha256(hubert_mfcc(audio).tobytes() + km.centroids.tobytes()
                                       + pp.tobytes()).hexdigest())
     assert out[0] == out[1]
+
+
+def test_a_pin_entered_before_numpy_loads_still_pins_it():
+    """The `ups` command enters the pin before the stage imports numpy."""
+    code = ("from ups import blas\n"
+            "with blas.fixed_blas():\n"
+            "    import numpy\n"
+            "    from threadpoolctl import threadpool_info\n"
+            "    with blas.fixed_blas():\n"
+            "        print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}),"
+            " blas.pool_threads())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS_", "OMP_"))}
+    env.update({"PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "2"})
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["[1]", "2"]

@@ -75,8 +75,12 @@ def test_each_stage_rerun_from_scratch_writes_the_same_bytes(demo_run, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "demo"
     shutil.copytree(run_dir, root, symlinks=True)
+    # the first run had the machine's BLAS thread count (2 here): the rerun has one BLAS thread,
+    # and must still write the same bytes (ups.blas; torch's own threads are not varied here,
+    # see docs/reproducibility.md)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(root), "UPS_PROGRESS": "0",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OPENBLAS_NUM_THREADS": "1"}
     lock_before = (root / "dvc.lock").read_bytes()
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     rels = {name: _tracked(stage) for name, stage in stages.items()}

@@ -33,9 +33,10 @@ BLOCK_ROWS = 4096
 # products below this many multiply-adds run inline: a pool's hand-off costs more than it gives
 POOL_MIN_MACS = 50_000_000
 
-# modules that load a BLAS of their own (scipy's, sklearn's via scipy): the controller is rebuilt
-# when one of them appears, because threadpoolctl sees only the libraries loaded when it looked
-_BLAS_LOADERS = ("scipy.linalg", "sklearn", "torch")
+# modules that load a BLAS (numpy's, scipy's, sklearn's via scipy): the controller is rebuilt when
+# one of them appears, because threadpoolctl sees only the libraries loaded when it looked (the
+# `ups` command enters the pin before a stage imports numpy)
+_BLAS_LOADERS = ("numpy", "scipy.linalg", "sklearn", "torch")
 
 _lock = threading.RLock()
 _depth = 0
@@ -68,8 +69,8 @@ def fixed_blas() -> Iterator[None]:
     global _depth, _threads
     with _lock:
         if _refresh_controller() or _depth == 0:
-            if _depth == 0:
-                _threads = max([1, *(int(lib.num_threads) for lib in _controller.lib_controllers)])
+            counts = [int(lib.num_threads) for lib in _controller.lib_controllers]
+            _threads = max([1, *counts]) if _depth == 0 else max([_threads, *counts])
             _limiters.append(_controller.limit(limits=1))
         _depth += 1
     try:

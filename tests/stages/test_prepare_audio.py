@@ -149,9 +149,12 @@ def test_slurm_array_tasks_then_one_final_run_give_the_same_bytes(done, corpus, 
                                                                  caplog):
     out, _ = done
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    for task in (1, 0):  # array tasks run in any order, at any time
+    from threadpoolctl import threadpool_limits
+
+    for task, threads in ((1, 1), (0, 2)):  # array tasks run in any order, on any thread count
         slurm_array_task(monkeypatch, task)
-        assert run_stage(corpus, tmp_path) == {}
+        with threadpool_limits(threads):
+            assert run_stage(corpus, tmp_path) == {}
     assert not (tmp_path / "audio" / "report.json").exists()  # no task finishes the stage
     assert sorted(p.name for p in (tmp_path / "audio" / "_done").iterdir()) == [
         "000001.done.json", "000002.done.json", "000003.done.json"]
