@@ -34,7 +34,7 @@ def _encoder_inputs(model: PretrainModel, x: torch.Tensor, mask: torch.Tensor | 
 
 
 def test_masked_positions_reach_encoder_as_mask_embedding(tmp_path):
-    # The seed set apply_spec_augment=False (transformers then ignores mask_time_indices).
+    # With apply_spec_augment=False transformers ignores mask_time_indices: nothing is masked.
     model, original = _model(tmp_path, apply_spec_augment=False)
     assert original["apply_spec_augment"] is False
     assert model.hubert.config.apply_spec_augment is True

@@ -10,7 +10,6 @@ returned as int16 PCM and float32 (for features).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
@@ -24,18 +23,6 @@ MARGIN_S = 1.0  # decoded past the last wanted sample, so the resampler's tail n
 
 class CorruptAudio(Exception):
     """The MP3 could not be decoded (libsndfile refused it or failed mid-stream)."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """A wanted chunk of a file, in 16 kHz samples."""
-
-    start: int
-    n_samples: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.n_samples
 
 
 def decode_mono_16k(data: bytes, need_samples: int | None = None, quality: str = "HQ") -> np.ndarray:

@@ -1,9 +1,9 @@
 """`train.batch_size: auto`: batch size and gradient accumulation from the GPU's memory.
 
-The seed's table (10 s chunks, HuBERT-base, mixed precision), extended to H100 and H200. Rows
+Sized for 10 s chunks, HuBERT-base, mixed precision, T4 to H200. Rows
 are matched by total memory in GiB, so a GPU not named here gets the row of its memory size.
-The names are GPUs that torch's CUDA 13 build runs on (compute capability 7.5 and newer; the
-seed's V100 rows are gone with Volta's support).
+The names are GPUs that torch's CUDA 13 build runs on (compute capability 7.5 and newer: no
+V100, Volta's support is gone).
 The effective batch per optimizer step is batch_size x grad_accum x processes.
 """
 

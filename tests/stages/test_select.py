@@ -1,4 +1,4 @@
-"""index-lang + select on a small UPS-format fixture: every selection property of the issue."""
+"""index-lang + select on a small UPS-format fixture: every selection property the stage promises."""
 
 from __future__ import annotations
 
