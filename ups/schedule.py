@@ -5,6 +5,26 @@ from __future__ import annotations
 import math
 
 
+def warmup_steps_for(warmup: int | float, total_steps: int) -> int:
+    """`train.warmup_steps` as steps: an int is a count, a float in (0, 1) a fraction of the
+    total (so one setting fits a 128-step run on 8 GPUs and a 20 k-step run on one)."""
+    if isinstance(warmup, float):
+        return max(1, round(warmup * total_steps))
+    return int(warmup)
+
+
+def check_warmup(warmup: int, total_steps: int) -> None:
+    """A warmup as long as the run never reaches the peak LR nor decays: refuse it."""
+    if total_steps > 1 and warmup >= total_steps:
+        from ups.config import ConfigError
+
+        raise ConfigError(
+            f"train.warmup_steps gives {warmup} warmup steps but the run has {total_steps} steps in all: "
+            f"the LR would never reach train.learning_rate nor decay; give fewer steps or a fraction "
+            f"of the total (e.g. 0.08)"
+        )
+
+
 def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int, kind: str = "linear") -> float:
     """LR for optimizer step `step` (0-based): warmup from peak/warmup to peak, then linear or
     cosine decay to 0 at `total_steps` (constant: stay at peak)."""

@@ -28,8 +28,6 @@ BASE = {
     "num_workers": 0,
     "learning_rate": 5e-3,
     "warmup_steps": 2,
-    "shuffle_buffer": 8,
-    "bucket_batches": 2,
     "final_dim": 16,
     "min_sample_seconds": 0.5,
     "log_every_steps": 2,
