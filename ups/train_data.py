@@ -230,12 +230,14 @@ def collate(
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         audio[i, : len(x)] = x
         labels[i, : frames[i]] = lab[f0 : f0 + frames[i]]
-    kw = {"mask_prob": spec.mask_prob, "mask_length": spec.mask_length, "min_masks": spec.min_masks}
+    def spans(lengths: np.ndarray, g: np.random.Generator) -> np.ndarray:
+        return compute_mask(lengths, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length,
+                            min_masks=spec.min_masks, rng=g)
+
     if row_rngs is None:
-        mask = compute_mask(frames, n_t, rng=rng, **kw)
+        mask = spans(frames, rng)
     else:
-        rows = [compute_mask(frames[i : i + 1], n_t, rng=g, **kw) for i, g in enumerate(row_rngs)]
-        mask = np.concatenate(rows)
+        mask = np.concatenate([spans(frames[i : i + 1], g) for i, g in enumerate(row_rngs)])
     valid = frame_valid(frames, n_t)
     out: dict[str, Any] = {
         "input_values": torch.from_numpy(audio),

@@ -113,7 +113,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, corpus):
 
 
 def test_state_from_other_config_is_not_resumed(tmp_path, corpus, caplog):
-    cfg = _cfg("tiny", max_steps=2, save_every_steps=2, valid_every_steps=100)
+    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
     _run(cfg, corpus, tmp_path)
     _run(replace(cfg, learning_rate=1e-3, max_steps=3), corpus, tmp_path)
     assert "starting afresh" in caplog.text
@@ -195,7 +195,7 @@ def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
     from ups.train_data import labels_digest
 
     corpus = write_corpus(tmp_path / "corpus", n_train=12, n_valid=4, seconds=(1.0, 1.5))
-    cfg = _cfg("tiny", max_steps=2, save_every_steps=2, valid_every_steps=100)
+    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
     _run(cfg, corpus, tmp_path)
     for split in ("train", "valid"):
         p = corpus["labels"] / split / "labels.npy"
@@ -307,10 +307,10 @@ def test_a_schedule_change_on_resume_is_refused_naming_the_key(tmp_path, corpus,
 def test_crop_pad_is_refused_for_a_group_norm_cnn(tmp_path, corpus):
     # Group norm normalises over time: padding changes the real frames' features.
     with pytest.raises(ConfigError, match="train.crop"):
-        _run(_cfg("tiny", crop="pad", max_steps=2), corpus, tmp_path)
+        _run(_cfg("tiny", crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path)
     assert not (tmp_path / "state").exists()
     init = write_tiny_hubert(tmp_path / "ln", feat_extract_norm="layer", do_stable_layer_norm=True)
-    assert _run(_cfg(str(init), crop="pad", max_steps=2), corpus, tmp_path / "ln-run")["steps"] == 2
+    assert _run(_cfg(str(init), crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path / "ln-run")["steps"] == 2
 
 
 def test_a_gpu_expected_but_absent_is_an_error(tmp_path, corpus, monkeypatch, caplog):
@@ -393,14 +393,18 @@ def test_an_epoch_without_one_readable_sample_stops_the_run(tmp_path):
         signal.signal(signal.SIGALRM, old)
 
 
-def test_a_fresh_start_names_an_auto_batch_that_resolved_otherwise():
-    # The fingerprint holds the resolved batch, the warning compared the raw config ("auto" both
-    # times) and blamed "labels or shards changed" when a run moved to another GPU.
-    from dataclasses import asdict
+def test_another_batch_split_resumes_at_the_states_global_batch(tmp_path, corpus, caplog):
+    # `batch_size: auto` resolves to another (batch, accum) on another GPU: the state used to be
+    # discarded as "another config"; now the accumulation adapts and the run goes on.
+    import logging
 
-    cfg = _cfg("tiny", batch_size="auto", grad_accum="auto")
-    info = {"config": asdict(cfg), "batch_size": 32, "grad_accum": 2}
-    assert train._changed_keys(info, cfg, 64, 1) == ["train.batch_size (auto: 32 -> 64)",
-                                                     "train.grad_accum (auto: 2 -> 1)"]
-    assert train._changed_keys(info, cfg, 32, 2) == []
-    assert train._changed_keys(info, replace(cfg, learning_rate=1.0), 32, 2) == ["train.learning_rate"]
+    caplog.set_level(logging.INFO)
+    cfg = _cfg("tiny", batch_size=4, grad_accum=1, max_steps=6, save_every_steps=2, warmup_steps=1)
+    with pytest.raises(train.StopRequested):
+        _run(cfg, corpus, tmp_path, stop_after_steps=3)
+    summary = _run(replace(cfg, batch_size=2), corpus, tmp_path)
+    assert "resumed from" in caplog.text and "starting afresh" not in caplog.text
+    assert summary["steps"] == 6 and summary["grad_accum"] == 2 and summary["batch_size"] == 2
+    with pytest.raises(ConfigError, match="train.batch_size 3 x 2 processes"):
+        train.elastic_accum(8, 3, 2)
+    assert train.elastic_accum(8, 2, 2) == 2

@@ -393,8 +393,8 @@ def choose_state(r: Run, state_dir: Path) -> str | None:
     deleted here: states of another config or trainer are set aside (`train_state.set_aside`)
     and a set-aside run of this fingerprint is taken back."""
     found = latest_state(state_dir)
-    info = read_json(found / "state.json") if found is not None else None
     if found is not None and r.cfg.resume:
+        info = read_json(found / "state.json")
         if info.get("format") != STATE_FORMAT:
             log.warning("train: state %s is from another trainer (format %s, now %d); starting afresh",
                         found, info.get("format", 1), STATE_FORMAT)
