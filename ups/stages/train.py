@@ -515,12 +515,14 @@ def train(
     batches = iter(r.loader)  # one iterator (and one fork of the workers) for the whole run
     nan_step = _nan_injection(r.d.rank)
     trace = _Trace(r.d.rank)
+    taken = 0  # data steps this process took (the NaN test hook counts these)
     while prog.step < prog.total_steps:
         if prog.steps_in_epoch == r.steps_per_epoch:
             end_epoch(r, prog, live)
         micro = next_micro_batches(batches, r.grad_accum, skips, prog)
         trace.write(prog, micro)
-        applied = data_step(r, prog, micro, sums, nan_step == prog.step)
+        applied = data_step(r, prog, micro, sums, nan_step == taken)
+        taken += 1
         if not applied:
             continue
         progress.update(1)
@@ -862,7 +864,8 @@ def finish(
 
 
 def _nan_injection(rank: int) -> int | None:
-    """Test hook: UPS_TEST_NAN_AT=<rank>:<step> makes that rank's loss NaN at that step."""
+    """Test hook: UPS_TEST_NAN_AT=<rank>:<k> makes that rank's loss NaN at its k-th data step
+    (0-based, counted from this process's start)."""
     spec = os.environ.get("UPS_TEST_NAN_AT")
     if not spec:
         return None
