@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -311,7 +312,8 @@ def test_crop_pad_is_refused_for_a_group_norm_cnn(tmp_path, corpus):
         _run(_cfg("tiny", crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path)
     assert not (tmp_path / "state").exists()
     init = write_tiny_hubert(tmp_path / "ln", feat_extract_norm="layer", do_stable_layer_norm=True)
-    assert _run(_cfg(str(init), crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path / "ln-run")["steps"] == 2
+    ln_cfg = _cfg(str(init), crop="pad", max_steps=2, warmup_steps=1)
+    assert _run(ln_cfg, corpus, tmp_path / "ln-run")["steps"] == 2
 
 
 def test_a_gpu_expected_but_absent_is_an_error(tmp_path, corpus, monkeypatch, caplog):
@@ -420,7 +422,7 @@ def test_warmup_as_a_fraction_fits_the_run_and_a_warmup_as_long_as_the_run_is_re
     # 8 GPUs x 100 h on H200: 128 steps in all; the fixed 500 never left warmup
     assert warmup_steps_for(0.08, 128) == 10 and warmup_steps_for(500, 128) == 500
     assert warmup_steps_for(0.08, 3) == 1
-    with pytest.raises(ConfigError, match=r"train.warmup_steps gives 10 warmup steps but the run has 10 steps"):
+    with pytest.raises(ConfigError, match=r"train.warmup_steps gives 10 warmup steps but the run has 10"):
         _run(_cfg("tiny", max_steps=10, warmup_steps=10), corpus, tmp_path)
     assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("step-*"))
     with pytest.raises(ConfigError, match="train.warmup_steps"):
@@ -522,3 +524,102 @@ def test_validation_is_the_same_for_1_2_and_4_workers(tmp_path, corpus):
     for other in losses[1:]:
         for k, v in losses[0].items():
             assert other[k] == pytest.approx(v, abs=1e-6), k
+
+
+# --- elastic resume: killed on 2 ranks x 2 workers, resumed on 4 x 1 and 1 x 4 ----------------
+
+
+def _launch_cmd(tmp_path: Path, corpus: dict[str, Path], name: str, state: Path, **train_kw) -> list[str]:
+    params = tmp_path / f"{name}.yaml"
+    params.write_text(yaml.safe_dump({"train": {**BASE, "init": str(tmp_path / "init"), **train_kw}}))
+    out = tmp_path / name
+    return [sys.executable, "-m", "ups.launch", "train", "--params", str(params),
+            "--audio-dir", str(corpus["audio"]), "--labels-dir", str(corpus["labels"]),
+            "--model-dir", str(out / "model"), "--state-dir", str(state), "--live-dir", str(out / "live")]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant (torchrun starts its ranks in sessions of their own)."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _trace(trace_dir: Path) -> list[dict]:
+    import json
+
+    files = sorted(trace_dir.glob("rank*.jsonl"))
+    return [json.loads(line) for p in files for line in p.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_2x2_resumes_on_4x1_and_1x4_training_each_chunk_once(tmp_path):
+    import json
+    import shutil
+    import time
+
+    corpus = write_corpus(tmp_path / "c", n_train=24, n_valid=4, seconds=(0.6, 1.0))
+    write_tiny_hubert(tmp_path / "init", seed=2)
+    shape = {"batch_size": 1, "epochs": 2, "warmup_steps": 2, "save_every_steps": 2, "valid_every_steps": 100,
+             "log_every_steps": 1}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    killed_trace = tmp_path / "trace-killed"
+    killed_trace.mkdir()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        _launch_cmd(tmp_path, corpus, "killed", state, gpus=2, num_workers=2, grad_accum=2, **shape),
+        cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(killed_trace)}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while latest_state(state) is None or json.loads((state / "latest.json").read_text())["step"] < 4:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no state at step 4"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(proc.pid)  # every process: the launcher, torchrun, both ranks, their workers
+        proc.wait()
+    time.sleep(1)
+    saved = json.loads((latest_state(state) / "state.json").read_text())
+    assert saved["global_batch"] == 4 and saved["step"] >= 4
+    position = (saved["epoch"], saved["steps_in_epoch"])
+    before = [t for t in _trace(killed_trace) if (t["epoch"], t["step"]) < position]
+    for name, gpus, workers in (("r4w1", 4, 1), ("r1w4", 1, 4)):
+        shutil.copytree(state, tmp_path / f"state-{name}")
+        trace = tmp_path / f"trace-{name}"
+        trace.mkdir()
+        done = subprocess.run(
+            _launch_cmd(tmp_path, corpus, name, tmp_path / f"state-{name}", gpus=gpus, num_workers=workers,
+                        grad_accum=1, **shape),
+            cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(trace)}, capture_output=True, text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "resumed from" in done.stderr and "starting afresh" not in done.stderr
+        assert _trace(trace), (name, sorted(p.name for p in trace.iterdir()), done.stderr[-2000:])
+        report = json.loads((tmp_path / name / "model" / "training.json").read_text())
+        assert report["total_steps"] == 12 and report["steps"] == 12  # 24 chunks / 4 per step x 2 epochs
+        assert report["grad_accum"] == 4 // gpus  # the global batch kept
+        steps: dict[tuple[int, int], list[int]] = {}
+        for t in before + _trace(trace):
+            steps.setdefault((t["epoch"], t["step"]), []).extend(t["ids"])
+        assert sorted(steps) == [(e, s) for e in range(2) for s in range(6)], name
+        for epoch in range(2):
+            ids = sorted(i for (e, _), v in steps.items() if e == epoch for i in v)
+            assert ids == list(range(24)), (name, epoch)  # each chunk exactly once, by id
+        assert all(e["complete"] and e["chunks_used"] == 24 for e in report["epochs"]), report["epochs"]
