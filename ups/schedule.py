@@ -39,3 +39,24 @@ def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int, kind: 
     if kind == "cosine":
         return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+def plan_rows(
+    train_chunks: int, *, gpus: int, batch_size: int | str, grad_accum: int | str, epochs: int,
+    max_steps: int | None, warmup: int | float, chunk_seconds: float = 10.0,
+) -> list[dict[str, object]]:
+    """What the schedule will be on each row of the GPU batch table (the GPU is not known
+    before the run): global batch, audio hours per step, steps per epoch, total, warmup."""
+    from ups.batch_table import TABLE, resolve_batch
+
+    rows = []
+    for limit, name, _, _ in TABLE:
+        b, a = resolve_batch(batch_size, grad_accum, limit if limit != float("inf") else 141.0)
+        g = b * a * gpus
+        per_epoch = train_chunks // g
+        total = max_steps or epochs * per_epoch
+        w = warmup_steps_for(warmup, total)
+        rows.append({"gpu": name, "global_batch": g, "hours_per_step": g * chunk_seconds / 3600,
+                     "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": w,
+                     "ok": total > 0 and (total <= 1 or w < total)})
+    return rows

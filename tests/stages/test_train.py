@@ -183,7 +183,7 @@ def test_nan_on_one_rank_skips_the_step_on_all(tmp_path, corpus):
     )
     report = json.loads((out / "model" / "training.json").read_text())
     assert report["skipped_steps"] == 1 and report["steps"] == 5 and report["world_size"] == 2
-    assert "step 2 skipped" in proc.stderr
+    assert "update 2 skipped" in proc.stderr
 
 
 def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
