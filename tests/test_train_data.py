@@ -168,3 +168,16 @@ def test_validation_covers_every_chunk_once_with_the_same_masks_on_any_number_of
     one = masks(1)
     assert sorted(one) == list(range(61))
     assert masks(4) == one and masks(3) == one
+
+
+def test_a_saved_catalogue_gives_the_same_batches_without_walking_the_shards(corpus, tmp_path, monkeypatch):
+    import ups.train_data as td
+    from ups.train_data import Catalog
+
+    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=True)
+    ds.catalog.save(tmp_path / "train.npz", ds.catalog_skips)
+    monkeypatch.setattr(td, "catalog_shard", lambda *a: (_ for _ in ()).throw(AssertionError("walked")))
+    other = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=True,
+                         catalog=Catalog.load(tmp_path / "train.npz"))
+    assert [b["chunk_ids"] for b in _epoch(other, 10)] == [b["chunk_ids"] for b in _epoch(ds, 10)]
+    assert other.catalog.paths == ds.catalog.paths and other.catalog_skips == ds.catalog_skips

@@ -317,6 +317,23 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.chunk_ids)
 
+    def save(self, path: Path, skips: Counter[str]) -> None:
+        """One `.npz` (no pickle: paths as a unicode array) that the other ranks load."""
+        from ups.atomic import atomic_write
+
+        with atomic_write(path) as fh:
+            np.savez(fh, paths=np.array([str(p) for p in self.paths], dtype=np.str_), shard=self.shard,
+                     chunk_ids=self.chunk_ids, offsets=self.offsets, sizes=self.sizes, frames=self.frames,
+                     skip_names=np.array(sorted(skips), dtype=np.str_),
+                     skip_counts=np.array([skips[k] for k in sorted(skips)], dtype=np.int64))
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[Catalog, Counter[str]]:
+        with np.load(path, allow_pickle=False) as z:
+            cat = cls([Path(p) for p in z["paths"].tolist()], z["shard"], z["chunk_ids"], z["offsets"],
+                      z["sizes"], z["frames"])
+            return cat, Counter(dict(zip(z["skip_names"].tolist(), z["skip_counts"].tolist(), strict=True)))
+
     @classmethod
     def of(cls, entries: list[ShardEntry]) -> Catalog:
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
@@ -368,6 +385,7 @@ class ShardBatches(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         max_batches: int | None = None,
+        catalog: tuple[Catalog, Counter[str]] | None = None,
     ) -> None:
         super().__init__()
         self.shards = list_shards(shard_dir)
@@ -381,8 +399,12 @@ class ShardBatches(IterableDataset):
         self.start = (0, 0)
         self.global_batch = spec.batch_size * world_size
         self._labels = LabelIndex(self.label_dir)
+        self.catalog_skips: Counter[str]  # counted once, when the shards are catalogued
+        if catalog is not None:  # walked once by one rank (`Catalog.save`)
+            self.catalog, self.catalog_skips = catalog
+            return
         min_len = max(int(round(spec.min_sample_seconds * SAMPLE_RATE)), 400)
-        self.catalog_skips: Counter[str] = Counter()  # counted once, when the shards are listed
+        self.catalog_skips = Counter()
         self.catalog = Catalog.of([catalog_shard(p, self._labels, n_cnn_frames(min_len), self.catalog_skips)
                                    for p in self.shards])
 

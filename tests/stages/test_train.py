@@ -171,6 +171,7 @@ def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path, corpus
     one, _ = _launch(tmp_path, corpus, "one", gpus=1, num_workers=2, grad_accum=2, **common)
     two, _ = _launch(tmp_path, corpus, "two", gpus=2, num_workers=1, grad_accum=1, **common)
     assert_same_training(_history(one), _history(two), one / "model", two / "model")
+    assert (two / "state" / "catalog" / "train.npz").is_file()  # walked by rank 0, loaded by rank 1
 
 
 @pytest.mark.slow

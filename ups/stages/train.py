@@ -56,7 +56,7 @@ from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, 
 from ups.progress import bar
 from ups.report import Skips
 from ups.schedule import check_warmup, lr_at, warmup_steps_for
-from ups.train_data import EMPTY, BatchSpec, ShardBatches, count_clusters, labels_digest, list_shards
+from ups.train_data import EMPTY, BatchSpec, Catalog, ShardBatches, count_clusters, labels_digest, list_shards
 from ups.train_state import drop_aside, latest_state, load_state, save_state, set_aside, take_back
 
 log = logging.getLogger(__name__)
@@ -305,9 +305,23 @@ def setup(
     )
 
     def batches(split: str) -> ShardBatches:
-        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
-                            train=split == "train", rank=d.rank, world_size=d.world_size,
-                            max_batches=None if split == "train" else cfg.valid_max_batches)
+        """The split's dataset; its tar headers walked by rank 0 alone, the catalogue shared
+        through the state directory (every rank walking every shard was ranks x the reads)."""
+        saved = state_dir / "catalog" / f"{split}.npz"
+
+        def make(catalog: Any = None) -> ShardBatches:
+            return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
+                                train=split == "train", rank=d.rank, world_size=d.world_size, catalog=catalog,
+                                max_batches=None if split == "train" else cfg.valid_max_batches)
+
+        if not d.enabled:
+            return make()
+        ds = make() if d.is_main else None
+        if ds is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            ds.catalog.save(saved, ds.catalog_skips)
+        distributed.barrier(d)
+        return ds or make(Catalog.load(saved))
 
     train_ds = batches("train")
     valid_loader = None
