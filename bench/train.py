@@ -196,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
                 "log_every_steps": 5,
                 "valid_every_steps": 10**6,
                 "save_every_steps": 10**6,
-                "shuffle_buffer": 32,
-                "bucket_batches": 8,
                 "max_sample_seconds": 10.0,
             }
             cfg = from_dict(TrainConfig, cfg_dict, "train")
@@ -253,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
                     "log_every_steps": 5,
                     "valid_every_steps": 10**6,
                     "save_every_steps": 10**6,
-                    "shuffle_buffer": 64,
-                    "bucket_batches": 8,
                     "compile": args.compile,
                 },
                 "train",
@@ -288,7 +284,7 @@ def loader_rate(cfg: TrainConfig, corpus: dict) -> float:
     """Audio-seconds per second the DataLoader delivers on its own (CPU side of the pipeline)."""
     from ups.batch_table import resolve_batch
     from ups.stages.train import _loader
-    from ups.train_data import END, BatchSpec, ShardBatches
+    from ups.train_data import EMPTY, BatchSpec, ShardBatches
 
     mem = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
     bs, _ = resolve_batch(cfg.batch_size, 1, mem)
@@ -301,17 +297,15 @@ def loader_rate(cfg: TrainConfig, corpus: dict) -> float:
         cfg.mask_length,
         cfg.min_masks,
         cfg.normalize_audio,
-        cfg.shuffle_buffer,
-        cfg.open_shards,
-        cfg.bucket_batches,
     )
     ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
+    n_batches = 3 * (ds.n_samples // bs)  # three epochs of one process
     audio, t = 0.0, time.perf_counter()
-    for epoch in range(3):
-        ds.set_position(epoch, [])
-        for b in _loader(ds, cfg, torch.device("cpu"), 0):
-            if END not in b:
-                audio += b["n_samples"] / 16000
+    for k, b in enumerate(_loader(ds, cfg, torch.device("cpu"), 0)):
+        if k == n_batches:
+            break
+        if EMPTY not in b:
+            audio += b["n_samples"] / 16000
     return audio / (time.perf_counter() - t)
 
 

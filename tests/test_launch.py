@@ -61,7 +61,7 @@ def test_launch_refuses_a_step_that_does_not_match_train_nodes(tmp_path):
 # --- two "nodes" on localhost -----------------------------------------------------------------
 
 TRAIN = {"init": "", "device": "cpu", "epochs": 2, "batch_size": 2, "learning_rate": 5e-3, "warmup_steps": 2,
-         "shuffle_buffer": 8, "bucket_batches": 2, "final_dim": 16, "min_sample_seconds": 0.5,
+         "final_dim": 16, "min_sample_seconds": 0.5,
          "log_every_steps": 2, "valid_every_steps": 3, "save_every_steps": 4}
 
 

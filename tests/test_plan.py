@@ -65,6 +65,7 @@ def test_make_plan_on_the_sample_corpus_as_typed(tmp_path):
     out = res.stdout
     assert "Plan for select.hours=0.3: 0.30 h in 108 chunks, target reached" in out
     assert "  tars     " in out and "  members  " in out and "<- dataset.fetch" in out
+    assert "Training schedule (" in out and "H200-141GB" in out and "warmup" in out
     for line in ("Download:", "Disk per stage:", "fetch-meta", "prepare-audio", "assign-labels",
                  "Time (bench/results", "Nothing has been downloaded"):
         assert line in out, out

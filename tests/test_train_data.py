@@ -1,9 +1,11 @@
+from itertools import islice
+
 import numpy as np
 import pytest
 
 from tests.train_fixtures import write_corpus
 from ups.frames import CNN_HOP_SAMPLES, n_cnn_frames
-from ups.train_data import END, BatchSpec, ShardBatches, bucketed, collate, count_clusters, shuffled
+from ups.train_data import EMPTY, BatchSpec, ShardBatches, collate, count_clusters
 
 SPEC = BatchSpec(
     batch_size=3,
@@ -14,14 +16,17 @@ SPEC = BatchSpec(
     mask_length=10,
     min_masks=2,
     normalize_audio=False,
-    shuffle_buffer=5,
-    open_shards=2,
-    bucket_batches=2,
 )
 
 
+def _epoch(ds, n_batches, epoch=0, step=0, global_batch=None):
+    """The first `n_batches` micro-batches of `ds`'s schedule from (epoch, step)."""
+    ds.set_start(epoch, step, global_batch or ds.spec.batch_size * ds.world_size)
+    return list(islice(ds, n_batches))
+
+
 def _ids(batches):
-    return [c for b in batches if END not in b for c in b["chunk_ids"]]
+    return [c for b in batches if EMPTY not in b for c in b["chunk_ids"]]
 
 
 @pytest.fixture
@@ -29,46 +34,53 @@ def corpus(tmp_path):
     return write_corpus(tmp_path, n_train=30, n_valid=6, n_shards=5, seconds=(0.5, 1.5))
 
 
-@pytest.mark.parametrize("n_streams", [2, 4, 8])  # 8 > 5 shards: streams share shards
-def test_streams_partition_the_epoch(corpus, n_streams):
+def _ranks(corpus, n_ranks, spec=SPEC, train=True, split="train"):
+    return [ShardBatches(corpus["audio"] / split, corpus["labels"] / split, spec, seed=0, train=train,
+                         rank=r, world_size=n_ranks) for r in range(n_ranks)]
+
+
+@pytest.mark.parametrize("n_ranks", [2, 4, 8])  # 8 > 5 shards: ranks read every shard
+def test_ranks_partition_the_epoch(corpus, n_ranks):
     spec = SPEC.__class__(**{**SPEC.__dict__, "batch_size": 1})
-    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
-    seen = []
-    for s in range(n_streams):
-        seen += _ids(ds.iter_stream(s, n_streams))
-    assert len(seen) == len(set(seen)) == 30 - 30 % n_streams  # the remainder sits this epoch out
+    per_rank = 30 // n_ranks
+    seen = [c for ds in _ranks(corpus, n_ranks, spec) for c in _ids(_epoch(ds, per_rank))]
+    assert len(seen) == len(set(seen)) == 30 - 30 % n_ranks  # the partial global batch sits out
     assert set(seen) <= set(range(30))
 
 
 def test_epochs_reshuffle_and_are_reproducible(corpus):
     ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=True)
-    a0 = _ids(ds.iter_stream(0, 1))
-    assert _ids(ds.iter_stream(0, 1)) == a0
-    ds.set_position(1, [])
-    assert _ids(ds.iter_stream(0, 1)) != a0
+    a0 = _ids(_epoch(ds, 10))
+    assert _ids(_epoch(ds, 10)) == a0
+    assert _ids(_epoch(ds, 10, epoch=1)) != a0
+    assert sorted(_ids(_epoch(ds, 10, epoch=1))) == sorted(a0)
 
 
-def test_skipping_batches_resumes_the_same_stream(corpus):
-    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=3, train=True)
-    full = [b for b in ds.iter_stream(1, 2) if END not in b]
-    rest = [b for b in ds.iter_stream(1, 2, skip=2) if END not in b]
-    assert len(rest) == len(full) - 2
+def test_a_start_mid_epoch_resumes_the_same_batches(corpus):
+    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=3, train=True,
+                      rank=1, world_size=2)
+    full = _epoch(ds, 5)  # global batch 6: 5 steps per epoch, one micro-batch each on this rank
+    rest = _epoch(ds, 3, step=2)
     for a, b in zip(full[2:], rest, strict=True):
-        assert a["chunk_ids"] == b["chunk_ids"]
+        assert a["chunk_ids"] == b["chunk_ids"] and (a["epoch"], a["step"]) == (b["epoch"], b["step"])
         assert np.array_equal(a["input_values"], b["input_values"])
         assert np.array_equal(a["mask"], b["mask"])
 
 
-def test_buckets_group_similar_lengths():
-    items = list(np.random.default_rng(0).permutation(40))
-    batches = list(bucketed(iter(items), lambda x: x, 4, 10, np.random.default_rng(1), drop_last=True))
-    assert sorted(x for b in batches for x in b) == sorted(items)
-    assert all(max(b) - min(b) == 3 for b in batches)
+def test_a_start_mid_epoch_reads_no_sample_of_the_steps_before(corpus, monkeypatch):
+    import ups.train_data as td
 
+    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=3, train=True)
+    consumed = {i for b in _epoch(ds, 4) for i in b["chunk_ids"]}
+    read = []
+    real = td.read_sample
+    def spy(cat, i, *a):
+        read.append(int(cat.chunk_ids[i]))
+        return real(cat, i, *a)
 
-def test_shuffle_buffer_keeps_every_item():
-    out = list(shuffled(iter(range(100)), 10, np.random.default_rng(0)))
-    assert sorted(out) == list(range(100)) and out != list(range(100))
+    monkeypatch.setattr(td, "read_sample", spy)
+    _epoch(ds, 2, step=4)
+    assert read and not consumed & set(read)
 
 
 def _ramp(n):
@@ -112,79 +124,60 @@ def test_bad_samples_are_counted(tmp_path, corpus):
     np.save(lab / "chunk_ids.npy", np.r_[ids[:1], ids[2:]])
     np.save(lab / "offsets.npy", np.r_[[0], np.cumsum([len(x) for x in keep])].astype(np.int64))
     np.save(lab / "labels.npy", np.concatenate(keep))
-    ds = ShardBatches(corpus["audio"] / "train", lab, SPEC, seed=0, train=True)
+    spec = SPEC.__class__(**{**SPEC.__dict__, "batch_size": 1})
+    ds = ShardBatches(corpus["audio"] / "train", lab, spec, seed=0, train=True)
     skips = dict(ds.catalog_skips)  # found when the shards are catalogued, counted once
-    for b in ds.iter_stream(0, 1):
+    for b in _epoch(ds, ds.n_samples):
         for k, v in b["skips"].items():
             skips[k] = skips.get(k, 0) + v
     assert skips == {"label_length_mismatch": 1, "no_labels": 1}
+    assert sum(EMPTY in b for b in _epoch(ds, ds.n_samples)) == 1  # the mismatched chunk's batch
 
 
 def test_count_clusters(corpus):
     assert count_clusters(corpus["labels"]) == 5
 
 
-# --- an epoch is every chunk once, whatever the shard sizes; batches mix files ----------------
-
-
-def _stream_batches(ds, n_streams):
-    return [[b for b in ds.iter_stream(s, n_streams) if END not in b] for s in range(n_streams)]
+# --- an epoch is every chunk once, whatever the shard sizes -----------------------------------
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_uneven_shards_give_every_stream_the_same_number_of_batches(tmp_path, batch_size):
-    # Shards follow source tars: 1, 3, 50 and 7 chunks. Dealt whole to 4 streams, one stream got
-    # 50 chunks and another 1, and the epoch ended at the first stream's end (37-85 % of the data).
+def test_uneven_shards_give_every_rank_the_same_number_of_batches(tmp_path, batch_size):
+    # Shards follow source tars: 1, 3, 50 and 7 chunks.
     corpus = write_corpus(tmp_path, train_shard_sizes=[1, 3, 50, 7], n_valid=2, seconds=(0.5, 1.0))
     spec = SPEC.__class__(**{**SPEC.__dict__, "batch_size": batch_size})
-    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
+    ranks = _ranks(corpus, 4, spec)
+    per_rank = 61 // (4 * batch_size)
     for epoch in range(2):
-        ds.set_position(epoch, [])
-        streams = _stream_batches(ds, 4)
-        counts = {len(s) for s in streams}
-        assert len(counts) == 1, [len(s) for s in streams]
-        seen = [c for s in streams for b in s for c in b["chunk_ids"]]
-        assert len(seen) == len(set(seen))  # nothing twice
-        assert 61 - len(seen) < 4 * batch_size  # at most one partial batch per stream dropped
-        assert ds.batches_per_stream(4) == counts.pop()
+        seen = [c for ds in ranks for c in _ids(_epoch(ds, per_rank, epoch=epoch))]
+        assert len(seen) == len(set(seen)) == per_rank * 4 * batch_size  # nothing twice
+        assert 61 - len(seen) < 4 * batch_size  # at most one partial global batch sits out
 
 
-def test_validation_streams_cover_every_chunk_once(tmp_path):
+def test_validation_covers_every_chunk_once_with_the_same_masks_on_any_number_of_ranks(tmp_path):
     corpus = write_corpus(tmp_path, train_shard_sizes=[1, 3, 50, 7], n_valid=2, seconds=(0.5, 1.0))
-    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=False)
-    seen = [c for s in _stream_batches(ds, 4) for b in s for c in b["chunk_ids"]]
-    assert sorted(seen) == list(range(61))
+
+    def masks(n_ranks):
+        out = {}
+        for ds in _ranks(corpus, n_ranks, train=False):
+            for b in ds:
+                for row, c in enumerate(b["chunk_ids"]):
+                    out[c] = (b["mask"][row].numpy().tobytes(), b["input_values"][row].numpy().tobytes())
+        return out
+
+    one = masks(1)
+    assert sorted(one) == list(range(61))
+    assert masks(4) == one and masks(3) == one
 
 
-def _same_file_share(batches, per_file):
-    pairs = same = 0
-    for ids in batches:
-        files = [c // per_file for c in ids]
-        for i in range(len(files)):
-            for j in range(i + 1, len(files)):
-                pairs += 1
-                same += files[i] == files[j]
-    return same / pairs
+def test_a_saved_catalogue_gives_the_same_batches_without_walking_the_shards(corpus, tmp_path, monkeypatch):
+    import ups.train_data as td
+    from ups.train_data import Catalog
 
-
-def test_batches_mix_files_like_random_batches_of_the_same_pools(tmp_path):
-    # Every UPS chunk is 10 s and chunk ids follow (tar, file, start): sorting a pool by
-    # (length, chunk_id) made each batch a run of neighbouring chunks of one recording.
-    per_file, bs, pool = 8, 8, 4
-    corpus = write_corpus(
-        tmp_path, n_train=320, n_valid=2, n_shards=5, seconds=(1.0, 1.0), chunks_per_file=per_file
-    )
-    spec = SPEC.__class__(
-        **{**SPEC.__dict__, "batch_size": bs, "shuffle_buffer": 64, "open_shards": 2, "bucket_batches": pool}
-    )
-    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", spec, seed=0, train=True)
-    batches = [b["chunk_ids"] for b in ds.iter_stream(0, 1) if END not in b]
-    ours = _same_file_share(batches, per_file)
-    rng = np.random.default_rng(0)
-    ref = []
-    for k in range(0, len(batches) - pool + 1, pool):  # the batches of one pool are consecutive
-        ids = [c for b in batches[k : k + pool] for c in b]
-        for _ in range(20):
-            perm = rng.permutation(ids)
-            ref.append(_same_file_share([perm[i : i + bs] for i in range(0, len(perm), bs)], per_file))
-    assert ours < 1.5 * float(np.mean(ref)) + 0.02, (ours, float(np.mean(ref)))
+    ds = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=True)
+    ds.catalog.save(tmp_path / "train.npz", ds.catalog_skips)
+    monkeypatch.setattr(td, "catalog_shard", lambda *a: (_ for _ in ()).throw(AssertionError("walked")))
+    other = ShardBatches(corpus["audio"] / "train", corpus["labels"] / "train", SPEC, seed=0, train=True,
+                         catalog=Catalog.load(tmp_path / "train.npz"))
+    assert [b["chunk_ids"] for b in _epoch(other, 10)] == [b["chunk_ids"] for b in _epoch(ds, 10)]
+    assert other.catalog.paths == ds.catalog.paths and other.catalog_skips == ds.catalog_skips

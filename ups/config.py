@@ -384,7 +384,7 @@ class TrainConfig:
     epochs: int = 4
     max_steps: int | None = None  # optimizer steps; null: epochs decide
     learning_rate: float = 5e-5
-    warmup_steps: int = 500
+    warmup_steps: int | float = 0.08  # steps, or a fraction (0, 1) of the total steps
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -410,9 +410,6 @@ class TrainConfig:
     compile: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     num_workers: int = 4
-    shuffle_buffer: int = 1000
-    open_shards: int = 8
-    bucket_batches: int = 32
     log_every_steps: int = 10
     valid_every_steps: int = 500
     valid_max_batches: int | None = None
@@ -429,7 +426,9 @@ class TrainConfig:
         require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null",
                 self.max_steps)
         require(self.learning_rate > 0, "train.learning_rate", "must be > 0", self.learning_rate)
-        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
+        w = self.warmup_steps
+        require(w >= 0 if isinstance(w, int) else 0 < w < 1, "train.warmup_steps",
+                "must be a step count >= 0 or a fraction of the total steps in (0, 1)", w)
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0", self.weight_decay)
         require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
                 "train.adam_betas", "must be two numbers in [0, 1)", self.adam_betas)
@@ -454,9 +453,6 @@ class TrainConfig:
         require(self.final_dim >= 1, "train.final_dim", "must be >= 1", self.final_dim)
         require(self.logit_temperature > 0, "train.logit_temperature", "must be > 0", self.logit_temperature)
         require(self.num_workers >= 0, "train.num_workers", "must be >= 0", self.num_workers)
-        require(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
-        require(self.open_shards >= 1, "train.open_shards", "must be >= 1", self.open_shards)
-        require(self.bucket_batches >= 1, "train.bucket_batches", "must be >= 1", self.bucket_batches)
         for name in ("log_every_steps", "valid_every_steps", "save_every_steps", "max_bad_steps"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1", getattr(self, name))
         require(self.valid_max_batches is None or self.valid_max_batches >= 1, "train.valid_max_batches",

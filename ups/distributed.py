@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,3 +109,20 @@ def barrier(d: Dist) -> None:
             dist.barrier(device_ids=[d.local_rank])
         else:
             dist.barrier()
+
+
+def broadcast_json(d: Dist, obj: Any) -> Any:
+    """Rank 0's JSON value on every rank (sent as bytes: no pickle, unlike broadcast_object_list)."""
+    if not d.enabled:
+        return obj
+    import orjson
+
+    dev = torch.device("cuda", d.local_rank) if d.device_type == "cuda" else torch.device("cpu")
+    data = orjson.dumps(obj) if d.is_main else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=0)
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
+    if d.is_main:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buf, src=0)
+    return orjson.loads(bytes(buf.cpu().numpy()))

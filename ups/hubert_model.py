@@ -4,7 +4,10 @@ Masking goes through the model's own mask embedding (`masked_spec_embed`): trans
 `mask_time_indices` only when `config.apply_spec_augment` is True, and creates the embedding only
 when `mask_time_prob > 0`. So training sets `apply_spec_augment=True`, `mask_time_prob` to
 `train.mask_prob` (which also documents it) and `mask_feature_prob=0`, and always passes
-`mask_time_indices` while training, so the model never draws masks of its own. Evaluation
+`mask_time_indices` while training, so the model never draws masks of its own. The mask is
+applied here with `torch.where` (`PretrainModel._apply_mask`), not by transformers' boolean
+index put, which reads the mask's count back from the device (one `nonzero` forward, two
+backward) and breaks `torch.compile` graphs. Evaluation
 passes no mask and runs in eval mode: nothing is masked. The export restores the initial
 model's SpecAugment settings so that downstream fine-tuning behaves as with the original, but
 always keeps the trained `masked_spec_embed`. `head.json` records the sha256 of the labels the
@@ -56,6 +59,18 @@ class PretrainModel(nn.Module):
         if feature_grad_scale == 0.0:
             hubert.feature_extractor._freeze_parameters()
         hubert.feature_extractor.register_forward_hook(self._on_features)
+        hubert._mask_hidden_states = self._apply_mask  # an instance attribute: this model only
+
+    def _apply_mask(
+        self, hidden_states: torch.Tensor, mask_time_indices: torch.Tensor | None = None,
+        attention_mask: Any = None,
+    ) -> torch.Tensor:
+        """The mask embedding at the masked frames, without a host sync; no mask: unchanged
+        (transformers would draw masks of its own in training mode)."""
+        if mask_time_indices is None:
+            return hidden_states
+        embed = self.hubert.masked_spec_embed.to(hidden_states.dtype)
+        return torch.where(mask_time_indices[..., None], embed, hidden_states)
 
     def _on_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if self.training and 0.0 < self.feature_grad_scale < 1.0:

@@ -228,7 +228,24 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
         "n_chunks": int(report["n_chunks"]), "decoded_hours": decoded_s / 3600,
         "fetch": fetch, "download": download,
         "disk": disk, "time": time_s, "source": ds_cfg.source,
+        "schedule": _schedule(params, report),
     }
+
+
+def _schedule(params: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The training schedule on each GPU row, from the selection's train hours."""
+    from ups.schedule import plan_rows
+
+    t = params["train"]
+    split_hours = report.get("split_hours") or {}
+    train_chunks = int(round(float(split_hours.get("train", report["selected_hours"])) * 360))
+    processes = int(t.get("gpus", 1)) * int(t.get("nodes", 1))
+    rows = plan_rows(train_chunks, gpus=processes, batch_size=t.get("batch_size", "auto"),
+                     grad_accum=t.get("grad_accum", "auto"), epochs=int(t.get("epochs", 4)),
+                     max_steps=t.get("max_steps"), warmup=t.get("warmup_steps", 0.08))
+    return {"train_chunks": train_chunks, "processes": processes,
+            "learning_rate": float(t.get("learning_rate", 0.0)),
+            "lr_schedule": t.get("lr_schedule", "linear"), "rows": rows}
 
 
 def _gb(n: float | None) -> str:
@@ -258,6 +275,16 @@ def format_plan(plan: dict[str, Any]) -> str:
     out.append(f"  {'total':<26} {_gb(total):>10}  (the DVC cache holds outputs again unless it links)")
     out += ["", "Time (bench/results, a 2-core machine without GPU):"]
     out += [f"  {k:<26} {_dur(v['s']):>10}  {v['how']}" for k, v in plan["time"].items()]
+    sch = plan.get("schedule")
+    if sch:
+        out += ["", f"Training schedule ({sch['train_chunks']} train chunks, {sch['processes']} "
+                    f"processes, peak LR {sch['learning_rate']:g}, {sch['lr_schedule']}; the GPU "
+                    "decides an auto batch):"]
+        for r in sch["rows"]:
+            flag = "" if r["ok"] else "  <- refused: warmup >= total (train.warmup_steps)"
+            out.append(f"  {r['gpu']:<28} global batch {r['global_batch']:>5} "
+                       f"({r['hours_per_step']:.2f} h/step), {r['steps_per_epoch']} steps/epoch, "
+                       f"{r['total_steps']} steps, warmup {r['warmup_steps']}{flag}")
     out += ["", "Nothing has been downloaded. `make train HOURS=...` with the same hours starts it."]
     return "\n".join(out)
 

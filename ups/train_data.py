@@ -1,23 +1,14 @@
 """Training batches from the pre-decoded WebDataset shards and the frame labels.
 
-One epoch of one *stream* (a DataLoader worker on one rank; `n_streams` = ranks x workers) is a
-pure function of (seed, epoch, stream index). When the dataset is built, each shard's tar
-headers are walked once (no audio is read) into a catalogue of its trainable samples: chunk id,
-byte offset of the pcm member, label frames. Every epoch the shard order is reshuffled and the
-catalogued samples, in that order, are cut into `n_streams` runs of exactly the same length
-(`plan_streams`): an epoch is every chunk once across all ranks and workers, whatever the shard
-sizes, and every stream yields the same number of batches (the remainder, fewer than
-`n_streams` samples, sits out that epoch; the next shard order moves it). A stream reads its
-runs `open_shards` at a time, interleaved, through a shuffle buffer of `shuffle_buffer` samples;
-samples are gathered in pools of `bucket_batches` batches, sorted by length with ties broken at
-random (so a batch mixes recordings) and cut into batches (length bucketing), and the batch
-order within a pool is shuffled. Each batch is cropped and masked with a generator seeded by
-(seed, epoch, stream, batch index), so a resumed run that skips the batches it already consumed
-sees exactly the same batches as a run never stopped.
-
-Each stream ends with an `END` batch. A sample that turns out unreadable only when read makes
-its stream one sample short: the trainer then ends the epoch for every rank at the first END
-(the step's vote), so all ranks always run the same number of steps.
+When the dataset is built, each shard's tar headers are walked once (no audio is read) into a
+catalogue of its trainable samples: chunk id, byte offset of the pcm member, label frames.
+Which samples form each micro-batch, and which rank and worker reads it, is `ups.data_order`'s
+global schedule (one permutation of every chunk per epoch, dealt in global-batch order); a
+worker reads its micro-batches' samples at their offsets. Each micro-batch is cropped and masked
+with a generator seeded by (seed, epoch, step, micro-batch), so a run resumed at any step, on any
+number of ranks and workers at the same global batch, sees exactly the batches of a run never
+stopped. A sample that turns out unreadable only when read is left out of its micro-batch (and
+counted); a micro-batch with no readable sample is marked `EMPTY`.
 
 Crop modes: `shortest` crops every sample of a batch to the batch's shortest (at most
 `max_sample_seconds`) at a random frame-aligned offset, so no compute goes to padding (fairseq's
@@ -41,12 +32,13 @@ import orjson
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ups.data_order import MicroBatch, rank_schedule, valid_batches, worker_share
 from ups.frames import CNN_HOP_SAMPLES, SAMPLE_RATE, n_cnn_frames
 from ups.masking import compute_mask, frame_valid
 
 log = logging.getLogger(__name__)
 
-END = "end"
+EMPTY = "empty"  # a micro-batch none of whose samples could be read
 
 
 @dataclass(frozen=True)
@@ -61,9 +53,6 @@ class BatchSpec:
     mask_length: int
     min_masks: int
     normalize_audio: bool
-    shuffle_buffer: int
-    open_shards: int
-    bucket_batches: int
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -213,62 +202,15 @@ def read_shard(path: Path, skips: Counter[str]) -> Iterator[tuple[int, np.ndarra
 # --- pure batch shaping ----------------------------------------------------------------------
 
 
-def shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    """A shuffle buffer of `size` items (size <= 1: pass through)."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[Any] = []
-    for x in items:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        j = int(rng.integers(size))
-        yield buf[j]
-        buf[j] = x
-    order = rng.permutation(len(buf))
-    for j in order:
-        yield buf[j]
-
-
-def bucketed(
-    samples: Iterator[Any],
-    length: Any,
-    batch_size: int,
-    pool_batches: int,
-    rng: np.random.Generator | None,
-    drop_last: bool,
-) -> Iterator[list[Any]]:
-    """Pools of `pool_batches * batch_size` samples sorted by length, cut into batches, the batch
-    order shuffled by `rng` (None: kept). An incomplete last batch is dropped if `drop_last`."""
-    pool_size = batch_size * max(1, pool_batches)
-    pool: list[Any] = []
-
-    def cut(pool: list[Any]) -> list[list[Any]]:
-        pool = sorted(pool, key=length)
-        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        if drop_last and batches and len(batches[-1]) < batch_size:
-            batches.pop()
-        if rng is not None:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    for s in samples:
-        pool.append(s)
-        if len(pool) == pool_size:
-            yield from cut(pool)
-            pool = []
-    if pool:
-        yield from cut(pool)
-
-
 def collate(
     samples: list[tuple[int, np.ndarray, np.ndarray]],
     spec: BatchSpec,
     rng: np.random.Generator,
     random_crop: bool,
+    row_rngs: list[np.random.Generator] | None = None,
 ) -> dict[str, Any]:
-    """Crop, pad, normalise and mask one batch of (chunk_id, pcm int16, labels)."""
+    """Crop, pad, normalise and mask one batch of (chunk_id, pcm int16, labels). `row_rngs`: one
+    generator per sample for its mask (validation: a chunk's mask whatever batch it is in)."""
     max_len = int(round(spec.max_sample_seconds * SAMPLE_RATE))
     lens = np.array([len(s[1]) for s in samples])
     if spec.crop == "shortest":
@@ -288,9 +230,14 @@ def collate(
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         audio[i, : len(x)] = x
         labels[i, : frames[i]] = lab[f0 : f0 + frames[i]]
-    mask = compute_mask(
-        frames, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length, min_masks=spec.min_masks, rng=rng
-    )
+    def spans(lengths: np.ndarray, g: np.random.Generator) -> np.ndarray:
+        return compute_mask(lengths, n_t, mask_prob=spec.mask_prob, mask_length=spec.mask_length,
+                            min_masks=spec.min_masks, rng=g)
+
+    if row_rngs is None:
+        mask = spans(frames, rng)
+    else:
+        mask = np.concatenate([spans(frames[i : i + 1], g) for i, g in enumerate(row_rngs)])
     valid = frame_valid(frames, n_t)
     out: dict[str, Any] = {
         "input_values": torch.from_numpy(audio),
@@ -311,7 +258,7 @@ def collate(
     return out
 
 
-# --- which samples each stream reads -----------------------------------------------------------
+# --- the catalogue -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -356,54 +303,76 @@ def catalog_shard(path: Path, labels: LabelIndex, min_frames: int, skips: Counte
     return ShardEntry(Path(path), as64(ids), as64(offsets), as64(sizes), as64(frames))
 
 
-def plan_streams(
-    counts: list[int], order: list[int], n_streams: int, equal: bool
-) -> list[list[tuple[int, int, int]]]:
-    """Cut the samples of the shards, taken in `order`, into `n_streams` contiguous runs:
-    `(shard, first, stop)` ranges per stream. `equal`: every stream gets the same number of
-    samples (the remainder, fewer than `n_streams`, sits out this epoch); else the first
-    `total % n_streams` streams take one more, so every sample is in exactly one stream.
+@dataclass(frozen=True)
+class Catalog:
+    """Every trainable sample of a split, flat: sample `i` is in `paths[shard[i]]` at `offsets[i]`."""
 
-    Sample counts, not whole shards: source tars make shards of very uneven sizes, and dealing
-    them whole left some streams with 50 chunks and others with 1."""
-    total = sum(counts[i] for i in order)
-    base, extra = divmod(total, n_streams)
-    bounds = [0]
-    for s in range(n_streams):
-        bounds.append(bounds[-1] + base + (0 if equal or s >= extra else 1))
-    plan: list[list[tuple[int, int, int]]] = [[] for _ in range(n_streams)]
-    pos = 0  # position of the current shard's first sample in the concatenation
-    for shard in order:
-        n = counts[shard]
-        for s in range(n_streams):
-            lo, hi = max(bounds[s], pos), min(bounds[s + 1], pos + n)
-            if lo < hi:
-                plan[s].append((shard, lo - pos, hi - pos))
-        pos += n
-    return plan
+    paths: list[Path]
+    shard: np.ndarray
+    chunk_ids: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    frames: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.chunk_ids)
+
+    def save(self, path: Path, skips: Counter[str]) -> None:
+        """One `.npz` (no pickle: paths as a unicode array) that the other ranks load."""
+        from ups.atomic import atomic_write
+
+        with atomic_write(path) as fh:
+            np.savez(fh, paths=np.array([str(p) for p in self.paths], dtype=np.str_), shard=self.shard,
+                     chunk_ids=self.chunk_ids, offsets=self.offsets, sizes=self.sizes, frames=self.frames,
+                     skip_names=np.array(sorted(skips), dtype=np.str_),
+                     skip_counts=np.array([skips[k] for k in sorted(skips)], dtype=np.int64))
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[Catalog, Counter[str]]:
+        with np.load(path, allow_pickle=False) as z:
+            cat = cls([Path(p) for p in z["paths"].tolist()], z["shard"], z["chunk_ids"], z["offsets"],
+                      z["sizes"], z["frames"])
+            return cat, Counter(dict(zip(z["skip_names"].tolist(), z["skip_counts"].tolist(), strict=True)))
+
+    @classmethod
+    def of(cls, entries: list[ShardEntry]) -> Catalog:
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+        return cls(
+            [e.path for e in entries],
+            cat([np.full(len(e.chunk_ids), k, dtype=np.int64) for k, e in enumerate(entries)]),
+            cat([e.chunk_ids for e in entries]),
+            cat([e.offsets for e in entries]),
+            cat([e.sizes for e in entries]),
+            cat([e.frames for e in entries]),
+        )
 
 
-def read_samples(
-    entry: ShardEntry, first: int, stop: int, skips: Counter[str]
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(chunk_id, int16 pcm) of samples `first:stop` of a catalogued shard, read at their offsets."""
+def read_sample(cat: Catalog, i: int, handles: dict[int, Any], skips: Counter[str]) -> np.ndarray | None:
+    """The int16 pcm of catalogue sample `i`, read at its offset (open files kept in `handles`)."""
+    k = int(cat.shard[i])
     try:
-        with open(entry.path, "rb") as fh:
-            for i in range(first, stop):
-                fh.seek(int(entry.offsets[i]))
-                pcm = decode_pcm(fh.read(int(entry.sizes[i])), skips)
-                if pcm is not None:
-                    yield int(entry.chunk_ids[i]), pcm
+        fh = handles.get(k)
+        if fh is None:
+            if len(handles) >= 64:  # bound the open files of one worker
+                handles.pop(next(iter(handles))).close()
+            fh = handles[k] = open(cat.paths[k], "rb")  # noqa: SIM115 (closed by the caller)
+        fh.seek(int(cat.offsets[i]))
+        return decode_pcm(fh.read(int(cat.sizes[i])), skips)
     except OSError as exc:
-        log.warning("shard %s unreadable: %s", entry.path, exc)
+        log.warning("shard %s unreadable: %s", cat.paths[k], exc)
         skips["bad_shard"] += 1
+        return None
 
 
 # --- the dataset -----------------------------------------------------------------------------
 
 
 class ShardBatches(IterableDataset):
-    """Batches of one split for one rank; DataLoader workers split it further (see module doc)."""
+    """Micro-batches of one split for one rank, in the global order of `ups.data_order`.
+
+    Training: from the position `set_start` gives, epoch after epoch (the trainer counts steps
+    and epochs; the iterator, created once per run, never ends). Validation: every chunk once,
+    masks seeded per chunk, so `valid/loss` does not depend on the number of ranks or workers."""
 
     def __init__(
         self,
@@ -415,108 +384,89 @@ class ShardBatches(IterableDataset):
         train: bool,
         rank: int = 0,
         world_size: int = 1,
+        max_batches: int | None = None,
+        catalog: tuple[Catalog, Counter[str]] | None = None,
     ) -> None:
         super().__init__()
         self.shards = list_shards(shard_dir)
+        self.max_batches = max_batches  # validation: the first N batches of all ranks together
         self.label_dir = Path(label_dir)
         self.spec = spec
         self.seed = seed
         self.train = train
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
-        self.skip_per_worker: list[int] = []  # batches to skip, per worker (resume)
+        self.start = (0, 0)
+        self.global_batch = spec.batch_size * world_size
         self._labels = LabelIndex(self.label_dir)
+        self.catalog_skips: Counter[str]  # counted once, when the shards are catalogued
+        if catalog is not None:  # walked once by one rank (`Catalog.save`)
+            self.catalog, self.catalog_skips = catalog
+            return
         min_len = max(int(round(spec.min_sample_seconds * SAMPLE_RATE)), 400)
-        self.catalog_skips: Counter[str] = Counter()  # counted once, when the shards are listed
-        self.entries = [catalog_shard(p, self._labels, n_cnn_frames(min_len), self.catalog_skips)
-                        for p in self.shards]
+        self.catalog_skips = Counter()
+        self.catalog = Catalog.of([catalog_shard(p, self._labels, n_cnn_frames(min_len), self.catalog_skips)
+                                   for p in self.shards])
 
     @property
     def n_samples(self) -> int:
         """Trainable samples of the split (after the catalogue's checks)."""
-        return sum(len(e.chunk_ids) for e in self.entries)
+        return len(self.catalog)
 
-    def batches_per_stream(self, n_streams: int) -> int:
-        """Full batches every training stream yields per epoch (the same for all streams)."""
-        return (self.n_samples // n_streams) // self.spec.batch_size
+    def set_start(self, epoch: int, step: int, global_batch: int) -> None:
+        """Where the next iterator begins, and the global batch it deals (set before `iter`)."""
+        self.start = (epoch, step)
+        self.global_batch = global_batch
 
-    def set_position(self, epoch: int, skip_per_worker: list[int]) -> None:
-        self.epoch = epoch
-        self.skip_per_worker = list(skip_per_worker)
-
-    def _stream(self) -> tuple[int, int, int]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.rank * n_workers + worker, self.world_size * n_workers, worker
+    def schedule(self) -> Iterator[MicroBatch]:
+        """This rank's micro-batches, in the order the trainer consumes them."""
+        cat = self.catalog
+        if self.train:
+            yield from rank_schedule(
+                cat.frames, seed=self.seed, global_batch=self.global_batch,
+                batch_size=self.spec.batch_size, rank=self.rank, world_size=self.world_size,
+                start_epoch=self.start[0], start_step=self.start[1],
+            )
+            return
+        batches = valid_batches(cat.frames, cat.chunk_ids, self.spec.batch_size)[: self.max_batches]
+        for b in range(self.rank, len(batches), self.world_size):
+            yield MicroBatch(0, b, b, batches[b])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        stream, n_streams, worker = self._stream()
-        skip = self.skip_per_worker[worker] if worker < len(self.skip_per_worker) else 0
-        yield from self.iter_stream(stream, n_streams, skip)
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        handles: dict[int, Any] = {}
+        try:
+            for mb in worker_share(self.schedule(), worker, n_workers):
+                yield self.micro_batch(mb, handles)
+        finally:
+            for fh in handles.values():
+                fh.close()
 
-    def iter_stream(self, stream: int, n_streams: int, skip: int = 0) -> Iterator[dict[str, Any]]:
-        spec = self.spec
-        epoch = self.epoch if self.train else 0
-        rng = np.random.default_rng([self.seed, epoch, stream, 0])
-        order = list(range(len(self.entries)))
-        if self.train:  # one shard order per epoch, shared by every stream
-            order = [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(order))]
-        ranges = plan_streams([len(e.chunk_ids) for e in self.entries], order, n_streams, equal=self.train)
+    def micro_batch(self, mb: MicroBatch, handles: dict[int, Any] | None = None) -> dict[str, Any]:
+        """Read, crop and mask one micro-batch; unreadable samples are counted and left out."""
         skips: Counter[str] = Counter()
-        samples = self._samples(ranges[stream], skips)
-        if self.train:
-            samples = shuffled(samples, spec.shuffle_buffer, rng)
-        # Ties in length (every UPS chunk is 10 s) are broken at random, not by chunk id: ids
-        # follow (tar, file, start), so sorted ids made a batch a run of one recording's chunks.
-        keyed = ((len(s[1]), float(rng.random()) if self.train else 0.0, s) for s in samples)
-        batches = bucketed(
-            keyed,
-            lambda k: (k[0], k[1]),
-            spec.batch_size,
-            spec.bucket_batches,
-            rng if self.train else None,
-            drop_last=self.train,
-        )
-        for b, batch in enumerate(batches):
-            if b < skip:
+        handles = {} if handles is None else handles
+        samples = []
+        for i in mb.indices.tolist():
+            pcm = read_sample(self.catalog, i, handles, skips)
+            if pcm is None:
                 continue
-            brng = np.random.default_rng([self.seed, epoch, stream, b + 1])
-            out = collate([k[2] for k in batch], spec, brng, random_crop=self.train)
-            out["skips"] = dict(skips)
-            skips.clear()
-            yield out
-        yield {END: True, "skips": dict(skips)}
-
-    def _samples(
-        self, ranges: list[tuple[int, int, int]], skips: Counter[str]
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        readers = [read_samples(self.entries[shard], lo, hi, skips) for shard, lo, hi in ranges]
-        for chunk_id, pcm in interleave(readers, self.spec.open_shards):
+            chunk_id = int(self.catalog.chunk_ids[i])
             labels = self._labels.get(chunk_id)
             if labels is None:  # the catalogue checked; labels changed under a running job
                 skips["no_labels"] += 1
-                continue
-            if len(labels) != n_cnn_frames(len(pcm)):
+            elif len(labels) != n_cnn_frames(len(pcm)):
                 skips["label_length_mismatch"] += 1
-                continue
-            yield chunk_id, pcm, labels
-
-
-def interleave(iterators: list[Iterator[Any]], width: int) -> Iterator[Any]:
-    """Round-robin over `width` iterators at a time, opening the next one when one ends."""
-    pending = iter(iterators)
-    active: list[Iterator[Any]] = []
-    for it in pending:
-        active.append(it)
-        if len(active) >= max(1, width):
-            break
-    while active:
-        for it in list(active):
-            try:
-                yield next(it)
-            except StopIteration:
-                active.remove(it)
-                nxt = next(pending, None)
-                if nxt is not None:
-                    active.append(nxt)
+            else:
+                samples.append((chunk_id, pcm, labels))
+        where = {"epoch": mb.epoch, "step": mb.step, "skips": dict(skips)}
+        if not samples:
+            return {EMPTY: True, "n_masked": 0, "n_unmasked": 0, "n_samples": 0, "chunk_ids": [], **where}
+        if self.train:
+            rng = np.random.default_rng([self.seed, mb.epoch, mb.step, mb.micro])
+            out = collate(samples, self.spec, rng, random_crop=True)
+        else:
+            rows = [np.random.default_rng([self.seed, 1, s[0]]) for s in samples]
+            out = collate(samples, self.spec, rows[0], random_crop=False, row_rngs=rows)
+        return {**out, **where}

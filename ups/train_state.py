@@ -8,10 +8,12 @@ state.json (step, epoch, data position, scaler, counters, config, fingerprint) a
 the previous good one are removed, so a kill at any point leaves at least one complete state.
 
 `latest.json` is the authority on which state to resume; the trainer compares its fingerprint
-with the run's and, on a fresh start, removes every earlier state (`discard_states`, each named
-in the log). So the states in a directory are always one run's, and pruning by step never
-deletes the state just written (it once kept "the two highest steps" and deleted a new run's
-step 25 beside an old run's 104 and 117).
+with the run's. A fresh start does not delete anything: it moves the earlier states into
+`aside/<fingerprint>/` (`set_aside`), and they are removed only once the new run has saved its
+own first state (`drop_aside`, each named in the log). So a change of config, then a kill before
+the first save, leaves the old states to resume when the config comes back (`take_back`); the
+states at the top of the directory are always one run's, and pruning by step never deletes the
+state just written.
 """
 
 from __future__ import annotations
@@ -127,17 +129,67 @@ def latest_state(state_dir: Path) -> Path | None:
     return states[-1] if states else None
 
 
-def discard_states(state_dir: Path) -> list[str]:
-    """Remove every state (complete or partial) and `latest.json`; returns the names removed."""
-    state_dir = Path(state_dir)
+ASIDE = "aside"
+
+
+def _state_entries(state_dir: Path) -> list[Path]:
+    """The state directories (complete, partial or replaced) at the top of `state_dir`."""
     if not state_dir.is_dir():
         return []
-    gone = []
-    for p in sorted(state_dir.iterdir()):
-        if p.is_dir() and _DIR.match(p.name.removesuffix(".partial").removesuffix(".replaced")):
-            shutil.rmtree(p)
-            gone.append(p.name)
-    (state_dir / "latest.json").unlink(missing_ok=True)
+    return [p for p in sorted(state_dir.iterdir())
+            if p.is_dir() and _DIR.match(p.name.removesuffix(".partial").removesuffix(".replaced"))]
+
+
+def state_fingerprint(state_dir: Path) -> str | None:
+    """The fingerprint `latest.json` records (None without one)."""
+    try:
+        return str(read_json(Path(state_dir) / "latest.json")["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def set_aside(state_dir: Path) -> list[str]:
+    """Move every state and `latest.json` into `aside/<fingerprint>/`; returns the names moved."""
+    state_dir = Path(state_dir)
+    entries = _state_entries(state_dir)
+    pointer = state_dir / "latest.json"
+    if not entries and not pointer.exists():
+        return []
+    dest = state_dir / ASIDE / (state_fingerprint(state_dir) or "unknown")[:16]
+    if dest.exists():  # an older copy of the same run: what is at the top is newer
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for p in entries:
+        os.replace(p, dest / p.name)
+    if pointer.exists():
+        os.replace(pointer, dest / "latest.json")
+    _fsync_dir(state_dir)
+    return [p.name for p in entries]
+
+
+def take_back(state_dir: Path, fingerprint: str) -> Path | None:
+    """A set-aside run of this fingerprint back at the top (what is there goes aside); its
+    latest complete state, or None when no such run was set aside."""
+    state_dir = Path(state_dir)
+    src = state_dir / ASIDE / fingerprint[:16]
+    if state_fingerprint(src) != fingerprint or latest_state(src) is None:
+        return None
+    set_aside(state_dir)
+    for p in _state_entries(src):
+        os.replace(p, state_dir / p.name)
+    os.replace(src / "latest.json", state_dir / "latest.json")
+    shutil.rmtree(src)
+    _fsync_dir(state_dir)
+    return latest_state(state_dir)
+
+
+def drop_aside(state_dir: Path) -> list[str]:
+    """Remove what `set_aside` kept; returns the names removed (`<fingerprint>/step-...`)."""
+    root = Path(state_dir) / ASIDE
+    if not root.is_dir():
+        return []
+    gone = [f"{d.name}/{p.name}" for d in sorted(root.iterdir()) if d.is_dir() for p in _state_entries(d)]
+    shutil.rmtree(root)
     return gone
 
 

@@ -58,7 +58,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "kmeans": {"n_clusters": 16, "sample_hours": 0.05, "n_init": 2, "max_iter": 20},
     "train": {"init": "tiny", "device": "cpu", "epochs": 1, "max_steps": 8, "learning_rate": 2e-3,
               "warmup_steps": 2, "batch_size": 4, "grad_accum": 1, "num_workers": 0,
-              "shuffle_buffer": 16, "open_shards": 2, "bucket_batches": 2, "final_dim": 16,
+              "final_dim": 16,
               "log_every_steps": 2, "valid_every_steps": 4, "save_every_steps": 2},
 }
 

@@ -16,7 +16,7 @@ from ups.config import ConfigError, EvaluateConfig, MfccParams, TrainConfig, fro
 from ups.stages import evaluate, train
 
 TRAIN = {"init": "tiny", "device": "cpu", "batch_size": 4, "grad_accum": 1, "num_workers": 0,
-         "learning_rate": 5e-3, "warmup_steps": 2, "shuffle_buffer": 8, "bucket_batches": 2,
+         "learning_rate": 5e-3, "warmup_steps": 2,
          "final_dim": 16, "min_sample_seconds": 0.5, "log_every_steps": 2, "valid_every_steps": 4,
          "save_every_steps": 100, "max_steps": 32}  # 8 steps left the head near chance (seed luck)
 EVAL = {"device": "cpu", "batch_size": 4, "head_fit_chunks": 12, "head_fit_steps": 30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,8 +29,6 @@ BASE = {
     "num_workers": 0,
     "learning_rate": 5e-3,
     "warmup_steps": 2,
-    "shuffle_buffer": 8,
-    "bucket_batches": 2,
     "final_dim": 16,
     "min_sample_seconds": 0.5,
     "log_every_steps": 2,
@@ -79,7 +78,8 @@ def test_loss_falls_and_outputs_land(tmp_path, corpus):
     assert last < first - 0.3, (first, last)
     assert hist[-1]["train/acc_masked"] > hist[0]["train/acc_masked"]
     assert 0.4 < hist[-1]["train/masked_fraction"] < 0.7  # masking really happens
-    assert summary["last"]["valid/loss"] < 1.55  # log(5) = 1.61 is chance
+    valid = [r["valid/loss"] for r in _history(tmp_path) if "valid/loss" in r]
+    assert summary["last"]["valid/loss"] == valid[-1] < valid[0] - 0.3  # 6 valid chunks: noisy
     # outputs: export, state, dvclive metrics and plots
     for name in ("config.json", "model.safetensors", "head.safetensors", "head.json", "training.json"):
         assert (tmp_path / "model" / name).is_file()
@@ -115,7 +115,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, corpus):
 
 
 def test_state_from_other_config_is_not_resumed(tmp_path, corpus, caplog):
-    cfg = _cfg("tiny", max_steps=2, save_every_steps=2, valid_every_steps=100)
+    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
     _run(cfg, corpus, tmp_path)
     _run(replace(cfg, learning_rate=1e-3, max_steps=3), corpus, tmp_path)
     assert "starting afresh" in caplog.text
@@ -171,6 +171,7 @@ def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path, corpus
     one, _ = _launch(tmp_path, corpus, "one", gpus=1, num_workers=2, grad_accum=2, **common)
     two, _ = _launch(tmp_path, corpus, "two", gpus=2, num_workers=1, grad_accum=1, **common)
     assert_same_training(_history(one), _history(two), one / "model", two / "model")
+    assert (two / "state" / "catalog" / "train.npz").is_file()  # walked by rank 0, loaded by rank 1
 
 
 @pytest.mark.slow
@@ -183,7 +184,7 @@ def test_nan_on_one_rank_skips_the_step_on_all(tmp_path, corpus):
     )
     report = json.loads((out / "model" / "training.json").read_text())
     assert report["skipped_steps"] == 1 and report["steps"] == 5 and report["world_size"] == 2
-    assert "step 2 skipped" in proc.stderr
+    assert "update 2 skipped" in proc.stderr
 
 
 def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
@@ -197,7 +198,7 @@ def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
     from ups.train_data import labels_digest
 
     corpus = write_corpus(tmp_path / "corpus", n_train=12, n_valid=4, seconds=(1.0, 1.5))
-    cfg = _cfg("tiny", max_steps=2, save_every_steps=2, valid_every_steps=100)
+    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
     _run(cfg, corpus, tmp_path)
     for split in ("train", "valid"):
         p = corpus["labels"] / split / "labels.npy"
@@ -309,10 +310,11 @@ def test_a_schedule_change_on_resume_is_refused_naming_the_key(tmp_path, corpus,
 def test_crop_pad_is_refused_for_a_group_norm_cnn(tmp_path, corpus):
     # Group norm normalises over time: padding changes the real frames' features.
     with pytest.raises(ConfigError, match="train.crop"):
-        _run(_cfg("tiny", crop="pad", max_steps=2), corpus, tmp_path)
+        _run(_cfg("tiny", crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path)
     assert not (tmp_path / "state").exists()
     init = write_tiny_hubert(tmp_path / "ln", feat_extract_norm="layer", do_stable_layer_norm=True)
-    assert _run(_cfg(str(init), crop="pad", max_steps=2), corpus, tmp_path / "ln-run")["steps"] == 2
+    ln_cfg = _cfg(str(init), crop="pad", max_steps=2, warmup_steps=1)
+    assert _run(ln_cfg, corpus, tmp_path / "ln-run")["steps"] == 2
 
 
 def test_a_gpu_expected_but_absent_is_an_error(tmp_path, corpus, monkeypatch, caplog):
@@ -395,14 +397,230 @@ def test_an_epoch_without_one_readable_sample_stops_the_run(tmp_path):
         signal.signal(signal.SIGALRM, old)
 
 
-def test_a_fresh_start_names_an_auto_batch_that_resolved_otherwise():
-    # The fingerprint holds the resolved batch, the warning compared the raw config ("auto" both
-    # times) and blamed "labels or shards changed" when a run moved to another GPU.
-    from dataclasses import asdict
+def test_another_batch_split_resumes_at_the_states_global_batch(tmp_path, corpus, caplog):
+    # `batch_size: auto` resolves to another (batch, accum) on another GPU: the state used to be
+    # discarded as "another config"; now the accumulation adapts and the run goes on.
+    import logging
 
-    cfg = _cfg("tiny", batch_size="auto", grad_accum="auto")
-    info = {"config": asdict(cfg), "batch_size": 32, "grad_accum": 2}
-    assert train._changed_keys(info, cfg, 64, 1) == ["train.batch_size (auto: 32 -> 64)",
-                                                     "train.grad_accum (auto: 2 -> 1)"]
-    assert train._changed_keys(info, cfg, 32, 2) == []
-    assert train._changed_keys(info, replace(cfg, learning_rate=1.0), 32, 2) == ["train.learning_rate"]
+    caplog.set_level(logging.INFO)
+    cfg = _cfg("tiny", batch_size=4, grad_accum=1, max_steps=6, save_every_steps=2, warmup_steps=1)
+    with pytest.raises(train.StopRequested):
+        _run(cfg, corpus, tmp_path, stop_after_steps=3)
+    summary = _run(replace(cfg, batch_size=2), corpus, tmp_path)
+    assert "resumed from" in caplog.text and "starting afresh" not in caplog.text
+    assert summary["steps"] == 6 and summary["grad_accum"] == 2 and summary["batch_size"] == 2
+    with pytest.raises(ConfigError, match="train.batch_size 3 x 2 processes"):
+        train.elastic_accum(8, 3, 2)
+    assert train.elastic_accum(8, 2, 2) == 2
+
+
+# --- the schedule fits the run; skipped steps are not updates ---------------------------------
+
+
+def test_warmup_as_a_fraction_fits_the_run_and_a_warmup_as_long_as_the_run_is_refused(tmp_path, corpus):
+    from ups.schedule import warmup_steps_for
+
+    # 8 GPUs x 100 h on H200: 128 steps in all; the fixed 500 never left warmup
+    assert warmup_steps_for(0.08, 128) == 10 and warmup_steps_for(500, 128) == 500
+    assert warmup_steps_for(0.08, 3) == 1
+    with pytest.raises(ConfigError, match=r"train.warmup_steps gives 10 warmup steps but the run has 10"):
+        _run(_cfg("tiny", max_steps=10, warmup_steps=10), corpus, tmp_path)
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("step-*"))
+    with pytest.raises(ConfigError, match="train.warmup_steps"):
+        from_dict(TrainConfig, {"warmup_steps": 1.5}, "train")
+    summary = _run(_cfg("tiny", max_steps=10, warmup_steps=0.2, log_every_steps=1), corpus, tmp_path / "f")
+    lrs = [r["lr"] for r in _history(tmp_path / "f") if "lr" in r]
+    assert lrs[1] == pytest.approx(5e-3) and lrs[-1] < lrs[1]  # 2 warmup steps, then decay
+    assert summary["total_steps"] == 10
+
+
+def test_a_skipped_step_is_not_an_update(tmp_path, corpus, monkeypatch):
+    from ups.schedule import lr_at
+
+    monkeypatch.setenv("UPS_TEST_NAN_AT", "0:2")  # the third data step's loss is NaN
+    cfg = _cfg("tiny", max_steps=5, warmup_steps=2, log_every_steps=1, valid_every_steps=100)
+    summary = _run(cfg, corpus, tmp_path)
+    assert summary["steps"] == 5 and summary["skipped_steps"] == 1
+    opt = load_file(str(latest_state(tmp_path / "state") / "optimizer.safetensors"))
+    assert {float(v) for k, v in opt.items() if k.endswith(".step")} == {5.0}  # AdamW made 5 updates
+    lrs = [r["lr"] for r in _history(tmp_path) if "lr" in r]
+    assert lrs == pytest.approx([lr_at(s, peak=5e-3, warmup_steps=2, total_steps=5) for s in range(5)])
+    assert sum(e["steps"] for e in summary["epochs"]) == 6  # six data steps: five updates, one skip
+
+
+# --- states are never lost to a config change before the new run has one ----------------------
+
+
+def test_a_changed_config_killed_before_its_first_save_leaves_the_old_states(tmp_path, corpus, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cfg = _cfg("tiny", max_steps=8, save_every_steps=2, valid_every_steps=100)
+    with pytest.raises(train.StopRequested):
+        _run(cfg, corpus, tmp_path, stop_after_steps=5)  # states 2 and 4
+    with pytest.raises(train.StopRequested):  # another config, killed before its first save
+        _run(replace(cfg, learning_rate=1e-3, save_every_steps=4), corpus, tmp_path, stop_after_steps=1)
+    assert "set the earlier states" in caplog.text and (tmp_path / "state" / "aside").is_dir()
+    caplog.clear()
+    resumed = _run(cfg, corpus, tmp_path)  # the first config again: its states come back
+    assert "took back" in caplog.text and "resumed from" in caplog.text and "step 4," in caplog.text
+    assert resumed["steps"] == 8
+    fresh = _run(cfg, corpus, tmp_path / "uninterrupted")
+    a = load_file(str(tmp_path / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "uninterrupted" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and fresh["steps"] == 8
+    # a new config that saves removes what was set aside, naming it
+    caplog.clear()
+    _run(replace(cfg, learning_rate=1e-3, max_steps=2, warmup_steps=1), corpus, tmp_path)
+    assert "removed the earlier states set aside" in caplog.text and "step-000000008" in caplog.text
+    assert not (tmp_path / "state" / "aside").exists()
+
+
+# --- one host sync per optimizer step, counted where syncs happen -----------------------------
+
+
+def test_one_host_sync_per_optimizer_step_in_a_profiler_trace(tmp_path, corpus):
+    from torch.profiler import ProfilerActivity, profile
+
+    from ups import distributed
+    from ups.report import Skips
+
+    cfg = _cfg("tiny", batch_size=2, grad_accum=4, max_steps=4, valid_every_steps=100)
+    d = distributed.init("cpu")
+    r = train.setup(cfg, d, torch.device("cpu"), corpus["audio"], corpus["labels"], tmp_path / "state")
+    prog = train._fresh_progress(r)
+    r.train_ds.set_start(0, 0, r.global_batch)
+    batches = iter(r.loader)
+    sums = train._Sums(r.device)
+    skips = Skips("train")
+    train.data_step(r, prog, train.next_micro_batches(batches, 4, skips, prog), sums, False)  # warm
+    micro = train.next_micro_batches(batches, 4, skips, prog)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        assert train.data_step(r, prog, micro, sums, False)
+    def in_optimizer(e):  # AdamW reads its per-parameter step counters, CPU tensors on a GPU too
+        while e is not None:
+            if e.name.startswith("Optimizer.step"):
+                return True
+            e = e.cpu_parent
+        return False
+
+    names = [e.name for e in prof.events() if not in_optimizer(e)]
+    syncs = {k: names.count(k) for k in ("aten::nonzero", "aten::item", "aten::_local_scalar_dense")}
+    assert syncs == {"aten::nonzero": 0, "aten::item": 1, "aten::_local_scalar_dense": 1}, syncs
+    assert sum(n.startswith("aten::index_put") for n in names) == 0  # no boolean index put either
+
+
+# --- validation does not depend on the number of data streams ----------------------------------
+
+
+def test_validation_is_the_same_for_1_2_and_4_workers(tmp_path, corpus):
+    from ups import distributed
+
+    losses = []
+    d = distributed.init("cpu")
+    for workers in (0, 2, 4):
+        cfg = _cfg("tiny", num_workers=workers, max_steps=2, warmup_steps=1)
+        r = train.setup(cfg, d, torch.device("cpu"), corpus["audio"], corpus["labels"], tmp_path / "s")
+        losses.append(train.validate(r))
+    for other in losses[1:]:
+        for k, v in losses[0].items():
+            assert other[k] == pytest.approx(v, abs=1e-6), k
+
+
+# --- elastic resume: killed on 2 ranks x 2 workers, resumed on 4 x 1 and 1 x 4 ----------------
+
+
+def _launch_cmd(tmp_path: Path, corpus: dict[str, Path], name: str, state: Path, **train_kw) -> list[str]:
+    params = tmp_path / f"{name}.yaml"
+    params.write_text(yaml.safe_dump({"train": {**BASE, "init": str(tmp_path / "init"), **train_kw}}))
+    out = tmp_path / name
+    return [sys.executable, "-m", "ups.launch", "train", "--params", str(params),
+            "--audio-dir", str(corpus["audio"]), "--labels-dir", str(corpus["labels"]),
+            "--model-dir", str(out / "model"), "--state-dir", str(state), "--live-dir", str(out / "live")]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant (torchrun starts its ranks in sessions of their own)."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _trace(trace_dir: Path) -> list[dict]:
+    import json
+
+    files = sorted(trace_dir.glob("rank*.jsonl"))
+    return [json.loads(line) for p in files for line in p.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_2x2_resumes_on_4x1_and_1x4_training_each_chunk_once(tmp_path):
+    import json
+    import shutil
+    import time
+
+    corpus = write_corpus(tmp_path / "c", n_train=24, n_valid=4, seconds=(0.6, 1.0))
+    write_tiny_hubert(tmp_path / "init", seed=2)
+    shape = {"batch_size": 1, "epochs": 2, "warmup_steps": 2, "save_every_steps": 2, "valid_every_steps": 100,
+             "log_every_steps": 1}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    killed_trace = tmp_path / "trace-killed"
+    killed_trace.mkdir()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        _launch_cmd(tmp_path, corpus, "killed", state, gpus=2, num_workers=2, grad_accum=2, **shape),
+        cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(killed_trace)}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while latest_state(state) is None or json.loads((state / "latest.json").read_text())["step"] < 4:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no state at step 4"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(proc.pid)  # every process: the launcher, torchrun, both ranks, their workers
+        proc.wait()
+    time.sleep(1)
+    saved = json.loads((latest_state(state) / "state.json").read_text())
+    assert saved["global_batch"] == 4 and saved["step"] >= 4
+    position = (saved["epoch"], saved["steps_in_epoch"])
+    before = [t for t in _trace(killed_trace) if (t["epoch"], t["step"]) < position]
+    for name, gpus, workers in (("r4w1", 4, 1), ("r1w4", 1, 4)):
+        shutil.copytree(state, tmp_path / f"state-{name}")
+        trace = tmp_path / f"trace-{name}"
+        trace.mkdir()
+        done = subprocess.run(
+            _launch_cmd(tmp_path, corpus, name, tmp_path / f"state-{name}", gpus=gpus, num_workers=workers,
+                        grad_accum=1, **shape),
+            cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(trace)}, capture_output=True, text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "resumed from" in done.stderr and "starting afresh" not in done.stderr
+        assert _trace(trace), (name, sorted(p.name for p in trace.iterdir()), done.stderr[-2000:])
+        report = json.loads((tmp_path / name / "model" / "training.json").read_text())
+        assert report["total_steps"] == 12 and report["steps"] == 12  # 24 chunks / 4 per step x 2 epochs
+        assert report["grad_accum"] == 4 // gpus  # the global batch kept
+        steps: dict[tuple[int, int], list[int]] = {}
+        for t in before + _trace(trace):
+            steps.setdefault((t["epoch"], t["step"]), []).extend(t["ids"])
+        assert sorted(steps) == [(e, s) for e in range(2) for s in range(6)], name
+        for epoch in range(2):
+            ids = sorted(i for (e, _), v in steps.items() if e == epoch for i in v)
+            assert ids == list(range(24)), (name, epoch)  # each chunk exactly once, by id
+        assert all(e["complete"] and e["chunks_used"] == 24 for e in report["epochs"]), report["epochs"]

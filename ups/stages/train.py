@@ -2,10 +2,11 @@
 
 Read it top to bottom: `run` resolves the device (a GPU expected but absent stops here), joins
 the process group under torchrun and calls, in order, `setup` (model, head, AdamW, data, the
-run's fingerprint), `resume` (the last state of this fingerprint, or a fresh start that removes
-older states), then the loop: `next_micro_batches` + `vote` (every rank agrees the epoch goes
-on and on the step's normaliser), `train_step` (one optimizer step), `log_step`, `validate`,
-`save`, and `end_epoch`; `finish` validates, saves and exports once more.
+run's fingerprint), `resume` (the last state of this fingerprint, restored at the same global
+batch on any number of ranks and workers; or a fresh start, which sets older states aside),
+then the loop: `next_micro_batches` + `vote` (every rank agrees on the step's normaliser and on
+whether it has data), `train_step` (one optimizer step), `log_step`, `validate`, `save`, and
+`end_epoch`; `finish` validates, saves and exports once more.
 
 Loss normalisation: each step sums cross-entropy over the scored frames of all micro-batches of
 all ranks and divides by their total count (voted before the forward passes, from the batches'
@@ -13,11 +14,19 @@ host-side counts), so accumulation and DDP give the same update as one large bat
 whose loss or gradient is not finite on any rank is skipped by every rank (one small collective
 and the step's only host sync); `max_bad_steps` in a row stop every rank.
 
-Schedule: an epoch is every training chunk once across all ranks and workers
-(`ups.train_data.plan_streams`), so steps per epoch come from what the streams hold;
-`max_steps` set means exactly that many optimizer steps (epochs repeat as needed), else
-`epochs` x steps per epoch. The schedule is fixed when a run starts: resuming with another
-`epochs` / `max_steps` is refused with a message naming the key.
+Data order: `ups.data_order`: one permutation of every training chunk per epoch, a function of
+(seed, epoch), cut into global batches (batch x accumulation x ranks chunks); only the last
+partial global batch sits out an epoch. A state records the global batch and the data step,
+so a resume on R2 ranks x W2 workers takes the accumulation that keeps the global batch and
+trains each remaining chunk of the epoch exactly once (refused, naming the keys, where no
+accumulation can keep it).
+
+Schedule: steps per epoch = training chunks // global batch; `max_steps` set means exactly that
+many applied optimizer updates (epochs repeat as needed), else `epochs` x steps per epoch. A
+skipped (non-finite) step consumes its data but is not an update: the step counter and the LR
+do not move. `warmup_steps` is a count or a fraction of the total; a warmup as long as the run
+is refused. The schedule is fixed when a run starts: resuming with another `epochs` /
+`max_steps` is refused with a message naming the key.
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 from torch.utils.data import DataLoader
 
 from ups import distributed
-from ups.atomic import atomic_dir
+from ups.atomic import atomic_dir, read_json
 from ups.batch_table import auto_batch, resolve_batch
 from ups.config import ConfigError, TrainConfig
 from ups.devices import resolve_device
@@ -45,9 +55,9 @@ from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_
 from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, scored_weight
 from ups.progress import bar
 from ups.report import Skips
-from ups.schedule import lr_at
-from ups.train_data import END, BatchSpec, ShardBatches, count_clusters, labels_digest, list_shards
-from ups.train_state import discard_states, latest_state, load_state, save_state
+from ups.schedule import check_warmup, lr_at, warmup_steps_for
+from ups.train_data import EMPTY, BatchSpec, Catalog, ShardBatches, count_clusters, labels_digest, list_shards
+from ups.train_state import drop_aside, latest_state, load_state, save_state, set_aside, take_back
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +77,14 @@ RUNTIME_KEYS = (
     "compile",
     "epochs",
     "max_steps",
+    "batch_size",  # the global batch is what a state keeps (see `elastic_accum`)
+    "grad_accum",
 )
 # Summed per step on the device (the loss terms) and on the host (counts), reduced at log time.
 DEVICE_SUMS = (*SUM_NAMES, "penalty")
 HOST_SUMS = ("micro_batches", "audio_samples")
 SAMPLE_RATE = 16000
-STATE_FORMAT = 2  # what state.json holds; a state of another format is not resumed
+STATE_FORMAT = 3  # what state.json holds; a state of another format is not resumed
 
 
 class StopRequested(Exception):
@@ -105,17 +117,16 @@ def check_crop(cfg: TrainConfig, feat_extract_norm: str) -> None:
 # --- what a run is made of ------------------------------------------------------------------------
 
 
-def fingerprint(
-    cfg: TrainConfig, batch_size: int, grad_accum: int, n_clusters: int, labels_dir: Path, shards: list[Path]
-) -> str:
+def fingerprint(cfg: TrainConfig, n_clusters: int, labels_dir: Path, shards: list[Path]) -> str:
     """What a state is valid for: the config (bar runtime keys), the labels and the shard names.
+    Not the batch split: a state resumes at its own global batch, however it is split.
 
     The labels count by content (`labels_digest`), not only their chunk ids and offsets: a
     re-fitted k-means keeps those but renumbers the clusters, and a state trained on the old
     numbering must not be resumed (its head would score the new labels below chance)."""
     h = hashlib.sha256()
     conf = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-    conf.update(batch_size=batch_size, grad_accum=grad_accum, n_clusters=n_clusters)
+    conf.update(n_clusters=n_clusters)
     h.update(repr(sorted(conf.items())).encode())
     h.update(labels_digest(labels_dir).encode())
     h.update("\n".join(p.name for p in shards).encode())
@@ -144,7 +155,7 @@ class Run:
     device: torch.device
     precision: str
     batch_size: int
-    grad_accum: int
+    grad_accum: int  # of this run's shape; a resume may change it to keep the state's global batch
     table_row: str
     n_clusters: int
     fingerprint: str
@@ -157,17 +168,17 @@ class Run:
     train_ds: ShardBatches
     loader: DataLoader[Any]
     valid_loader: DataLoader[Any] | None
-    steps_per_epoch: int
     flops: float
     labels_dir: Path
+    warmup_steps: int = 0  # resolved from train.warmup_steps once the total is known
 
     @property
-    def n_workers(self) -> int:
-        return max(1, self.cfg.num_workers)
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.d.world_size
 
     @property
-    def n_streams(self) -> int:
-        return self.d.world_size * self.n_workers
+    def steps_per_epoch(self) -> int:
+        return self.train_ds.n_samples // self.global_batch
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -181,18 +192,16 @@ class Progress:
     """What a state saves and a resume restores."""
 
     total_steps: int
-    step: int = 0
+    step: int = 0  # applied optimizer updates
     epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches this rank consumed in the current epoch
+    steps_in_epoch: int = 0  # data steps of the current epoch taken (applied, skipped or empty)
     bad_in_row: int = 0
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # non-finite steps: their data is consumed, no update is made
+    empty_steps: int = 0  # data steps where some rank had no readable sample
     epoch_chunks: int = 0  # chunks trained on in the current epoch (all ranks once saved)
     epoch_samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
-
-    def steps_in_epoch(self, grad_accum: int) -> int:
-        return self.batches_in_epoch // grad_accum
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -293,47 +302,55 @@ def setup(
         mask_length=cfg.mask_length,
         min_masks=cfg.min_masks,
         normalize_audio=cfg.normalize_audio,
-        shuffle_buffer=cfg.shuffle_buffer,
-        open_shards=cfg.open_shards,
-        bucket_batches=cfg.bucket_batches,
     )
 
     def batches(split: str) -> ShardBatches:
-        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
-                            train=split == "train", rank=d.rank, world_size=d.world_size)
+        """The split's dataset; its tar headers walked by rank 0 alone, the catalogue shared
+        through the state directory (every rank walking every shard was ranks x the reads)."""
+        saved = state_dir / "catalog" / f"{split}.npz"
+
+        def make(catalog: Any = None) -> ShardBatches:
+            return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
+                                train=split == "train", rank=d.rank, world_size=d.world_size, catalog=catalog,
+                                max_batches=None if split == "train" else cfg.valid_max_batches)
+
+        if not d.enabled:
+            return make()
+        ds = make() if d.is_main else None
+        if ds is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            ds.catalog.save(saved, ds.catalog_skips)
+        distributed.barrier(d)
+        return ds or make(Catalog.load(saved))
 
     train_ds = batches("train")
     valid_loader = None
     if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
-        valid_loader = _loader(batches("valid"), cfg, device, cfg.seed + 1)
-    n_workers = max(1, cfg.num_workers)
-    steps_per_epoch = train_ds.batches_per_stream(d.world_size * n_workers) * n_workers // grad_accum
-    if steps_per_epoch == 0:
+        valid_loader = _loader(batches("valid"), cfg, device, cfg.seed + 1, persistent=True)
+    if train_ds.n_samples < batch_size * grad_accum * d.world_size:
         raise RuntimeError(
-            f"train: no optimizer step can be formed: {train_ds.n_samples} training chunks over "
-            f"{d.world_size} x {n_workers} streams at batch {batch_size} x accum {grad_accum} "
-            f"(lower train.batch_size, train.grad_accum or train.num_workers)"
+            f"train: no optimizer step can be formed: {train_ds.n_samples} training chunks, global batch "
+            f"{batch_size} x accum {grad_accum} x {d.world_size} processes (lower train.batch_size or "
+            f"train.grad_accum)"
         )
     r = Run(
         cfg=cfg, d=d, device=device, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
         table_row=table_row, n_clusters=n_clusters,
-        fingerprint=fingerprint(cfg, batch_size, grad_accum, n_clusters, labels_dir, train_shards),
+        fingerprint=fingerprint(cfg, n_clusters, labels_dir, train_shards),
         model=model, original_augment=original_augment, ddp=ddp, forward=forward, optimizer=optimizer,
         scaler=scaler, train_ds=train_ds, loader=_loader(train_ds, cfg, device, cfg.seed),
-        valid_loader=valid_loader, steps_per_epoch=steps_per_epoch,
-        flops=flops_per_audio_second(hubert.config, cfg.max_sample_seconds), labels_dir=labels_dir,
-    )
-    log.info(
-        "train: %d processes on %s (%s), batch %d x accum %d (%s), %d clusters, %d chunks, "
-        "%d steps per epoch",
-        d.world_size, device, precision, batch_size, grad_accum, table_row, n_clusters, train_ds.n_samples,
-        steps_per_epoch,
+        valid_loader=valid_loader, flops=flops_per_audio_second(hubert.config, cfg.max_sample_seconds),
+        labels_dir=labels_dir,
     )
     return r
 
 
-def _loader(ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int) -> DataLoader[Any]:
-    # A private generator: creating an iterator must not consume the global RNG (resume equality).
+def _loader(
+    ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int, persistent: bool = False
+) -> DataLoader[Any]:
+    """A private generator: creating an iterator must not consume the global RNG (resume
+    equality). Training makes one iterator per run (its schedule runs across epochs, so its
+    workers are forked once); validation keeps its workers between passes."""
     return DataLoader(
         ds,
         batch_size=None,
@@ -341,6 +358,7 @@ def _loader(ds: ShardBatches, cfg: TrainConfig, device: torch.device, seed: int)
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=4 if cfg.num_workers > 0 else None,
+        persistent_workers=persistent and cfg.num_workers > 0,
     )
 
 
@@ -352,15 +370,10 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.max_steps or cfg.epochs * steps_per_epoch
 
 
-def _changed_keys(info: dict[str, Any], cfg: TrainConfig, batch_size: int, grad_accum: int) -> list[str]:
-    """The train.* keys whose values differ from the state's; `auto` batch values by what they
-    resolved to (another GPU gives another row of the batch table)."""
+def _changed_keys(info: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The train.* keys (bar runtime ones) whose values differ from the state's."""
     saved, now = info.get("config", {}), asdict(cfg)
-    changed = [f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
-    for key, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
-        if key in info and info[key] != value and f"train.{key}" not in changed:
-            changed.append(f"train.{key} ({now[key]}: {info[key]} -> {value})")
-    return sorted(changed)
+    return sorted(f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k])
 
 
 def _check_schedule(saved: dict[str, Any], cfg: TrainConfig, found: Path, step: int) -> None:
@@ -376,65 +389,125 @@ def _check_schedule(saved: dict[str, Any], cfg: TrainConfig, found: Path, step: 
     )
 
 
+def elastic_accum(global_batch: int, batch_size: int, world_size: int) -> int:
+    """The accumulation that keeps a state's global batch on `world_size` processes."""
+    per_step = batch_size * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"train: the state was trained at a global batch of {global_batch} chunks, which "
+            f"train.batch_size {batch_size} x {world_size} processes (train.gpus x train.nodes) cannot "
+            f"make with a whole train.grad_accum; choose train.batch_size and the process count so that "
+            f"their product divides {global_batch}, or train.resume: false to start afresh"
+        )
+    return global_batch // per_step
+
+
+def choose_state(r: Run, state_dir: Path) -> str | None:
+    """Rank 0: the state this run resumes (its path), or None for a fresh start. Nothing is
+    deleted here: states of another config or trainer are set aside (`train_state.set_aside`)
+    and a set-aside run of this fingerprint is taken back."""
+    found = latest_state(state_dir)
+    if found is not None and r.cfg.resume:
+        info = read_json(found / "state.json")
+        if info.get("format") != STATE_FORMAT:
+            log.warning("train: state %s is from another trainer (format %s, now %d); starting afresh",
+                        found, info.get("format", 1), STATE_FORMAT)
+        elif info.get("fingerprint") == r.fingerprint:
+            return str(found)
+        else:
+            log.warning("train: state %s was made with another config or data (%s); starting afresh",
+                        found, ", ".join(_changed_keys(info, r.cfg)) or "labels or shards changed")
+    back = take_back(state_dir, r.fingerprint) if r.cfg.resume else None
+    if back is not None:
+        log.info("train: took back the states of this config set aside earlier (%s)", back.name)
+        return str(back)
+    moved = set_aside(state_dir)
+    if moved:
+        log.warning("train: set the earlier states %s aside in %s; they are removed once this run "
+                    "saves its first state", ", ".join(moved), state_dir / "aside")
+    return None
+
+
 def resume(r: Run, state_dir: Path) -> Progress:
-    """The last state of this run's fingerprint, restored exactly; else a fresh start, which
-    removes the states of other configurations (each named in the log)."""
+    """The state rank 0 chose, restored exactly on every rank, at its global batch (the
+    accumulation adapts to this run's processes); else a fresh start."""
     cfg, d = r.cfg, r.d
-    prog = Progress(total_steps=planned_steps(cfg, r.steps_per_epoch))
-    found = latest_state(state_dir) if cfg.resume else None
-    st = load_state(found) if found is not None else None
-    if st is not None and st["info"].get("format") != STATE_FORMAT:
-        log.warning("train: state %s is from an older trainer (format %s, now %d); starting afresh",
-                    found, st["info"].get("format", 1), STATE_FORMAT)
-        st = None
-    if st is not None and st["info"].get("fingerprint") != r.fingerprint:
-        changed = _changed_keys(st["info"], cfg, r.batch_size, r.grad_accum)
-        log.warning("train: state %s was made with another config or data (%s); starting afresh",
-                    found, ", ".join(changed) or "labels or shards changed")
-        st = None
-    if st is None:
-        if d.is_main:
-            gone = discard_states(state_dir)
-            if gone:
-                log.warning("train: removed the earlier states %s from %s", ", ".join(gone), state_dir)
+    chosen = choose_state(r, state_dir) if d.is_main else None
+    chosen = distributed.broadcast_json(d, chosen)
+    if chosen is None:
         distributed.barrier(d)
         torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)  # dropout / layerdrop differ per rank
-        return prog
-
-    assert found is not None
+        return _fresh_progress(r)
+    found = Path(chosen)
+    _test_delay_load(d.rank)
+    st = load_state(found)
+    distributed.barrier(d)  # every rank has read the state before anything may move
     info = st["info"]
     _check_schedule(info["config"], cfg, found, info["step"])
+    accum = elastic_accum(info["global_batch"], r.batch_size, d.world_size)
+    if accum != r.grad_accum:
+        log.warning("train: the state's global batch is %d chunks: accumulation %d on %d processes x "
+                    "batch %d (this run's shape alone would give %d)", info["global_batch"], accum,
+                    d.world_size, r.batch_size, r.global_batch)
+        r.grad_accum = accum
     r.model.load_state_dict(st["model"])
     r.optimizer.load_state_dict(st["optimizer"])
     if r.scaler is not None and info.get("scaler"):
         r.scaler.load_state_dict(info["scaler"])
+    r.warmup_steps = info["warmup_steps"]
     prog = Progress(
         total_steps=info["total_steps"],
         step=info["step"],
         epoch=info["epoch"],
-        batches_in_epoch=info["batches_in_epoch"],
+        steps_in_epoch=info["steps_in_epoch"],
         bad_in_row=info["bad_in_row"],
         skipped_steps=info["skipped_steps"],
+        empty_steps=info["empty_steps"],
         # the saved epoch counters are every rank's together: rank 0 carries them on
         epoch_chunks=info["epoch_chunks"] if d.is_main else 0,
         epoch_samples=info["epoch_samples"] if d.is_main else 0,
         history=st["history"],
         epochs=info["epochs"],
     )
-    if info["n_streams"] != r.n_streams and prog.batches_in_epoch > 0:
-        log.warning("train: data streams changed (%d -> %d); epoch %d restarts at its next epoch",
-                    info["n_streams"], r.n_streams, prog.epoch)
-        end_epoch(r, prog)
     cpu_key, cuda_key = f"cpu.rank{d.rank}", f"cuda.rank{d.rank}"
     if cpu_key in st["rng"]:
         torch.set_rng_state(st["rng"][cpu_key])
         if r.device.type == "cuda" and cuda_key in st["rng"]:
             torch.cuda.set_rng_state(st["rng"][cuda_key], r.device)
-    else:
-        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)
-    log.info("train: resumed from %s (step %d, epoch %d, batch %d)", found, prog.step, prog.epoch,
-             prog.batches_in_epoch)
+    else:  # a state of fewer ranks: this rank's dropout stream starts anew
+        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1 + prog.step)
+    log.info("train: resumed from %s (step %d, epoch %d, data step %d of %d)", found, prog.step, prog.epoch,
+             prog.steps_in_epoch, r.steps_per_epoch)
+    _log_schedule(r, prog)
     return prog
+
+
+def _fresh_progress(r: Run) -> Progress:
+    total = planned_steps(r.cfg, r.steps_per_epoch)
+    r.warmup_steps = warmup_steps_for(r.cfg.warmup_steps, total)
+    check_warmup(r.warmup_steps, total)
+    prog = Progress(total_steps=total)
+    _log_schedule(r, prog)
+    return prog
+
+
+def _log_schedule(r: Run, prog: Progress) -> None:
+    hours = r.global_batch * r.cfg.max_sample_seconds / 3600
+    log.info(
+        "train: %d processes on %s (%s), batch %d x accum %d (%s) = global batch %d (<= %.3f h of "
+        "audio per step); %d clusters, %d chunks, %d steps per epoch, %d steps in all, warmup %d, "
+        "peak LR %g (%s)",
+        r.d.world_size, r.device, r.precision, r.batch_size, r.grad_accum, r.table_row, r.global_batch, hours,
+        r.n_clusters, r.train_ds.n_samples, r.steps_per_epoch, prog.total_steps, r.warmup_steps,
+        r.cfg.learning_rate, r.cfg.lr_schedule,
+    )
+
+
+def _test_delay_load(rank: int) -> None:
+    """Test hook: UPS_TEST_LOAD_DELAY=<rank>:<seconds> delays that rank's reading of the state."""
+    spec = os.environ.get("UPS_TEST_LOAD_DELAY")
+    if spec and int(spec.split(":")[0]) == rank:
+        time.sleep(float(spec.split(":")[1]))
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -443,7 +516,7 @@ def resume(r: Run, state_dir: Path) -> Progress:
 def train(
     r: Run, prog: Progress, model_dir: Path, state_dir: Path, live_dir: Path, stop_after_steps: int | None
 ) -> dict[str, Any]:
-    """Epochs until the schedule's last step, then `finish`."""
+    """Steps until the schedule's last update, epoch after epoch, then `finish`."""
     live = _Live(live_dir, r.d.is_main)
     for rec in prog.history:
         live.log(rec)
@@ -452,78 +525,81 @@ def train(
     _merge(skips, dict(r.train_ds.catalog_skips))
     sums = _Sums(r.device)
     progress = bar(desc="train", unit="step", total=prog.total_steps, initial=prog.step)
+    r.train_ds.set_start(prog.epoch, prog.steps_in_epoch, r.global_batch)
+    batches = iter(r.loader)  # one iterator (and one fork of the workers) for the whole run
+    nan_step = _nan_injection(r.d.rank)
+    trace = _Trace(r.d.rank)
+    taken = 0  # data steps this process took (the NaN test hook counts these)
     while prog.step < prog.total_steps:
-        if prog.steps_in_epoch(r.grad_accum) < r.steps_per_epoch:
-            before, fresh = prog.step, prog.steps_in_epoch(r.grad_accum) == 0
-            run_epoch(r, prog, sums, skips, live, state_dir, progress, stop_after_steps)
-            if fresh and prog.step == before:  # every rank voted the same end: all stop here
-                skips.log_summary()
-                raise RuntimeError(f"train: epoch {prog.epoch} made no step: a data stream had no "
-                                   "readable sample (see the skip counts above)")
-        end_epoch(r, prog, live)
-    if prog.batches_in_epoch > 0:  # resumed from a state saved at the schedule's last step
+        if prog.steps_in_epoch == r.steps_per_epoch:
+            end_epoch(r, prog, live)
+        micro = next_micro_batches(batches, r.grad_accum, skips, prog)
+        trace.write(prog, micro)
+        applied = data_step(r, prog, micro, sums, nan_step == taken)
+        taken += 1
+        if not applied:
+            continue
+        progress.update(1)
+        if prog.step % r.cfg.log_every_steps == 0 or prog.step == prog.total_steps:
+            log_step(r, prog, sums, live)
+        if r.valid_loader is not None and prog.step % r.cfg.valid_every_steps == 0:
+            _record(prog, live, {"step": prog.step, **validate(r)})
+            sums.restart_clock()
+        if prog.step % r.cfg.save_every_steps == 0:
+            save(r, prog, state_dir)
+            sums.restart_clock()
+        if stop_after_steps is not None and prog.step >= stop_after_steps:
+            raise StopRequested(f"stopped after step {prog.step}")
+    if prog.steps_in_epoch > 0:
         end_epoch(r, prog, live)
     progress.close()
     return finish(r, prog, skips, live, model_dir, state_dir)
 
 
-def run_epoch(
-    r: Run, prog: Progress, sums: _Sums, skips: Skips, live: _Live, state_dir: Path, progress: Any,
-    stop_after_steps: int | None,
-) -> None:
-    """Optimizer steps until the epoch's data, or the schedule, ends (from where a resume left)."""
-    cfg = r.cfg
-    nan_step = _nan_injection(r.d.rank)
-    r.train_ds.set_position(prog.epoch, _skip_per_worker(prog.batches_in_epoch, cfg.num_workers))
-    batches = iter(r.loader)
-    while prog.step < prog.total_steps and prog.steps_in_epoch(r.grad_accum) < r.steps_per_epoch:
-        micro, ran_dry = next_micro_batches(batches, r.grad_accum, skips)
-        ended, total_weight = vote(r, micro, ran_dry)
-        if ended:
-            log.warning("train: epoch %d ended after %d of %d steps: a data stream ran dry "
-                        "(unreadable samples, see the skip counts)", prog.epoch,
-                        prog.steps_in_epoch(r.grad_accum), r.steps_per_epoch)
-            return
-        train_step(r, prog, micro, total_weight, sums, nan_step == prog.step)
-        progress.update(1)
-        if prog.step % cfg.log_every_steps == 0 or prog.step == prog.total_steps:
-            log_step(r, prog, sums, live)
-        if r.valid_loader is not None and prog.step % cfg.valid_every_steps == 0:
-            _record(prog, live, {"step": prog.step, **validate(r)})
-            sums.restart_clock()
-        if prog.step % cfg.save_every_steps == 0:
-            save(r, prog, state_dir)
-            sums.restart_clock()
-        if stop_after_steps is not None and prog.step >= stop_after_steps:
-            raise StopRequested(f"stopped after step {prog.step}")
-
-
-def next_micro_batches(batches: Any, grad_accum: int, skips: Skips) -> tuple[list[dict[str, Any]], bool]:
-    """Up to `grad_accum` batches from the loader; True when this rank's streams ran dry."""
-    micro: list[dict[str, Any]] = []
+def next_micro_batches(batches: Any, grad_accum: int, skips: Skips, prog: Progress) -> list[dict[str, Any]]:
+    """This rank's `grad_accum` micro-batches of the next data step (some may be `EMPTY`)."""
+    micro = []
     for _ in range(grad_accum):
-        b = next(batches, None)
-        if b is not None:
-            _merge(skips, b["skips"])
-        if b is None or END in b:
-            return micro, True
+        b = next(batches)
+        _merge(skips, b["skips"])
+        if (b["epoch"], b["step"]) != (prog.epoch, prog.steps_in_epoch):  # the schedule's own check
+            raise RuntimeError(f"train: data step {b['epoch']}:{b['step']} arrived at "
+                               f"{prog.epoch}:{prog.steps_in_epoch}")
         micro.append(b)
-    return micro, False
+    return micro
 
 
-def vote(r: Run, micro: list[dict[str, Any]], ran_dry: bool) -> tuple[bool, float]:
-    """Every rank learns whether any rank ran dry, and the step's scored-frame count; one
-    host-side collective (gloo), before any GPU work, so no rank enters DDP's all-reduce alone."""
+def data_step(r: Run, prog: Progress, micro: list[dict[str, Any]], sums: _Sums, inject_nan: bool) -> bool:
+    """One data step: an optimizer update unless some rank has nothing to train on (every rank
+    then moves on together) or the update is not finite; True when an update was applied."""
+    full = [b for b in micro if EMPTY not in b]
+    empty_somewhere, total_weight = vote(r, full, len(full) == 0)
+    prog.steps_in_epoch += 1
+    if empty_somewhere:
+        prog.empty_steps += 1
+        log.warning("train: data step %d of epoch %d skipped: no readable sample on some rank",
+                    prog.steps_in_epoch - 1, prog.epoch)
+        if prog.empty_steps >= r.steps_per_epoch:
+            raise RuntimeError(f"train: {prog.empty_steps} data steps had no readable sample (a whole "
+                               "epoch's worth): see the skip counts above")
+        return False
+    return train_step(r, prog, full, total_weight, sums, inject_nan)
+
+
+def vote(r: Run, micro: list[dict[str, Any]], empty: bool) -> tuple[bool, float]:
+    """Every rank learns whether any rank has no micro-batch to train on, and the step's
+    scored-frame count; one host-side collective (gloo), before any GPU work, so no rank
+    enters DDP's all-reduce alone."""
     weight = sum(scored_weight(b["n_masked"], b["n_unmasked"], r.cfg.unmasked_weight) for b in micro)
-    dry, total = distributed.host_sum(r.d, [float(ran_dry), weight])
-    return dry > 0, total
+    n_empty, total = distributed.host_sum(r.d, [float(empty), weight])
+    return n_empty > 0, total
 
 
 def train_step(
     r: Run, prog: Progress, micro: list[dict[str, Any]], total_weight: float, sums: _Sums, inject_nan: bool
-) -> None:
-    """Forward and backward over the micro-batches, then one optimizer step or a skip that every
-    rank takes together. The skip decision is the step's only read of a device value."""
+) -> bool:
+    """Forward and backward over the micro-batches, then one optimizer update or a skip that
+    every rank takes together (the step's only read of a device value); True when applied."""
     cfg, d, dev = r.cfg, r.d, r.device
     scale = d.world_size / max(total_weight, 1.0)  # DDP averages gradients over ranks
     bad = torch.zeros((), dtype=torch.bool, device=dev)
@@ -553,33 +629,32 @@ def train_step(
     params = [p for p in r.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     flag = (bad | ~torch.isfinite(grad_norm)).to(torch.float64).reshape(1)
-    skip = distributed.all_max(d, flag).item() > 0
-    if skip:
+    if distributed.all_max(d, flag).item() > 0:
         r.optimizer.zero_grad(set_to_none=True)
         if r.scaler is not None:
             r.scaler.update(r.scaler.get_scale() * r.scaler.get_backoff_factor())
         prog.bad_in_row += 1
         prog.skipped_steps += 1
-        log.warning("train: step %d skipped: loss or gradient not finite on some rank (%d in a row)",
+        log.warning("train: update %d skipped: loss or gradient not finite on some rank (%d in a row)",
                     prog.step, prog.bad_in_row)
         if prog.bad_in_row >= cfg.max_bad_steps:
             raise RuntimeError(f"train: {prog.bad_in_row} non-finite steps in a row; every rank stops "
                                f"(lower train.learning_rate or check the data)")
+        return False
+    lr = lr_at(prog.step, peak=cfg.learning_rate, warmup_steps=r.warmup_steps,
+               total_steps=prog.total_steps, kind=cfg.lr_schedule)
+    for g in r.optimizer.param_groups:
+        g["lr"] = lr
+    if r.scaler is not None:
+        r.scaler.step(r.optimizer)
+        r.scaler.update()
     else:
-        lr = lr_at(prog.step, peak=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-                   total_steps=prog.total_steps, kind=cfg.lr_schedule)
-        for g in r.optimizer.param_groups:
-            g["lr"] = lr
-        if r.scaler is not None:
-            r.scaler.step(r.optimizer)
-            r.scaler.update()
-        else:
-            r.optimizer.step()
-        r.optimizer.zero_grad(set_to_none=True)
-        prog.bad_in_row = 0
-        sums.grad_norm = grad_norm.detach()
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    prog.bad_in_row = 0
+    sums.grad_norm = grad_norm.detach()
     prog.step += 1
-    prog.batches_in_epoch += r.grad_accum
+    return True
 
 
 class _Sums:
@@ -647,17 +722,14 @@ def _record(prog: Progress, live: _Live, rec: dict[str, Any], timing: dict[str, 
 
 @torch.no_grad()
 def validate(r: Run) -> dict[str, float]:
-    """Loss and accuracy on the validation shards (fixed masks), summed over ranks."""
+    """Loss and accuracy on the validation shards, summed over ranks: the same batches and
+    masks (seeded per chunk) for any number of ranks and workers."""
     assert r.valid_loader is not None
     r.model.eval()
     sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64, device=r.device)
-    n = 0
     for b in r.valid_loader:
-        if END in b:
+        if EMPTY in b:
             continue
-        if r.cfg.valid_max_batches is not None and n >= r.cfg.valid_max_batches:
-            break
-        n += 1
         mask = b["mask"].to(r.device)
         am = b["attention_mask"].to(r.device) if b["attention_mask"] is not None else None
         with r.autocast():
@@ -677,7 +749,7 @@ def validate(r: Run) -> dict[str, float]:
 def end_epoch(r: Run, prog: Progress, live: _Live | None = None) -> None:
     """Record what the epoch trained on (all ranks; `complete`: all its steps ran, rather than
     the schedule's end or a dry stream), then move on to the next epoch."""
-    steps = prog.steps_in_epoch(r.grad_accum)
+    steps = prog.steps_in_epoch
     complete = steps >= r.steps_per_epoch
     chunks, samples = distributed.host_sum(r.d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
     rec = {
@@ -696,7 +768,7 @@ def end_epoch(r: Run, prog: Progress, live: _Live | None = None) -> None:
     log.info("train: epoch %d: %d steps, %d of %d chunks, %.2f h of audio", prog.epoch, steps,
              rec["chunks_used"], rec["chunks_available"], rec["hours"])
     prog.epoch += 1
-    prog.batches_in_epoch = prog.epoch_chunks = prog.epoch_samples = 0
+    prog.steps_in_epoch = prog.epoch_chunks = prog.epoch_samples = 0
 
 
 # --- save, finish, export ---------------------------------------------------------------------
@@ -721,11 +793,13 @@ def save(r: Run, prog: Progress, state_dir: Path) -> None:
                 "format": STATE_FORMAT,
                 "total_steps": prog.total_steps,
                 "epoch": prog.epoch,
-                "batches_in_epoch": prog.batches_in_epoch,
+                "steps_in_epoch": prog.steps_in_epoch,
+                "global_batch": r.global_batch,
+                "warmup_steps": r.warmup_steps,
+                "empty_steps": prog.empty_steps,
                 "epoch_chunks": int(chunks),
                 "epoch_samples": int(samples),
                 "epochs": prog.epochs,
-                "n_streams": r.n_streams,
                 "bad_in_row": prog.bad_in_row,
                 "skipped_steps": prog.skipped_steps,
                 "scaler": r.scaler.state_dict() if r.scaler is not None else None,
@@ -737,6 +811,9 @@ def save(r: Run, prog: Progress, state_dir: Path) -> None:
             },
             history=prog.history,
         )
+        gone = drop_aside(state_dir)  # the new run has a state of its own now
+        if gone:
+            log.warning("train: removed the earlier states set aside: %s", ", ".join(gone))
     distributed.barrier(d)
 
 
@@ -800,20 +877,30 @@ def finish(
 # --- small helpers ----------------------------------------------------------------------------
 
 
-def _skip_per_worker(consumed: int, n_workers: int) -> list[int]:
-    """Batches each DataLoader worker delivered when the main process consumed `consumed`
-    (workers deliver round-robin)."""
-    k = max(1, n_workers)
-    return [(consumed - w + k - 1) // k for w in range(k)]
-
-
 def _nan_injection(rank: int) -> int | None:
-    """Test hook: UPS_TEST_NAN_AT=<rank>:<step> makes that rank's loss NaN at that step."""
+    """Test hook: UPS_TEST_NAN_AT=<rank>:<k> makes that rank's loss NaN at its k-th data step
+    (0-based, counted from this process's start)."""
     spec = os.environ.get("UPS_TEST_NAN_AT")
     if not spec:
         return None
     r, s = spec.split(":")
     return int(s) if int(r) == rank else None
+
+
+class _Trace:
+    """Test hook: UPS_TEST_TRACE_DIR=<dir> makes each rank append, per data step, the chunk ids
+    it trained on to `<dir>/rank<k>.jsonl` (flushed at once, so a killed run leaves its steps)."""
+
+    def __init__(self, rank: int) -> None:
+        where = os.environ.get("UPS_TEST_TRACE_DIR")
+        self.fh = open(Path(where) / f"rank{rank}.jsonl", "ab") if where else None  # noqa: SIM115
+
+    def write(self, prog: Progress, micro: list[dict[str, Any]]) -> None:
+        if self.fh is not None:
+            ids = [c for b in micro for c in b["chunk_ids"]]
+            self.fh.write(orjson.dumps({"epoch": prog.epoch, "step": prog.steps_in_epoch, "update": prog.step,
+                                        "ids": ids}) + b"\n")
+            self.fh.flush()
 
 
 def _merge(skips: Skips, counts: dict[str, int]) -> None:
