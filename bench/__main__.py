@@ -15,7 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL: list[list[str]] = [
     ["index_vad"], ["select"], ["select", "--fetch", "members"], ["prepare_audio"], ["kmeans"],
-    ["labels"], ["train"], ["members"], ["hub_client"],
+    ["labels"], ["train"], ["members"], ["hub_client"], ["data_order"],
 ]
 QUICK: list[list[str]] = [
     ["index_vad", "--files", "200000", "--repeats", "1", "--naive-mb", "50"],
@@ -26,6 +26,7 @@ QUICK: list[list[str]] = [
     ["kmeans", "--frames", "1000000", "--baseline-frames", "200000"],
     ["labels", "--chunks", "4", "--frames", "100000", "--n-init", "3", "--assign-frames", "100000"],
     ["train", "--steps", "10", "--chunks", "32"],
+    ["data_order", "--hours", "10"],
 ]
 
 
