@@ -123,9 +123,11 @@ def make_handler(state: HubState):
                                               self.headers.get("Range"),
                                               self.headers.get("Authorization")))
 
-        def _json(self, obj, status: int = 200) -> None:
+        def _json(self, obj, status: int = 200, retry_after: float | None = None) -> None:
             body = json.dumps(obj).encode()
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", str(retry_after))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -182,7 +184,7 @@ def make_handler(state: HubState):
                 queue = state.faults.get("@paths-info")  # faults for the metadata call
                 action = queue.popleft() if queue else None
             if action and action[0] == "status":
-                self._json({"error": "scripted"}, action[1])
+                self._json({"error": "scripted"}, action[1], action[2] if len(action) > 2 else None)
                 return
             self._json([_info(p, state.files[p], state.lfs) for p in form.get("paths", [])
                         if p in state.files])

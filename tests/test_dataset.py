@@ -85,6 +85,17 @@ def hub_ds(tmp_path, **over) -> HubDataset:
     return ds
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_metadata_call_waits_the_hubs_retry_after(hub, tmp_path, status):
+    # The metadata calls backed off 0.5, 1, 2 ... s whatever the hub asked, then gave up.
+    hub.fault("@paths-info", ("status", status, 7), ("status", status, 0))
+    slept: list[float] = []
+    ds = open_dataset(hub_cfg(tmp_path, retry_backoff_s=0.5), sleep=slept.append)
+    assert ds.tar_sizes([1]) == {1: 1000}
+    assert slept == [7.0, 1.0]  # Retry-After when longer than the backoff, else the backoff
+    assert sum("/paths-info/" in r.path for r in hub.requests) == 3
+
+
 def test_hub_tar_is_downloaded_once_into_the_cache(hub, tmp_path):
     ds = hub_ds(tmp_path)
     for n, rel in TARS.items():

@@ -229,11 +229,15 @@ class HubDataset(Dataset):
         return HfApi(endpoint=self.endpoint, token=self._token() or False)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """A hub API call with the same retry policy as downloads; errors name `what` only."""
+        """A hub API call with the same retry policy as downloads (exponential backoff, or the
+        server's `Retry-After` on 429/503 when longer); errors name `what` only."""
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        from ups.download import retry_after_s
 
         attempt = 0
         while True:
+            retry_after = 0.0
             try:
                 return fn()
             except OfflineModeIsEnabled:
@@ -243,6 +247,8 @@ class HubDataset(Dataset):
                 status = exc.response.status_code if exc.response is not None else None
                 transient = status is None or status == 429 or status >= 500
                 reason = f"HTTP {status}" if status else type(exc).__name__
+                if exc.response is not None and status in (429, 503):
+                    retry_after = retry_after_s(exc.response.headers.get("Retry-After"))
             except OSError as exc:  # connection refused, timeouts
                 transient, reason = True, type(exc).__name__
             except Exception as exc:  # httpx2 transport errors are not OSErrors
@@ -255,8 +261,9 @@ class HubDataset(Dataset):
                         "terms)") if reason in ("HTTP 401", "HTTP 403") else ""
                 raise DatasetError(f"{what} failed after {attempt} attempt(s): {reason}{hint}") \
                     from None
-            delay = self.cfg.retry_backoff_s * 2 ** (attempt - 1)
-            log.warning("%s: %s; retrying in %.1f s", what, reason, delay)
+            delay = max(self.cfg.retry_backoff_s * 2 ** (attempt - 1), retry_after)
+            log.warning("%s: %s; retrying in %.1f s%s", what, reason, delay,
+                        " (the server's Retry-After)" if retry_after >= delay else "")
             self._sleep(delay)
 
     @property

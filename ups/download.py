@@ -329,7 +329,7 @@ def local_range(src: Path) -> RangeOpener:
     return open_range
 
 
-def _retry_after_s(value: str | None) -> float:
+def retry_after_s(value: str | None) -> float:
     if not value:
         return 0.0
     try:
@@ -401,7 +401,7 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
                     raise RetryableError("HTTP 416 (range not satisfiable)")
                 if status == 429 or status >= 500:
                     raise RetryableError(f"HTTP {status}",
-                                         _retry_after_s(response.headers.get("Retry-After")))
+                                         retry_after_s(response.headers.get("Retry-After")))
                 if status >= 400:
                     hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the "
                             "dataset's terms on the hub)") if status in (401, 403) else ""
