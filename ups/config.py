@@ -343,7 +343,6 @@ class KmeansConfig:
     tol: float = 0.0
     reassignment_ratio: float = 0.0
     seed: int = 0
-    normalize: bool = False  # z-normalise each dimension first (fairseq clusters raw features)
 
     def __post_init__(self) -> None:
         require(self.n_clusters >= 2, "kmeans.n_clusters", "must be >= 2", self.n_clusters)
@@ -365,7 +364,6 @@ class AssignLabelsConfig:
     """Section `assign_labels`."""
 
     block_frames: int = 65536  # frames per distance block (memory: block * n_clusters * 4 B)
-    allow_other_precision: bool = False  # label with centroids fitted at another features.precision
 
     def __post_init__(self) -> None:
         require(self.block_frames >= 1, "assign_labels.block_frames", "must be >= 1", self.block_frames)

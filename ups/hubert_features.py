@@ -92,10 +92,9 @@ class LayerFeatures:
     """List of int16 PCM arrays -> layer features, batched by equal length on one device."""
 
     def __init__(self, model: FeatureModel, layer: int, device: str = "auto", batch_chunks: int = 16,
-                 precision: str = "auto", normalize_audio: bool = False) -> None:
+                 precision: str = "auto") -> None:
         import torch
 
-        self.normalize_audio = normalize_audio  # as the trainer feeds the model (`train.normalize_audio`)
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         hubert = load_feature_model(model)
@@ -127,8 +126,6 @@ class LayerFeatures:
                 x = np.stack([np.asarray(pcms[i]) for i in part])
                 if x.dtype == np.int16:
                     x = x.astype(np.float32) / np.float32(32768.0)
-                if self.normalize_audio:  # per chunk, the trainer's formula (ups.train_data.collate)
-                    x = np.stack([(r - r.mean()) / np.sqrt(r.var() + 1e-7) for r in x])
                 xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
                 self._out.clear()
                 with torch.inference_mode(), torch.autocast(

@@ -1,18 +1,18 @@
 """k-means maths: frame sampling, normalisation, fitting, nearest-centroid labels, cluster report.
 
-Fitting follows fairseq's `learn_kmeans.py` (sklearn MiniBatchKMeans, k-means++, batch 10000, tol 0,
-max_no_improvement 100, reassignment_ratio 0, n_init 20, max_iter 100) on the raw features
-(z-normalised first only with `kmeans.normalize: true`), with sklearn 1.9.1's algorithm re-written
-here because its `fit` is unusable at 10 M frames: every minibatch is drawn by
-`RandomState.choice(n, batch, p=weights)`, which converts, checks and cumsums the n-long weight
-vector (0.23 s per step at n = 10 M, against ~3 ms for the step itself), so a 10 M fit ran for more
-than 6 minutes on one core. `fit_kmeans` keeps sklearn's maths (n_init k-means++ runs, in lockstep
-on one random `init_size` subsample, the best by inertia on a fixed validation subsample; minibatch
-centre updates with per-cluster counts; early stop on the exponentially weighted batch inertia after
-`max_no_improvement` steps without a new minimum; random reassignment of small clusters when
-reassignment_ratio > 0) with uniform minibatches drawn by index (the same distribution) and float32
-BLAS for the distances. Assignment is a blocked nearest-centroid search in float32 BLAS: argmin_c
-(|c|^2 - 2 x.c)."""
+Fitting follows fairseq's `learn_kmeans.py` (sklearn MiniBatchKMeans, k-means++, batch 10000,
+tol 0, max_no_improvement 100, reassignment_ratio 0, n_init 20, max_iter 100) on normalised
+features, with sklearn 1.9.1's algorithm re-written here because its `fit` is unusable at 10 M
+frames: every minibatch is drawn by `RandomState.choice(n, batch, p=weights)`, which converts,
+checks and cumsums the n-long weight vector (0.23 s per step at n = 10 M, against ~3 ms for the
+step itself), so a 10 M fit ran for more than 6 minutes on one core. `fit_kmeans` keeps sklearn's
+maths (n_init k-means++ runs, in lockstep on one random `init_size` subsample, the best by inertia on a fixed
+validation subsample; minibatch centre updates with per-cluster counts; early stop on the
+exponentially weighted batch inertia after `max_no_improvement` steps without a new minimum;
+random reassignment of small clusters when reassignment_ratio > 0) with uniform minibatches drawn
+by index (the same distribution) and float32 BLAS for the distances.
+Assignment is a blocked nearest-centroid search in float32 BLAS: argmin_c (|c|^2 - 2 x.c).
+"""
 
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ class Normaliser:
             xb -= self.mean
             xb /= self.std
         return x
-
-
-def identity_normaliser(dim: int) -> Normaliser:
-    """Statistics that leave features as they are (x - 0) / 1, bit for bit: raw-feature k-means."""
-    return Normaliser(np.zeros(dim, np.float32), np.ones(dim, np.float32))
 
 
 def fit_normaliser(x: np.ndarray, block: int = 65536) -> Normaliser:
@@ -99,8 +94,7 @@ def _init_size(cfg: KmeansConfig, n: int) -> int:
 
 
 def fit_kmeans(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
-    """Mini-batch k-means with the configured (fairseq) settings on the frames given (raw, or
-    z-normalised by the caller).
+    """Mini-batch k-means with the configured (fairseq) settings on normalised frames (see above).
 
     Every product runs in fixed row blocks on one BLAS thread each (`ups.blas`): the centroids
     and figures are the same bytes for any thread count."""

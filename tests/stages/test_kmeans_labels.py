@@ -205,8 +205,7 @@ def test_tiny_init_labels_every_chunk_with_the_trainers_tiny_model(prepared, cor
                                train=train)
     check_labels(out, "tinyinit", 8)
     assert report["label_set"] == {"kind": "hubert", "layer": 1, "hubert_model": "tiny",
-                                   "revision": "", "n_clusters": 8, "precision": "fp32",
-                                   "fitted_precision": "fp32"}
+                                   "revision": "", "n_clusters": 8}
     # the same features, labelled again by hand: TorchAssigner's labels are the numpy ones
     from ups.hubert_features import FeatureModel, LayerFeatures
     from ups.kmeans import Normaliser, assign
@@ -355,76 +354,3 @@ def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path
     assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
     assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
     assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")
-
-
-# --- labels exactly as the recipe makes them ----------------------------------------------------
-
-
-def test_kmeans_clusters_raw_features_unless_asked_to_normalise(prepared, corpus, tmp_path):
-    from ups.kmeans import assign
-
-    out, params = prepared
-    feats = load_section(FeaturesConfig, "features", params)
-    km = load_section(KmeansConfig, "kmeans", params)
-    assert km.normalize is False
-    runs = {}
-    for normalize in (False, True):
-        d = tmp_path / str(normalize)
-        fit_kmeans.run(dataclasses.replace(km, normalize=normalize), feats, features_dir=out / "features",
-                       audio_dir=out / "audio", out_dir=d)
-        runs[normalize] = fit_kmeans.load_model(d / "model.npz")
-    raw, z = runs[False], runs[True]
-    assert not raw["mean"].any() and (raw["std"] == 1).all()  # nothing applied: fairseq's input
-    assert np.abs(z["mean"]).max() > 1 and not np.allclose(z["std"], 1)
-    # raw centroids live in the features' own space: their mean is the sample's, not ~0
-    x = fit_kmeans.sample_training_frames(km, feats, out / "features", out / "audio")
-    assert np.allclose(raw["centroids"].mean(0), x.mean(0), rtol=0.3, atol=abs(x.mean(0)).max() * 0.3)
-    labels, _ = assign(x, raw["centroids"])
-    assert len(np.unique(labels)) == km.n_clusters
-
-
-def test_label_features_follow_the_trainers_waveform_normalisation(tiny_hubert):
-    from ups.hubert_features import FeatureModel, LayerFeatures
-
-    fm = FeatureModel(str(tiny_hubert), "main")
-    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
-    louder = (pcm.astype(np.int32) * 2).clip(-32768, 32767).astype(np.int16)
-    plain = LayerFeatures(fm, 2, "cpu", precision="fp32")
-    normed = LayerFeatures(fm, 2, "cpu", precision="fp32", normalize_audio=True)
-    assert not np.allclose(plain([pcm])[0], plain([louder])[0], atol=1e-3)
-    np.testing.assert_allclose(normed([pcm])[0], normed([louder])[0], atol=1e-4)  # gain-free, as trained
-    from ups.train_data import BatchSpec, collate
-
-    spec = BatchSpec(1, 10.0, 0.1, "shortest", 0.8, 10, 2, normalize_audio=True)
-    fed = collate([(0, pcm, np.zeros(49, np.int16))], spec, np.random.default_rng(0), random_crop=False)
-    trained_on = fed["input_values"][0].numpy()  # what the trainer feeds the model
-    np.testing.assert_array_equal(normed([pcm])[0], plain([trained_on])[0])
-
-
-def test_centroids_of_another_precision_or_waveform_are_refused(prepared, corpus, tmp_path, tiny_hubert):
-    out, params = prepared
-    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert", layer=2,
-                                hubert_model=str(tiny_hubert), device="cpu")
-    km = dataclasses.replace(load_section(KmeansConfig, "kmeans", params), n_clusters=4, sample_hours=0.002)
-    fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio", out_dir=tmp_path / "km")
-    model = fit_kmeans.load_model(tmp_path / "km" / "model.npz")
-    assert str(model["precision"]) == "fp32" and not bool(model["normalize_audio"])
-    assert read_json(tmp_path / "km" / "report.json")["feature_model"]["precision"] == "fp32"
-    cfg = load_section(AssignLabelsConfig, "assign_labels", params)
-
-    def label(model_path, c=cfg, train=None):
-        return assign_labels.run(c, feats, model=model_path, features_dir=out / "features",
-                                 audio_dir=out / "audio", chunks=corpus / "chunks.parquet",
-                                 out_dir=tmp_path / "labels", train=train)
-
-    bf16 = tmp_path / "bf16.npz"
-    np.savez(bf16, **{**model, "precision": np.array("bf16")})
-    with pytest.raises(ValueError, match="features.precision resolves to fp32"):
-        label(bf16)
-    report = label(bf16, dataclasses.replace(cfg, allow_other_precision=True))
-    assert report["label_set"]["precision"] == "fp32" and report["label_set"]["fitted_precision"] == "bf16"
-    from ups.config import TrainConfig, from_dict
-
-    normalising = from_dict(TrainConfig, {"normalize_audio": True, "init": str(tiny_hubert)}, "train")
-    with pytest.raises(ValueError, match="train.normalize_audio is now true"):
-        label(tmp_path / "km" / "model.npz", train=normalising)

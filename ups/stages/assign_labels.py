@@ -244,23 +244,6 @@ def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source
                          f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
 
 
-def check_extraction(m: dict[str, Any], model: Path, lf: Any, cfg: AssignLabelsConfig) -> None:
-    """Refuse centroids fitted on features extracted otherwise: another waveform normalisation,
-    or another resolved precision (`features.precision: auto` is bf16 on a GPU, fp32 on a CPU)
-    unless `assign_labels.allow_other_precision` says so."""
-    fitted_norm = bool(m["normalize_audio"]) if "normalize_audio" in m else False
-    if fitted_norm != lf.normalize_audio:
-        raise ValueError(f"{model} was fitted on layer features of {'normalised' if fitted_norm else 'raw'} "
-                         f"audio; train.normalize_audio is now {str(lf.normalize_audio).lower()}: re-run "
-                         "fit-kmeans")
-    fitted = str(m["precision"]) if "precision" in m else ""
-    if fitted and fitted != lf.precision and not cfg.allow_other_precision:
-        raise ValueError(f"{model} was fitted on {fitted} features; here features.precision resolves to "
-                         f"{lf.precision} (device {lf.device}): labels would mix precisions. Run both stages "
-                         f"with the same features.precision (or features.device), re-run fit-kmeans, or set "
-                         f"assign_labels.allow_other_precision: true")
-
-
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
@@ -295,8 +278,7 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
 
         assert source is not None
         lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
-                           features.precision, normalize_audio=train is not None and train.normalize_audio)
-        check_extraction(m, model, lf, cfg)
+                           features.precision)
         extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
     if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
@@ -339,9 +321,7 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
     mi = mutual_information_from_counts(joint)
     lang_h = entropy_bits(joint.sum(axis=0))
     label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
-                 "revision": str(m.get("revision", "")), "n_clusters": k,
-                 "precision": extract.features.precision if extract is not None else "",
-                 "fitted_precision": str(m.get("precision", ""))}
+                 "revision": str(m.get("revision", "")), "n_clusters": k}
     fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
                               "n_clusters": k, "splits": per_split,
                               "nearest_centroid": extract.method if extract is not None

@@ -3,12 +3,9 @@
 Sampling never loads all features: frame counts come from the per-tar offsets, a seeded draw picks
 frame indices, and only those rows are read from the memory-mapped MFCC files (kind mfcc). For kind
 hubert whole training chunks are drawn (seeded) until the frame budget is met and their layer
-features are computed from the PCM shards (no MP3 decoding), from the waveform as the trainer
-normalises it (`train.normalize_audio`). Features are clustered raw, as fairseq's
-`learn_kmeans.py` does; `kmeans.normalize: true` z-normalises each dimension first (mean and std of
-the same sample). The statistics (zero and one when raw), the resolved `features.precision` and
-the centroids are in `<out_dir>/model.npz` (no pickle). The report gives the sample's inertia and
-cluster-usage histogram.
+features are computed from the PCM shards (no MP3 decoding). Normalisation (per-dimension mean and
+std) is estimated on the same sample and stored with the centroids in `<out_dir>/model.npz`
+(no pickle). The report gives the sample's inertia and cluster-usage histogram.
 """
 
 from __future__ import annotations
@@ -24,15 +21,7 @@ import numpy as np
 from ups.atomic import atomic_write, clear_stale_tmp
 from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
-from ups.kmeans import (
-    assign,
-    entropy_bits,
-    fit_kmeans,
-    fit_normaliser,
-    identity_normaliser,
-    sample_frames,
-    usage,
-)
+from ups.kmeans import assign, entropy_bits, fit_kmeans, fit_normaliser, sample_frames, usage
 from ups.progress import bar
 from ups.report import write_report
 
@@ -95,18 +84,15 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
 
         fm = feature_model(features, train)
         extract = LayerFeatures(fm, features.layer, features.device, features.batch_chunks,
-                                features.precision,
-                                normalize_audio=train is not None and train.normalize_audio)
+                                features.precision)
         source = {"hubert_model": fm.name, "revision": fm.pinned_revision, "commit": extract.commit or "",
                   "device": extract.device, "precision": extract.precision}
     x = sample_training_frames(cfg, features, features_dir, audio_dir, extract)
     extract_s = time.perf_counter() - t0
     log.info("%s: %d sampled frames (%.2f h) of dim %d in %.1f s", STAGE, len(x),
              len(x) / FRAME_RATE_HZ / 3600, x.shape[1], extract_s)
-    # fairseq's learn_kmeans.py clusters the raw features; z-normalising is an explicit option
-    norm = fit_normaliser(x) if cfg.normalize else identity_normaliser(x.shape[1])
-    if cfg.normalize:
-        x = norm.apply_inplace(x)
+    norm = fit_normaliser(x)
+    x = norm.apply_inplace(x)
     t1 = time.perf_counter()
     km = fit_kmeans(x, cfg)
     fit_s = time.perf_counter() - t1
@@ -121,8 +107,6 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
                                                               else 0, dtype=np.int64),
                  hubert_model=np.array(source.get("hubert_model", "")),
                  revision=np.array(source.get("revision", "")),
-                 precision=np.array(source.get("precision", "")),
-                 normalize_audio=np.array(bool(extract is not None and extract.normalize_audio)),
                  n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
     h = entropy_bits(counts)
     fields = {
