@@ -176,7 +176,8 @@ def test_a_job_that_asks_for_gpus_and_finds_none_stops_with_the_reason(runs, slu
     assert res.returncode != 0, out[-3000:]
     assert "train.device is cuda but CUDA is not usable" in out, out[-3000:]
     params = yaml.safe_load((project / "params.yaml").read_text())["train"]
-    assert (params["device"], params["gpus"], params["nodes"]) == ("cuda", 1, 2)
+    # the job insisted on CUDA (UPS_TRAIN_DEVICE) without changing train.device
+    assert (params["device"], params["gpus"], params["nodes"]) == ("cpu", 1, 2)
     # nothing was recorded: dvc.lock still holds the CPU run
     assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"][
         "train"]["device"] == "cpu"
