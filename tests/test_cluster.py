@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ups.cluster import gpus_on_node, set_params, stage_command
+from ups.cluster import gpus_on_node, set_params, site_options, stage_command
 from ups.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +108,16 @@ def test_the_gpus_command_prints_the_count():
     res = subprocess.run([sys.executable, "-m", "ups.cluster", "gpus"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and res.stdout == "2\n", res.stderr
+
+
+def test_site_options_come_from_the_running_job_else_from_conf_slurm_env():
+    conf = {"UPS_SLURM_ACCOUNT": "fromconf", "UPS_SLURM_QOS": "low", "UPS_SLURM_MEM": "8G",
+            "UPS_SLURM_CONSTRAINT": "a100", "UPS_SLURM_PARTITION": "", "UPS_SLURM_TIME": "02:00:00"}
+    assert site_options(conf) == ["--account=fromconf", "--qos=low", "--constraint=a100", "--mem=8G",
+                                  "--time=02:00:00"]
+    record = ("JobId=7 JobName=ups-prepare Account=myproject QOS=(null) Partition=cpu TimeLimit=00:30:00 "
+              "Features=(null) MinMemoryNode=300M MinTmpDiskNode=0")
+    assert site_options(conf, record) == ["--account=myproject", "--partition=cpu", "--qos=low",
+                                          "--constraint=a100", "--mem=300M", "--time=00:30:00"]
+    per_cpu = "Account=(null) Partition=cpu TimeLimit=UNLIMITED MinMemoryCPU=2G"
+    assert site_options({}, per_cpu) == ["--partition=cpu", "--mem-per-cpu=2G"]

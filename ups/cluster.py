@@ -11,6 +11,9 @@ once at the end with `dvc commit -f <stage>`:
     python -m ups.cluster plan --nodes N --gpus G [--rdzv HOST:PORT] [K=V ...]
                                                 the per-node commands, for machines without Slurm
     python -m ups.cluster gpus                  the GPUs this Slurm job has on each node (0: none)
+    python -m ups.cluster slurm-options [--job RECORD]
+                                                sbatch options from conf/slurm.env (UPS_SLURM_*),
+                                                the job's own (`scontrol show job -o`) winning
 
 `set-params` parses each value as YAML (as `-S` does), keeps the file's comments, refuses a key
 params.yaml does not have, and checks every section with its typed config before anything runs:
@@ -112,6 +115,42 @@ def gpus_on_node(env: Mapping[str, str]) -> int:
     return 0
 
 
+# --- site options ------------------------------------------------------------------------------
+
+# (conf/slurm.env variable, field of `scontrol show job -o`, sbatch option)
+SITE_OPTIONS = (
+    ("UPS_SLURM_ACCOUNT", "Account", "--account"),
+    ("UPS_SLURM_PARTITION", "Partition", "--partition"),
+    ("UPS_SLURM_QOS", "QOS", "--qos"),
+    ("UPS_SLURM_CONSTRAINT", "Features", "--constraint"),
+    ("UPS_SLURM_MEM", "MinMemoryNode", "--mem"),
+    ("UPS_SLURM_TIME", "TimeLimit", "--time"),
+)
+_UNSET = {"", "(null)", "N/A", "UNLIMITED", "Partition_Limit"}
+
+
+def job_fields(record: str) -> dict[str, str]:
+    """`scontrol show job -o <id>` as a dict (one line of Key=Value words)."""
+    return dict(w.split("=", 1) for w in record.split() if "=" in w)
+
+
+def site_options(env: Mapping[str, str], record: str = "") -> list[str]:
+    """The sbatch options every job of a run gets: what the running job itself got (so `-A x
+    --time=... --mem=...` given to the prepare job reach its arrays), else conf/slurm.env."""
+    fields = job_fields(record)
+    out = []
+    for var, field, flag in SITE_OPTIONS:
+        value = fields.get(field, "")
+        if field == "MinMemoryNode" and value in _UNSET and fields.get("MinMemoryCPU", "") not in _UNSET:
+            out.append(f"--mem-per-cpu={fields['MinMemoryCPU']}")
+            continue
+        if value in _UNSET or (field == "MinMemoryNode" and value in ("0", "0M")):
+            value = env.get(var, "").strip()
+        if value:
+            out.append(f"{flag}={value}")
+    return out
+
+
 # --- parameters set in place -----------------------------------------------------------------
 
 def _parse(assignment: str) -> tuple[list[str], Any]:
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rdzv", default="<first-node>:29500", help="host:port of the first node")
     p.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     sub.add_parser("gpus", help="print the GPUs this Slurm job has on each node (0: none)")
+    p = sub.add_parser("slurm-options", help="print the site's sbatch options, one per line")
+    p.add_argument("--job", default="", help="`scontrol show job -o` of the running job")
     args = parser.parse_args(argv)
     try:
         if args.command == "run-stage":
@@ -192,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
         elif args.command == "gpus":
             print(gpus_on_node(os.environ))
+        elif args.command == "slurm-options":
+            for option in site_options(os.environ, args.job):
+                print(option)
         elif args.command == "set-params":
             set_params(Path(args.params), args.assignments)
         else:

@@ -70,3 +70,85 @@ def test_train_gets_one_process_per_gpu_however_the_job_asked(slurm, tmp_path, a
     dev, _, cmd = log[0].partition(" | ")
     assert dev == f"device={device}"
     assert cmd.endswith(f"python -m ups.cluster set-params {shape} train.epochs=1"), cmd
+
+
+PREPARE_WRAPPER = """#!/bin/bash
+record() {
+  scontrol show job -o "$SLURM_JOB_ID" | tr ' ' '\\n' |
+    grep -E '^(Account|TimeLimit|MinMemoryNode|ArrayTaskThrottle|NumCPUs)=' | sort -u | paste -sd' '
+}
+case "$*" in
+  *"ups.cluster slurm-options"*) exec "$@" ;;
+  *"ups.cluster run-stage"*)
+    stage="${*: -1}"
+    echo "$stage task=${SLURM_ARRAY_TASK_ID:-} $(record)" >> "$UPS_TEST_LOG"
+    [[ "$stage/${SLURM_ARRAY_TASK_ID:-}" != "${UPS_TEST_FAIL:-}" ]] || exit 7
+    exit 0 ;;
+  *"dvc status"*) exit 1 ;;  # never up to date
+  *dvc*) echo "$* task=${SLURM_ARRAY_TASK_ID:-}" >> "$UPS_TEST_LOG"; exit 0 ;;
+esac
+exec "$@"
+"""
+CONF = "UPS_SLURM_PARTITION=debug\nUPS_ARRAY_TASKS=2\nUPS_ARRAY_THROTTLE=1\nUPS_ARRAY_CPUS=1\n"
+
+
+def _project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "scripts", project / "scripts")
+    (project / "conf").mkdir()
+    (project / "conf/slurm.env").write_text(CONF)
+    wrapper = tmp_path / "exec.sh"
+    wrapper.write_text(PREPARE_WRAPPER)
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
+           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(tmp_path / "commands.log")}
+    return project, env
+
+
+def _submit(slurm, project: Path, env: dict[str, str], *args: str) -> str:
+    import subprocess
+
+    from tests.slurm_cluster import wait_for_jobs
+
+    res = subprocess.run(["scripts/slurm/submit", *args], cwd=project, env={**slurm.env, **env},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    wait_for_jobs(slurm, "ups-prepare")
+    return "\n".join(p.read_text() for p in sorted((project / "logs/slurm").glob("*.out")))
+
+
+def test_the_prepare_jobs_all_get_the_options_of_the_submission_and_the_driver_waits_for_nothing(
+        slurm, tmp_path):
+    project, env = _project(tmp_path)
+    out = _submit(slurm, project, env, "prepare", "-A", "myproject", "--time=00:30:00", "--mem=300")
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    runs = sorted(line for line in log if line.startswith(("prepare-audio", "assign-labels")))
+    assert [r.split(" ", 2)[:2] for r in runs] == [
+        ["assign-labels", "task="], ["assign-labels", "task=0"], ["assign-labels", "task=1"],
+        ["prepare-audio", "task="], ["prepare-audio", "task=0"], ["prepare-audio", "task=1"]], out
+    for r in runs:  # the arrays (throttled to 1 task at a time) and the finishing jobs alike
+        assert all(f in r.split() for f in ("Account=myproject", "MinMemoryNode=300M", "NumCPUs=1",
+                                             "TimeLimit=00:30:00")), r
+        assert ("ArrayTaskThrottle=1" in r) == ("task= " not in r + " "), r
+    assert [line for line in log if "dvc" in line] == [
+        "dvc repro index-members task=", "dvc commit -f prepare-audio task=", "dvc repro fit-kmeans task=",
+        "dvc commit -f assign-labels task="]
+    last = (project / "logs/slurm/prepare.last").read_text().strip()
+    assert f"the run ends with job {last}" in out
+
+
+def test_a_failed_array_task_is_named_and_rerun_alone(slurm, tmp_path):
+    project, env = _project(tmp_path)
+    out = _submit(slurm, project, {**env, "UPS_TEST_FAIL": "prepare-audio/1"}, "prepare")
+    assert ("prepare-audio: array" in out and "task(s) 1 failed or did not run" in out
+            and "scripts/slurm/submit rerun prepare-audio 1" in out), out
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    assert not [line for line in log if "commit" in line or line.startswith("assign-labels task=0")]
+    (tmp_path / "commands.log").unlink()
+    _submit(slurm, project, env, "rerun", "prepare-audio", "1")
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    assert [line.split()[:2] for line in log if line.startswith("prepare-audio")] == [
+        ["prepare-audio", "task=1"], ["prepare-audio", "task="]]  # task 1 alone, then the finish
+    assert "dvc commit -f prepare-audio task=" in log and "dvc commit -f assign-labels task=" in log
