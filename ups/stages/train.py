@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ups import distributed
+from ups import distributed, preempt
 from ups.atomic import atomic_dir
 from ups.batch_table import auto_batch, resolve_batch
 from ups.config import ConfigError, TrainConfig
@@ -209,6 +209,7 @@ def run(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train, checkpoint, export; returns the final summary (also in `model_dir/training.json`)."""
+    preempt.install()
     device = resolve_device(cfg.device, cfg.gpus, int(os.environ.get("LOCAL_RANK", "0")))
     d = distributed.init(device.type)
     try:
@@ -216,6 +217,7 @@ def run(
         prog = resume(r, Path(state_dir))
         return train(r, prog, Path(model_dir), Path(state_dir), Path(live_dir), stop_after_steps)
     finally:
+        preempt.uninstall()
         distributed.shutdown(d)
 
 
@@ -494,6 +496,9 @@ def run_epoch(
         if prog.step % cfg.save_every_steps == 0:
             save(r, prog, state_dir)
             sums.restart_clock()
+        if prog.step % cfg.log_every_steps == 0 and preempt.requested(r.d):  # ups/preempt.py
+            save(r, prog, state_dir)
+            raise preempt.Preempted(prog.step)
         if stop_after_steps is not None and prog.step >= stop_after_steps:
             raise StopRequested(f"stopped after step {prog.step}")
 
