@@ -152,3 +152,46 @@ def test_a_failed_array_task_is_named_and_rerun_alone(slurm, tmp_path):
     assert [line.split()[:2] for line in log if line.startswith("prepare-audio")] == [
         ["prepare-audio", "task=1"], ["prepare-audio", "task="]]  # task 1 alone, then the finish
     assert "dvc commit -f prepare-audio task=" in log and "dvc commit -f assign-labels task=" in log
+
+
+TRAIN_WRAPPER = """#!/bin/bash
+case "$*" in
+  *"ups.cluster gpus"*) exec "$@" ;;
+  *"run-stage train"*)  # a trainer that runs until asked to stop, then saves and exits 75
+    echo "train run=${SLURM_RESTART_COUNT:-0}" >> "$UPS_TEST_LOG"
+    if [[ "${SLURM_RESTART_COUNT:-0}" == 0 ]]; then
+      until [[ -e "$UPS_PREEMPT_FILE" ]]; do sleep 1; done
+      echo "saved, exit 75" >> "$UPS_TEST_LOG"
+      exit 75
+    fi
+    exit 0 ;;
+  *) echo "$*" | cut -c1-40 >> "$UPS_TEST_LOG"; exit 0 ;;
+esac
+"""
+
+
+def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slurm, tmp_path):
+    import subprocess
+
+    from tests.slurm_cluster import wait_for_jobs
+
+    wrapper = tmp_path / "exec.sh"
+    wrapper.write_text(TRAIN_WRAPPER)
+    wrapper.chmod(0o755)
+    (tmp_path / "logs/slurm").mkdir(parents=True)
+    env = {**slurm.env, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
+           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(tmp_path / "commands.log")}
+    # a 2-minute limit, the warning 100 s before it: the script's own --signal, only sooner
+    res = subprocess.run(["sbatch", "--cpus-per-task=1", "--time=2", "--signal=B:USR1@100",
+                          str(_script(tmp_path, drop_gpus_line=True))], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    wait_for_jobs(slurm, "ups-train", timeout_s=600)
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    out = "\n".join(p.read_text() for p in (tmp_path / "logs/slurm").glob("*.out"))
+    trains = [line for line in log if line.startswith(("train", "saved"))]
+    # one task on each of the two nodes: both stop on the warning, both run again after the requeue
+    assert trains == ["train run=0"] * 2 + ["saved, exit 75"] * 2 + ["train run=1"] * 2, (log, out)
+    assert "requeueing job" in out and "DUE TO JOB REQUEUE" in out
+    assert log.count("dvc commit -f train") == 1 and log[-1] == "dvc commit -f train", log
+    assert not list((tmp_path / "logs/slurm").glob("preempt-*"))
