@@ -60,3 +60,16 @@ def test_ups_demo_from_an_installed_wheel_takes_the_project_from_the_current_dir
     res = subprocess.run([str(installed / "bin" / "ups"), "demo", "--dry-run", "--run-dir", str(run_dir)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "needs a checkout of the ups repository" in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_whole_demo_runs_from_the_installed_wheel(installed, tmp_path):
+    env = {"PATH": f"{installed / 'bin'}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "demo"
+    res = subprocess.run([str(installed / "bin" / "ups"), "demo", "--run-dir", str(run_dir)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"model: {run_dir / 'models/hubert-cpt'}" in res.stdout.replace("     model", "model")
+    metrics = yaml.safe_load((run_dir / "reports/evaluate/metrics.json").read_text())
+    assert {"init", "continued"} <= set(metrics["probe"]), metrics
