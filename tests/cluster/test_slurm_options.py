@@ -50,6 +50,7 @@ def _script(tmp_path: Path, drop_gpus_line: bool) -> Path:
         text = text.replace("#SBATCH --gpus-per-node=8\n", "")
     path = tmp_path / "train.sbatch"
     path.write_text(text)
+    (tmp_path / "logs/slurm").mkdir(parents=True, exist_ok=True)  # tracked in a checkout
     return path
 
 
@@ -178,7 +179,6 @@ def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slur
     wrapper = tmp_path / "exec.sh"
     wrapper.write_text(TRAIN_WRAPPER)
     wrapper.chmod(0o755)
-    (tmp_path / "logs/slurm").mkdir(parents=True)
     env = {**slurm.env, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
            "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(tmp_path / "commands.log")}
     # a 2-minute limit, the warning 100 s before it: the script's own --signal, only sooner
