@@ -160,3 +160,14 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                          for p in sorted((self.root / "log").glob("*.log")))
+
+
+def wait_for_jobs(slurm: LocalSlurm, name: str, timeout_s: float = 600) -> None:
+    """Until no job called `name` is pending or running (a run of dependent jobs has ended)."""
+    def done() -> bool:
+        squeue = shutil.which("squeue") or "/usr/bin/squeue"
+        res = subprocess.run([squeue, "-h", f"--name={name}", "-o", "%i"],
+                             env=slurm.env, capture_output=True, text=True, timeout=30)
+        return res.returncode == 0 and not res.stdout.strip()
+
+    LocalSlurm._wait(done, f"the jobs named {name} to end", timeout_s)

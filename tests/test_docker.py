@@ -266,3 +266,14 @@ def test_setuptools_pin_matches_make_setup() -> None:
     make = re.search(r"^SETUPTOOLS_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
     assert make is not None
     assert _args()["SETUPTOOLS_VERSION"] == make.group(1)
+
+
+def test_every_cuda_wheel_torch_asks_for_by_a_range_is_pinned_and_gpus_are_visible() -> None:
+    pins = dict(line.split("==") for line in (REPO / "docker/cuda-pins.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert pins == {"cuda-bindings": "13.0.3", "cuda-pathfinder": "1.8.3", "nvidia-nvjitlink": "13.0.88"}
+    runs = " ".join(a for k, a in _stages()["build"] if k == "RUN")
+    assert re.search(r"pip install -r \S*requirements\.txt -c \S*cuda-pins\.txt", runs)
+    env = " ".join(a for k, a in _stages()["runtime"] if k == "ENV")
+    assert re.search(r"\bNVIDIA_VISIBLE_DEVICES=all\b", env)
+    assert re.search(r"\bNVIDIA_DRIVER_CAPABILITIES=compute,utility\b", env)

@@ -10,7 +10,7 @@ import yaml
 
 from tests.train_fixtures import assert_same_training, write_corpus
 from ups.config import ConfigError, TrainConfig, from_dict
-from ups.launch import check_slurm_step, command
+from ups.launch import check_slurm_step, command, required_device
 from ups.stages import train
 from ups.tiny_model import write_tiny_hubert
 from ups.train_state import latest_state
@@ -123,3 +123,17 @@ def test_gpus_without_cuda_stop_before_torchrun(tmp_path):
     assert proc.returncode == 2
     assert "train.gpus is 8 but CUDA is not usable" in proc.stderr
     assert "torch.distributed.run" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_job_with_gpus_insists_on_cuda_without_changing_train_device(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"gpus": 1, "device": "auto"}}))
+    before = params.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "UPS_TRAIN_DEVICE": "cuda"}
+    res = subprocess.run([sys.executable, "-m", "ups.launch", "train", "--params", str(params)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "cuda but CUDA is not usable" in res.stderr, res.stderr
+    assert params.read_bytes() == before
+    with pytest.raises(ConfigError, match="UPS_TRAIN_DEVICE must be cuda or unset, got 'gpu'"):
+        required_device("auto", {"UPS_TRAIN_DEVICE": "gpu"})
+    assert required_device("cpu", {}) == "cpu"

@@ -61,3 +61,17 @@ def test_an_empty_array_id_is_no_array():
 def test_bad_variables_fail_naming_them(env, match):
     with pytest.raises(ConfigError, match=match):
         work_share(env)
+
+
+def test_a_rerun_of_some_tasks_takes_the_shares_they_had_in_the_whole_array():
+    units = list(range(10))
+    whole = {t: work_share({**array(task=t, count=4), "UPS_ARRAY_SIZE": "4"}).take(units) for t in range(4)}
+    # --array=1,3: Slurm says 2 tasks between 1 and 3, not a contiguous range
+    rerun = {"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "3",
+             "UPS_ARRAY_SIZE": "4"}
+    for t in (1, 3):
+        s = work_share({**rerun, "SLURM_ARRAY_TASK_ID": str(t)})
+        assert s.take(units) == whole[t] and s.in_array and not s.finishes
+    assert whole == {0: [0, 4, 8], 1: [1, 5, 9], 2: [2, 6], 3: [3, 7]}
+    with pytest.raises(ConfigError, match=r"SLURM_ARRAY_TASK_ID 4 is outside \[0, 4\)"):
+        work_share({**rerun, "SLURM_ARRAY_TASK_ID": "4"})

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import itertools
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,33 @@ def _read_umask() -> int:
 # umask), so other users and groups read them as the umask allows. Read once, at import (before
 # any worker thread starts), since reading it means setting it for a moment.
 FILE_MODE = 0o666 & ~_read_umask()
+
+
+_WRITERS = itertools.count()
+
+
+def writer_tag() -> str:
+    """host.pid.n, unique per call: in a temporary's name, so that two writers of one file (two
+    array tasks, a task and its requeued copy on another node, two threads) never open, rename or
+    delete each other's."""
+    return f"{socket.gethostname()}.{os.getpid()}.{next(_WRITERS)}"
+
+
+@contextlib.contextmanager
+def locked(path: PathLike) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created), held for the block; waits while another holds it.
+
+    Across nodes this needs a file system whose locks work there (NFSv4, Lustre with `flock`).
+    """
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

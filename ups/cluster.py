@@ -10,6 +10,10 @@ once at the end with `dvc commit -f <stage>`:
     python -m ups.cluster set-params K=V ...    set params.yaml values in place, like `dvc exp run -S`
     python -m ups.cluster plan --nodes N --gpus G [--rdzv HOST:PORT] [K=V ...]
                                                 the per-node commands, for machines without Slurm
+    python -m ups.cluster gpus                  the GPUs this Slurm job has on each node (0: none)
+    python -m ups.cluster slurm-options [--job RECORD]
+                                                sbatch options from conf/slurm.env (UPS_SLURM_*),
+                                                the job's own (`scontrol show job -o`) winning
 
 `set-params` parses each value as YAML (as `-S` does), keeps the file's comments, refuses a key
 params.yaml does not have, and checks every section with its typed config before anything runs:
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,95 @@ def stage_command(dvc_yaml: Path, name: str) -> tuple[str, Path]:
     if isinstance(cmd, list):
         cmd = " && ".join(cmd)
     return str(cmd), dvc_yaml.parent / stages[name].get("wdir", ".")
+
+
+# --- the GPUs of a Slurm job ------------------------------------------------------------------
+
+def _count(spec: str) -> int | None:
+    """GPUs in a Slurm count: "8", "a100:8", "gpu:a100:8", "gres/gpu:2", "a100:4,v100:2" -> 6."""
+    total = 0
+    for part in spec.split(","):
+        last = part.strip().rsplit(":", 1)[-1].split("(")[0]
+        if not last.isdigit():
+            return None
+        total += int(last)
+    return total
+
+
+def _listed(ids: str) -> int:
+    """GPUs in an index list: "0,1,3" -> 3, "0-3" -> 4."""
+    n = 0
+    for part in filter(None, (p.strip() for p in ids.split(","))):
+        lo, _, hi = part.partition("-")
+        n += int(hi) - int(lo) + 1 if hi else 1
+    return n
+
+
+def gpus_on_node(env: Mapping[str, str]) -> int:
+    """The GPUs a Slurm job has on each node, however it asked for them.
+
+    `--gpus-per-node`, `--gres=gpu:N` and `--gpus=N` each set different variables; Slurm sets
+    SLURM_GPUS_ON_NODE for all three (20.11 and newer), so it comes first. The others cover older
+    releases and sites whose prolog rewrites the request: a per-node count, the GPU ids bound to
+    the job, then a job-wide count split over the nodes.
+    """
+    if env.get("SLURM_GPUS_ON_NODE", "").strip().isdigit():
+        return int(env["SLURM_GPUS_ON_NODE"])
+    for key in ("SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE"):
+        spec = env.get(key, "")
+        if key == "SLURM_TRES_PER_NODE":  # "gres/gpu:2,gres/shard:1": the gpu entries only
+            spec = ",".join(p for p in spec.split(",") if "gpu" in p)
+        n = _count(spec) if spec else None
+        if n is not None:
+            return n
+    for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        if re.fullmatch(r"[0-9,\-]+", env.get(key, "")):
+            return _listed(env[key])
+    spec = env.get("SLURM_GPUS", "")
+    total = _count(spec) if spec else None
+    if total is not None:
+        nodes = int(env.get("SLURM_JOB_NUM_NODES", "1") or 1)
+        if total % nodes:
+            raise ConfigError(f"--gpus={total} does not split evenly over {nodes} nodes: ask for "
+                              "--gpus-per-node instead (one process per GPU, the same on every node)")
+        return total // nodes
+    return 0
+
+
+# --- site options ------------------------------------------------------------------------------
+
+# (conf/slurm.env variable, field of `scontrol show job -o`, sbatch option)
+SITE_OPTIONS = (
+    ("UPS_SLURM_ACCOUNT", "Account", "--account"),
+    ("UPS_SLURM_PARTITION", "Partition", "--partition"),
+    ("UPS_SLURM_QOS", "QOS", "--qos"),
+    ("UPS_SLURM_CONSTRAINT", "Features", "--constraint"),
+    ("UPS_SLURM_MEM", "MinMemoryNode", "--mem"),
+    ("UPS_SLURM_TIME", "TimeLimit", "--time"),
+)
+_UNSET = {"", "(null)", "N/A", "UNLIMITED", "Partition_Limit"}
+
+
+def job_fields(record: str) -> dict[str, str]:
+    """`scontrol show job -o <id>` as a dict (one line of Key=Value words)."""
+    return dict(w.split("=", 1) for w in record.split() if "=" in w)
+
+
+def site_options(env: Mapping[str, str], record: str = "") -> list[str]:
+    """The sbatch options every job of a run gets: what the running job itself got (so `-A x
+    --time=... --mem=...` given to the prepare job reach its arrays), else conf/slurm.env."""
+    fields = job_fields(record)
+    out = []
+    for var, field, flag in SITE_OPTIONS:
+        value = fields.get(field, "")
+        if field == "MinMemoryNode" and value in _UNSET and fields.get("MinMemoryCPU", "") not in _UNSET:
+            out.append(f"--mem-per-cpu={fields['MinMemoryCPU']}")
+            continue
+        if value in _UNSET or (field == "MinMemoryNode" and value in ("0", "0M")):
+            value = env.get(var, "").strip()
+        if value:
+            out.append(f"{flag}={value}")
+    return out
 
 
 # --- parameters set in place -----------------------------------------------------------------
@@ -126,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--rdzv", default="<first-node>:29500", help="host:port of the first node")
     p.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    sub.add_parser("gpus", help="print the GPUs this Slurm job has on each node (0: none)")
+    p = sub.add_parser("slurm-options", help="print the site's sbatch options, one per line")
+    p.add_argument("--job", default="", help="`scontrol show job -o` of the running job")
     args = parser.parse_args(argv)
     try:
         if args.command == "run-stage":
@@ -133,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ups.cluster: {args.stage}: {cmd}", file=sys.stderr, flush=True)
             os.chdir(wdir)
             os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+        elif args.command == "gpus":
+            print(gpus_on_node(os.environ))
+        elif args.command == "slurm-options":
+            for option in site_options(os.environ, args.job):
+                print(option)
         elif args.command == "set-params":
             set_params(Path(args.params), args.assignments)
         else:

@@ -27,7 +27,25 @@ from ups.atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "sample")
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The checkout whose dvc.yaml, params.yaml and sample corpus the demo copies.
+
+    From a source checkout (`pip install -e .`, `make setup`) that is the folder above the
+    package. An installed wheel (the image's /opt/venv) sits in site-packages, where none of
+    these is: then the current directory, which must be a checkout (the image mounts one).
+    """
+    for root in (PACKAGE_PARENT, (cwd or Path.cwd()).resolve()):
+        if all((root / name).exists() for name in PROJECT_FILES):
+            return root
+    raise FileNotFoundError(f"`ups demo` needs a checkout of the ups repository "
+                            f"({', '.join(PROJECT_FILES)}): run it from one (the package is "
+                            f"installed in {PACKAGE_PARENT})")
+
+
 # As in the repo's .dvc/config: each output is a hard link to (or, across file systems, a symlink
 # into) its cache object, so the demo's shards are stored once (docs/reproducibility.md).
 CACHE_TYPE = "hardlink,symlink"
@@ -41,7 +59,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def demo_params(repo: Path = REPO) -> dict[str, Any]:
+def demo_params(repo: Path | None = None) -> dict[str, Any]:
+    repo = repo or project_root()
     base = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     over = yaml.safe_load(resources.files("ups").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
     params = deep_merge(base, over)
@@ -68,8 +87,9 @@ def _sync_tree(src: Path, dst: Path) -> None:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def prepare(run_dir: Path, repo: Path = REPO) -> Path:
+def prepare(run_dir: Path, repo: Path | None = None) -> Path:
     """Lay out the demo project: dvc init, code, dvc.yaml, params.yaml. Idempotent."""
+    repo = repo or project_root()
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     if not (run_dir / ".dvc").is_dir():

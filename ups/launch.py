@@ -9,9 +9,12 @@
   that happen to share an endpoint never join each other.
 
 scripts/slurm/train.sbatch sets the endpoint from `scontrol show hostnames`; `make train NODES=N`
-prints the per-node commands. Under `srun`, a step that does not run exactly one task on each of
-`train.nodes` nodes is refused before anything starts: two independent trainings writing one
-state directory, or a rendezvous that waits forever for a missing node, are worse than an error.
+prints the per-node commands. `UPS_TRAIN_DEVICE=cuda`, when set, insists on a GPU whatever
+train.device says: scripts/slurm/train.sbatch sets it for a job that has GPUs, so a node
+without a usable one fails here, while params.yaml (and the next submission) keeps its value.
+Under `srun`, a step that does not run exactly one task on each of `train.nodes` nodes is refused
+before anything starts: two independent trainings writing one state directory, or a rendezvous
+that waits forever for a missing node, are worse than an error.
 """
 
 from __future__ import annotations
@@ -59,6 +62,16 @@ def check_slurm_step(nodes: int, env: Mapping[str, str]) -> None:
                           "(SLURM_STEP_NUM_NODES)")
 
 
+def required_device(device: str, env: Mapping[str, str]) -> str:
+    """train.device, or UPS_TRAIN_DEVICE when the job sets it (see the module docstring)."""
+    override = env.get("UPS_TRAIN_DEVICE", "")
+    if not override:
+        return device
+    if override != "cuda":
+        raise ConfigError(f"UPS_TRAIN_DEVICE must be cuda or unset, got {override!r}")
+    return override
+
+
 def _params_path(argv: list[str]) -> str:
     for i, a in enumerate(argv):
         if a == "--params" and i + 1 < len(argv):
@@ -77,14 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_section(TrainConfig, "train", _params_path(argv))
         check_slurm_step(cfg.nodes, os.environ)
         cmd = command(argv, cfg.gpus, cfg.nodes, os.environ)
+        device = required_device(cfg.device, os.environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if cfg.gpus > 1 or cfg.device == "cuda":  # before torchrun starts N processes that would fail
+    if cfg.gpus > 1 or device == "cuda":  # before torchrun starts N processes that would fail
         from ups.devices import resolve_device
 
         try:
-            resolve_device(cfg.device, cfg.gpus)
+            resolve_device(device, cfg.gpus)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

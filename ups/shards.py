@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ups.atomic import _fsync_dir
+from ups.atomic import _fsync_dir, writer_tag
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -63,7 +63,7 @@ class ShardWriter:
     def _open(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = shard_name(self.tar_number, self.n_shards)
-        self._tmp = self.out_dir / f".{name}.partial"
+        self._tmp = self.out_dir / f".{name}.{writer_tag()}.partial"  # one per writer
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in _close)
         self._tf = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
         self._n_in_shard = 0

@@ -17,7 +17,6 @@ file, which serialises threads and processes alike. A tar is downloaded by one w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import uuid
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from ups.atomic import write_bytes, write_json
+from ups.atomic import locked, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +60,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class TarCache:
@@ -115,13 +104,13 @@ class TarCache:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        with _flock(self.root / ".lock"):
+        with locked(self.root / ".lock"):
             yield
 
     @contextlib.contextmanager
     def download_lock(self, rel: str) -> Iterator[None]:
         """One downloader per tar, across threads and processes."""
-        with _flock(self.pins_dir / (rel.replace("/", "_") + ".download.lock")):
+        with locked(self.pins_dir / (rel.replace("/", "_") + ".download.lock")):
             yield
 
     # --- pins ----------------------------------------------------------------------------------

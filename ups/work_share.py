@@ -10,6 +10,9 @@ places, which combine:
   the stage's command run once more after the array (scripts/slurm/prepare.sbatch) finds every
   unit's marker, does nothing but the finish, and DVC commits the stage from there.
 
+With `UPS_ARRAY_SIZE=N` (what scripts/slurm/prepare.sbatch exports) task i of any array takes
+share i of N, so `--array=1,3` reruns exactly the shares of two failed tasks of `--array=0-N-1`.
+
 Inside an array task torchrun may split the task's share further: rank = task * group + group
 rank. Outputs never depend on the split, so every combination writes the same bytes.
 """
@@ -80,6 +83,11 @@ def work_share(env: Mapping[str, str]) -> WorkShare:
         raise ConfigError(f"RANK must be in [0, {group_size}), got {group_rank}")
     if not env.get("SLURM_ARRAY_TASK_ID"):
         return WorkShare(group_rank=group_rank, group_size=group_size)
+    if env.get("UPS_ARRAY_SIZE"):  # scripts/slurm/prepare.sbatch: tasks 0..N-1, any subset rerun
+        task_id, size = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "UPS_ARRAY_SIZE")
+        if not 0 <= task_id < size:
+            raise ConfigError(f"SLURM_ARRAY_TASK_ID {task_id} is outside [0, {size}) (UPS_ARRAY_SIZE {size})")
+        return WorkShare(task_id, size, True, group_rank, group_size)
     task_id, count = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "SLURM_ARRAY_TASK_COUNT")
     lo, hi = _int(env, "SLURM_ARRAY_TASK_MIN"), _int(env, "SLURM_ARRAY_TASK_MAX")
     if hi - lo + 1 != count or env.get("SLURM_ARRAY_TASK_STEP", "1") != "1":

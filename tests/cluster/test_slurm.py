@@ -2,9 +2,10 @@
 
 `make test-cluster` (installs slurm-wlm and munge: root). The sample pipeline with the demo's
 tiny model runs twice: once as one process (`dvc repro train`, the reference), once on the
-local 2-node Slurm exactly as a user would: scripts/slurm/prepare.sbatch (job arrays of 2 tasks),
-then scripts/slurm/train.sbatch (2 nodes x 1 CPU process, gloo), each copied with the user's two
-edits made. UPS_EXEC points at a wrapper that logs every command the scripts run, and where.
+local 2-node Slurm exactly as a user would: scripts/slurm/prepare.sbatch (job arrays of 2 tasks,
+set in the project's conf/slurm.env, and the finishing jobs it submits), then
+scripts/slurm/train.sbatch (2 nodes x 1 CPU process, gloo), each copied with the partition set.
+UPS_EXEC points at a wrapper that logs every command the scripts run, and where.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.slurm_cluster import LocalSlurm
+from tests.slurm_cluster import LocalSlurm, wait_for_jobs
 from tests.stages.conftest import tree_bytes
 from tests.train_fixtures import assert_same_training
 from ups import demo
@@ -91,19 +92,27 @@ def runs(slurm, tmp_path_factory) -> Runs:
     log = root / "commands.log"
     env = {**_env(cluster), "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(log)}
     prepare = _edited("prepare.sbatch", root / "prepare.sbatch", [
-        ("#SBATCH --partition=cpu\n", "#SBATCH --partition=debug\n"),
-        ('TASKS="${UPS_ARRAY_TASKS:-16}"', 'TASKS="${UPS_ARRAY_TASKS:-2}"')])
+        ("#SBATCH --partition=cpu\n", "#SBATCH --partition=debug\n")])
+    (cluster / "conf").mkdir()
+    (cluster / "conf/slurm.env").write_text("UPS_ARRAY_TASKS=2\nUPS_ARRAY_CPUS=1\n")  # the site's settings
+    (cluster / "logs/slurm").mkdir(parents=True)
     train = _edited("train.sbatch", root / "train.sbatch", [
         ("#SBATCH --partition=gpu\n", "#SBATCH --partition=debug\n"),
         ("#SBATCH --gpus-per-node=8\n", "")])  # a CPU cluster: one process per node
     p = slurm.sbatch(["--cpus-per-task=1", str(prepare)], cwd=cluster, env=env)
-    prepare_out = "\n".join(f.read_text() for f in sorted(cluster.glob("slurm-*.out")))
+    if p.returncode == 0:
+        wait_for_jobs(slurm, "ups-prepare", timeout_s=1800)  # the arrays and finishing jobs it submitted
+    prepare_out = "\n".join(f.read_text() for f in sorted(cluster.glob("logs/slurm/*.out")))
     if p.returncode:
         print(prepare_out, slurm.logs())  # the whole job logs: pytest shows them with the failure
     assert p.returncode == 0, p.stderr
+    last = (cluster / "logs/slurm/prepare.last").read_text().strip()
+    state = subprocess.run(["scontrol", "show", "job", "-o", last], env=slurm.env, capture_output=True,
+                           text=True, timeout=30).stdout
+    assert "JobState=COMPLETED" in state, prepare_out
     t = slurm.sbatch(["--cpus-per-task=1", str(train), "train.grad_accum=1", "train.num_workers=1"],
                      cwd=cluster, env=env)
-    train_out = "\n".join(f.read_text() for f in sorted(cluster.glob("slurm-ups-train-*.out")))
+    train_out = "\n".join(f.read_text() for f in sorted(cluster.glob("logs/slurm/ups-train-*.out")))
     if t.returncode:
         print(train_out, slurm.logs())
     assert t.returncode == 0, t.stderr
@@ -153,7 +162,7 @@ def test_training_matches_one_process_at_the_same_global_batch(runs):
 
 def test_dvc_ran_in_the_batch_steps_only_and_dvc_lock_records_the_run(runs):
     dvc = _commands(runs, " dvc ")
-    assert len(dvc) == 8 and all(line.split()[2:4] == ["task=", "step="] for line in dvc), dvc
+    assert len(dvc) == 9 and all(line.split()[2:4] == ["task=", "step="] for line in dvc), dvc
     lock = yaml.safe_load((runs.cluster / "dvc.lock").read_text())["stages"]
     assert lock["train"]["params"]["params.yaml"]["train"]["nodes"] == 2
     assert lock["train"]["params"]["params.yaml"]["train"]["grad_accum"] == 1
@@ -165,18 +174,19 @@ def test_dvc_ran_in_the_batch_steps_only_and_dvc_lock_records_the_run(runs):
 def test_a_job_that_asks_for_gpus_and_finds_none_stops_with_the_reason(runs, slurm, tmp_path):
     project = tmp_path / "gpu"
     shutil.copytree(runs.cluster, project, symlinks=True)
-    for old in project.glob("slurm-*.out"):
+    for old in project.glob("logs/slurm/*.out"):
         old.unlink()
     script = _edited("train.sbatch", tmp_path / "train.sbatch", [
         ("#SBATCH --partition=gpu\n", "#SBATCH --partition=debug\n")])  # --gpus-per-node kept
     # one "GPU" per node instead of the script's 8 keeps it to two processes on this machine
     res = slurm.sbatch(["--cpus-per-task=1", "--gpus-per-node=1", str(script)], cwd=project,
                        env=_env(project), timeout_s=600)
-    out = "\n".join(f.read_text() for f in project.glob("slurm-ups-train-*.out"))
+    out = "\n".join(f.read_text() for f in project.glob("logs/slurm/ups-train-*.out"))
     assert res.returncode != 0, out[-3000:]
     assert "train.device is cuda but CUDA is not usable" in out, out[-3000:]
     params = yaml.safe_load((project / "params.yaml").read_text())["train"]
-    assert (params["device"], params["gpus"], params["nodes"]) == ("cuda", 1, 2)
+    # the job insisted on CUDA (UPS_TRAIN_DEVICE) without changing train.device
+    assert (params["device"], params["gpus"], params["nodes"]) == ("cpu", 1, 2)
     # nothing was recorded: dvc.lock still holds the CPU run
     assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"][
         "train"]["device"] == "cpu"

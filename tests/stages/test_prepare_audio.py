@@ -272,3 +272,57 @@ def test_report_accounts_for_every_selected_hour(done):
     assert rep["hours_selected"]["total"] == pytest.approx(
         rep["hours_written"]["total"] + rep["hours_not_written"]["total"], abs=1e-5)
     assert summary["hours_written"]["total"] == rep["hours_written"]["total"]
+
+
+def test_two_arrays_over_the_stage_at_once_write_each_tar_once_and_the_same_bytes(done, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.stages.conftest import REPO
+
+    out, _ = done
+    params = write_params(tmp_path / "params.yaml", corpus / "sample", prepare_audio={"workers": 1})
+    cmd = [sys.executable, "-m", "ups", "prepare-audio", "--params", str(params),
+           "--chunks", str(corpus / "chunks.parquet"), "--audio-dir", str(tmp_path / "audio"),
+           "--features-dir", str(tmp_path / "features")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": "0",
+           "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "0"}
+    env.pop("WORLD_SIZE", None)
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    import re
+
+    to_do = sum(int(m) for log in logs for m in re.findall(r"already done, (\d+) to do", log))
+    by_other = sum(log.count("was written by another process meanwhile") for log in logs)
+    assert to_do - by_other == 3  # three tars, each written by one of the two
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # the finish
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert tree_bytes(tmp_path / "audio") == tree_bytes(out / "audio")
+    assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
+
+
+def test_two_writers_of_one_shard_or_feature_file_never_share_a_temporary(tmp_path):
+    import numpy as np
+
+    from ups.shards import ShardWriter
+    from ups.stages.prepare_audio import FeatureSink
+
+    pcm = np.zeros(160, np.int16)
+    a, b = ShardWriter(tmp_path / "s", 1, 10), ShardWriter(tmp_path / "s", 1, 10)
+    a.write("k1", pcm, {"n": 1})
+    b.write("k1", pcm, {"n": 1})  # the same shard, opened by a second writer before the first closes
+    a.close()
+    b.close()
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["000001-000.tar"]
+    rows = np.ones((3, 39), np.float32)
+    s1, s2 = (FeatureSink(tmp_path / "f" / "000001.feats.npy", 39) for _ in range(2))
+    for s in (s1, s2):
+        s.write(rows)
+    s1.finish()
+    s2.finish()
+    assert np.array_equal(np.load(tmp_path / "f" / "000001.feats.npy"), rows)
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["000001.feats.npy"]

@@ -624,3 +624,51 @@ def test_a_run_killed_on_2x2_resumes_on_4x1_and_1x4_training_each_chunk_once(tmp
             ids = sorted(i for (e, _), v in steps.items() if e == epoch for i in v)
             assert ids == list(range(24)), (name, epoch)  # each chunk exactly once, by id
         assert all(e["complete"] and e["chunks_used"] == 24 for e in report["epochs"]), report["epochs"]
+
+
+@pytest.mark.slow
+def test_a_signal_during_training_saves_at_the_next_log_step_exits_75_and_resumes_identically(
+        tmp_path, corpus, monkeypatch):
+    import signal
+
+    from ups import preempt
+
+    init = write_tiny_hubert(tmp_path / "init", seed=1, hidden_dropout=0.1, layerdrop=0.3)
+    # save_every_steps 8: the periodic saves alone would leave step 0 or 8, never 6
+    cfg = _cfg(str(init), epochs=3, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=8)
+    _run(cfg, corpus, tmp_path / "whole")
+    real_step = train.train_step
+
+    def step_then_signal(r, prog, *args, **kw):
+        applied = real_step(r, prog, *args, **kw)
+        if prog.step == 5:  # as Slurm would: SIGUSR1 at the time-limit margin, mid-interval
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return applied
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    with pytest.raises(preempt.Preempted) as stopped:
+        _run(cfg, corpus, tmp_path / "preempted")
+    assert stopped.value.code == preempt.EXIT_CODE == 75 and stopped.value.step == 6  # log_every_steps 2
+    assert latest_state(tmp_path / "preempted" / "state").name == "step-000000006"
+    assert not (tmp_path / "preempted" / "model").exists()
+    monkeypatch.setattr(train, "train_step", real_step)
+    summary = _run(cfg, corpus, tmp_path / "preempted")  # the requeued job
+    assert summary["steps"] > 8
+    a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "preempted" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _untimed(_history(tmp_path / "whole")) == _untimed(_history(tmp_path / "preempted"))
+
+
+def test_the_request_file_stops_a_run_too(tmp_path, corpus, monkeypatch):
+    from ups import preempt
+
+    request = tmp_path / ".preempt"
+    request.touch()  # what scripts/slurm/train.sbatch writes on SIGUSR1
+    monkeypatch.setenv("UPS_PREEMPT_FILE", str(request))
+    with pytest.raises(preempt.Preempted) as stopped:
+        _run(_cfg("tiny", max_steps=6, save_every_steps=100, valid_every_steps=100), corpus, tmp_path)
+    assert stopped.value.step == 2 and latest_state(tmp_path / "state").name == "step-000000002"
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers end with the run

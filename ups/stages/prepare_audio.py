@@ -37,7 +37,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from ups import failpoints
-from ups.atomic import atomic_write, mark_done, read_done
+from ups.atomic import atomic_write, locked, mark_done, read_done, writer_tag
 from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
 from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
 from ups.progress import bar
@@ -148,7 +148,7 @@ class FeatureSink:
     def __init__(self, path: Path, dim: int) -> None:
         self.path, self.dim, self.n_rows = path, dim, 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = path.with_name(f".{path.name}.rows.tmp")
+        self._tmp = path.with_name(f".{path.name}.rows.{writer_tag()}.tmp")  # one per writer
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in finish/abort)
 
     def write(self, rows: np.ndarray) -> None:
@@ -207,7 +207,23 @@ def _drop_truncated(rows: list[ChunkRow], spans: list[tuple[int, int]], n_decode
     return [rows[i] for i in keep], [spans[i] for i in keep]
 
 
+def lock_path(audio_dir: Path, tar: int) -> Path:
+    """The tar's lock file: beside the outputs, never in them (DVC hashes the output directory)."""
+    return audio_dir.parent / f".{audio_dir.name}.locks" / f"{tar:06d}.lock"
+
+
 def process_tar(job: TarJob) -> dict[str, Any]:
+    """`write_tar` under the tar's lock: a second writer of the same tar (two arrays over the
+    stage, or a requeued task beside its first copy) waits, then finds the marker and skips."""
+    with locked(lock_path(Path(job.audio_dir), job.tar)):
+        done = read_done(Path(job.audio_dir) / DONE_DIR, f"{job.tar:06d}")
+        if done is not None and done.get("fingerprint") == job.fingerprint:
+            log.info("%s: tar %06d was written by another process meanwhile", STAGE, job.tar)
+            return done
+        return write_tar(job)
+
+
+def write_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
     from ups.audio import MARGIN_S, CorruptAudio, decode_mono_16k, from_int16, to_int16
     from ups.dataset import open_dataset

@@ -46,7 +46,7 @@ import orjson
 import torch
 from torch.utils.data import DataLoader
 
-from ups import distributed
+from ups import distributed, preempt
 from ups.atomic import atomic_dir, read_json
 from ups.batch_table import auto_batch, resolve_batch
 from ups.config import ConfigError, TrainConfig
@@ -218,6 +218,7 @@ def run(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train, checkpoint, export; returns the final summary (also in `model_dir/training.json`)."""
+    preempt.install()
     device = resolve_device(cfg.device, cfg.gpus, int(os.environ.get("LOCAL_RANK", "0")))
     d = distributed.init(device.type)
     try:
@@ -225,6 +226,7 @@ def run(
         prog = resume(r, Path(state_dir))
         return train(r, prog, Path(model_dir), Path(state_dir), Path(live_dir), stop_after_steps)
     finally:
+        preempt.uninstall()
         distributed.shutdown(d)
 
 
@@ -548,6 +550,9 @@ def train(
         if prog.step % r.cfg.save_every_steps == 0:
             save(r, prog, state_dir)
             sums.restart_clock()
+        if prog.step % r.cfg.log_every_steps == 0 and preempt.requested(r.d):  # ups/preempt.py
+            save(r, prog, state_dir)
+            raise preempt.Preempted(prog.step)
         if stop_after_steps is not None and prog.step >= stop_after_steps:
             raise StopRequested(f"stopped after step {prog.step}")
     if prog.steps_in_epoch > 0:
