@@ -1,7 +1,7 @@
 """assign-labels: every chunk, train and valid, labelled by the one final k-means model.
 
 For each split and source tar the stage reads the chunks' features (MFCC from prepare-audio, or
-HuBERT layer features computed from the PCM shards), normalises them with the model's statistics
+HuBERT layer features computed from the PCM shards), applies the model's (identity) statistics
 and takes the nearest centroid per 50 Hz frame. Outputs per split, written atomically:
 `chunk_ids.npy` (int64, sorted), `offsets.npy` (int64, n + 1) and `labels.npy` (int16);
 chunk i's labels are labels[offsets[i]:offsets[i + 1]], one per CNN frame. The report gives usage

@@ -3,9 +3,10 @@
 Sampling never loads all features: frame counts come from the per-tar offsets, a seeded draw picks
 frame indices, and only those rows are read from the memory-mapped MFCC files (kind mfcc). For kind
 hubert whole training chunks are drawn (seeded) until the frame budget is met and their layer
-features are computed from the PCM shards (no MP3 decoding). Normalisation (per-dimension mean and
-std) is estimated on the same sample and stored with the centroids in `<out_dir>/model.npz`
-(no pickle). The report gives the sample's inertia and cluster-usage histogram.
+features are computed from the PCM shards (no MP3 decoding). The frames are clustered raw, as
+fairseq's `learn_kmeans.py` does (no per-dimension normalisation, so the labels are the recipe's
+for the same features); `<out_dir>/model.npz` (no pickle) stores the centroids with an identity
+`mean` / `std` that assign-labels applies. The report gives the sample's inertia and cluster-usage histogram.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from ups.atomic import atomic_write, clear_stale_tmp
 from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
-from ups.kmeans import assign, entropy_bits, fit_kmeans, fit_normaliser, sample_frames, usage
+from ups.kmeans import Normaliser, assign, entropy_bits, fit_kmeans, sample_frames, usage
 from ups.progress import bar
 from ups.report import write_report
 
@@ -91,8 +92,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
     extract_s = time.perf_counter() - t0
     log.info("%s: %d sampled frames (%.2f h) of dim %d in %.1f s", STAGE, len(x),
              len(x) / FRAME_RATE_HZ / 3600, x.shape[1], extract_s)
-    norm = fit_normaliser(x)
-    x = norm.apply_inplace(x)
+    norm = Normaliser.identity(x.shape[1])  # raw features, as learn_kmeans.py / dump_km_label.py
     t1 = time.perf_counter()
     km = fit_kmeans(x, cfg)
     fit_s = time.perf_counter() - t1
@@ -115,6 +115,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         "dim": int(x.shape[1]), "inertia_per_frame": inertia / len(x),
         "n_steps": km.n_steps, "converged": km.converged,
         "fit": "ups.kmeans mini-batch k-means, numpy on the CPU",
+        "normalisation": "none: raw features, as fairseq's learn_kmeans.py",
         "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(cfg.n_clusters),
         "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
     }
