@@ -382,3 +382,43 @@ def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path
     assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
     assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
     assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")
+
+
+def test_with_normalize_audio_the_feature_model_sees_the_trainers_normalised_waveform():
+    from ups.hubert_features import FeatureModel, LayerFeatures
+
+    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000 + 700).astype(np.int16)
+    seen = {}
+    for normalize in (False, True):
+        lf = LayerFeatures(FeatureModel("tiny"), 1, "cpu", normalize_audio=normalize)
+        lf.model.register_forward_pre_hook(lambda _m, args, n=normalize: seen.__setitem__(n, args[0].numpy()))
+        lf([pcm])
+    x = pcm.astype(np.float32) / 32768.0
+    np.testing.assert_array_equal(seen[False][0], x)
+    got = seen[True][0]
+    assert abs(float(got.mean())) < 1e-5 and float(got.std()) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(got, (x - x.mean()) / np.sqrt(x.var() + 1e-7), atol=1e-5)  # train_data's
+
+
+def test_normalize_audio_is_recorded_and_centroids_of_the_other_waveform_are_refused(prepared, corpus):
+    from ups.config import TrainConfig
+
+    out, params = prepared
+    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert",
+                                layer=1, hubert_model="init", device="cpu")
+    km = load_section(KmeansConfig, "kmeans", params)
+    train = TrainConfig(init="tiny", normalize_audio=True)
+    fit = fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                         out_dir=out / "normwave" / "kmeans", train=train)
+    assert fit["feature_model"]["normalize_audio"] is True
+    with np.load(out / "normwave/kmeans/model.npz", allow_pickle=False) as z:
+        assert bool(z["normalize_audio"]) is True
+    with pytest.raises(ValueError, match="train.normalize_audio: true; it is now false"):
+        assign_labels.run(AssignLabelsConfig(), feats, model=out / "normwave/kmeans/model.npz",
+                          features_dir=out / "features", audio_dir=out / "audio",
+                          chunks=corpus / "chunks.parquet", out_dir=out / "normwave" / "other",
+                          train=TrainConfig(init="tiny"))
+    assign_labels.run(AssignLabelsConfig(), feats, model=out / "normwave/kmeans/model.npz",
+                      features_dir=out / "features", audio_dir=out / "audio",
+                      chunks=corpus / "chunks.parquet", out_dir=out / "normwave" / "labels", train=train)
+    check_labels(out, "normwave", 8)

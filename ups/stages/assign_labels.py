@@ -62,7 +62,8 @@ FORMAT_VERSION = 1
 def model_digest(model: dict[str, Any]) -> str:
     """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
     h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters"):
+    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters",
+                 "normalize_audio", "precision"):
         if name not in model:  # models fitted before `revision` was recorded
             continue
         a = np.asarray(model[name])
@@ -244,6 +245,15 @@ def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source
                          f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
 
 
+def check_waveform(m: dict[str, Any], model: Path, normalize_audio: bool) -> None:
+    """Refuse centroids fitted on features of another waveform normalisation than the trainer's."""
+    fitted = bool(m.get("normalize_audio", False))
+    if fitted != normalize_audio:
+        raise ValueError(f"{model} was fitted on features of audio with train.normalize_audio: "
+                         f"{str(fitted).lower()}; it is now {str(normalize_audio).lower()}: "
+                         "re-run fit-kmeans")
+
+
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
@@ -277,8 +287,10 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
         from ups.hubert_features import LayerFeatures
 
         assert source is not None
+        normalize_audio = (train or TrainConfig()).normalize_audio
+        check_waveform(m, model, normalize_audio)
         lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
-                           features.precision)
+                           features.precision, normalize_audio)
         extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
     if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)

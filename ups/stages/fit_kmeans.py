@@ -84,10 +84,12 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         from ups.hubert_features import LayerFeatures, feature_model
 
         fm = feature_model(features, train)
+        normalize_audio = (train or TrainConfig()).normalize_audio
         extract = LayerFeatures(fm, features.layer, features.device, features.batch_chunks,
-                                features.precision)
+                                features.precision, normalize_audio)
         source = {"hubert_model": fm.name, "revision": fm.pinned_revision, "commit": extract.commit or "",
-                  "device": extract.device, "precision": extract.precision}
+                  "device": extract.device, "precision": extract.precision,
+                  "normalize_audio": normalize_audio}
     x = sample_training_frames(cfg, features, features_dir, audio_dir, extract)
     extract_s = time.perf_counter() - t0
     log.info("%s: %d sampled frames (%.2f h) of dim %d in %.1f s", STAGE, len(x),
@@ -107,6 +109,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
                                                               else 0, dtype=np.int64),
                  hubert_model=np.array(source.get("hubert_model", "")),
                  revision=np.array(source.get("revision", "")),
+                 normalize_audio=np.array(bool(source.get("normalize_audio", False))),
                  n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
     h = entropy_bits(counts)
     fields = {
