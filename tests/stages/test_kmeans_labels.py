@@ -422,3 +422,28 @@ def test_normalize_audio_is_recorded_and_centroids_of_the_other_waveform_are_ref
                       features_dir=out / "features", audio_dir=out / "audio",
                       chunks=corpus / "chunks.parquet", out_dir=out / "normwave" / "labels", train=train)
     check_labels(out, "normwave", 8)
+
+
+def test_centroids_of_another_precision_are_refused_unless_allowed(prepared, corpus):
+    from ups.config import TrainConfig
+
+    out, params = prepared
+    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert",
+                                layer=1, hubert_model="init", device="cpu", precision="auto")
+    km = load_section(KmeansConfig, "kmeans", params)
+    train = TrainConfig(init="tiny")
+    fit = fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                         out_dir=out / "prec" / "kmeans", train=train)
+    assert fit["feature_model"]["precision"] == "fp32"  # auto, resolved on the CPU
+    with np.load(out / "prec/kmeans/model.npz", allow_pickle=False) as z:
+        assert str(z["precision"]) == "fp32"
+    bf16 = dataclasses.replace(feats, precision="bf16")
+    kwargs = dict(model=out / "prec/kmeans/model.npz", features_dir=out / "features",
+                  audio_dir=out / "audio", chunks=corpus / "chunks.parquet", train=train)
+    with pytest.raises(ValueError, match=r"computed in fp32; features.precision resolves to bf16"):
+        assign_labels.run(AssignLabelsConfig(), bf16, out_dir=out / "prec" / "refused", **kwargs)
+    assert not (out / "prec" / "refused" / "train").exists()
+    assign_labels.run(AssignLabelsConfig(allow_precision_mismatch=True), bf16,
+                      out_dir=out / "prec" / "bf16", **kwargs)
+    labels = np.load(out / "prec/bf16/train/labels.npy")
+    assert labels.dtype == np.int16 and labels.max() < 8

@@ -76,7 +76,8 @@ def tar_fingerprint(model_sha: str, features: FeaturesConfig, split: str, tf: An
                     upstream: dict[str, Any] | None) -> str:
     h = hashlib.sha256()
     h.update(repr((FORMAT_VERSION, model_sha, features.kind, features.layer if features.kind == "hubert"
-                   else 0, features.hubert_model if features.kind == "hubert" else "", split, tf.tar,
+                   else 0, features.hubert_model if features.kind == "hubert" else "",
+                   features.precision if features.kind == "hubert" else "", split, tf.tar,
                    (upstream or {}).get("fingerprint"))).encode())
     h.update(np.ascontiguousarray(tf.chunk_ids, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(tf.offsets, dtype=np.int64).tobytes())
@@ -254,6 +255,16 @@ def check_waveform(m: dict[str, Any], model: Path, normalize_audio: bool) -> Non
                          "re-run fit-kmeans")
 
 
+def check_precision(m: dict[str, Any], model: Path, precision: str, allow_mismatch: bool) -> None:
+    """Refuse centroids fitted at another resolved precision (`features.precision: auto` is bf16
+    on a GPU and fp32 on a CPU: a fit on one machine and labels on another would mix them)."""
+    fitted = str(m.get("precision", ""))
+    if fitted and fitted != precision and not allow_mismatch:
+        raise ValueError(f"{model} was fitted on features computed in {fitted}; features.precision "
+                         f"resolves to {precision} here: set features.precision: {fitted} (or re-run "
+                         "fit-kmeans, or set assign_labels.allow_precision_mismatch: true)")
+
+
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
@@ -284,11 +295,13 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
     k = int(m["n_clusters"])
     extract = None
     if features.kind == "hubert":
-        from ups.hubert_features import LayerFeatures
+        from ups.hubert_features import LayerFeatures, pick_device, pick_precision
 
         assert source is not None
         normalize_audio = (train or TrainConfig()).normalize_audio
         check_waveform(m, model, normalize_audio)
+        check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
+                        cfg.allow_precision_mismatch)
         lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
                            features.precision, normalize_audio)
         extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])

@@ -110,6 +110,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
                  hubert_model=np.array(source.get("hubert_model", "")),
                  revision=np.array(source.get("revision", "")),
                  normalize_audio=np.array(bool(source.get("normalize_audio", False))),
+                 precision=np.array(source.get("precision", "")),
                  n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
     h = entropy_bits(counts)
     fields = {
