@@ -364,6 +364,9 @@ class AssignLabelsConfig:
     """Section `assign_labels`."""
 
     block_frames: int = 65536  # frames per distance block (memory: block * n_clusters * 4 B)
+    # features.precision resolves per machine (auto: bf16 on a GPU, fp32 on a CPU); centroids fitted
+    # at one precision are refused at another unless this is true
+    allow_precision_mismatch: bool = False
 
     def __post_init__(self) -> None:
         require(self.block_frames >= 1, "assign_labels.block_frames", "must be >= 1", self.block_frames)

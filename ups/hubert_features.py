@@ -11,7 +11,8 @@ pass (layer 9 of 12 costs 3/4 of a full pass) and the output is read by a forwar
 Chunks of equal length are batched together (`features.batch_chunks`), so no padding ever
 changes a frame; the CNN gives exactly `n_cnn_frames(n_samples)` frames per chunk. On a GPU the
 forward runs under bf16 autocast (`features.precision: auto`), on the CPU in float32. int16 PCM is
-scaled by 1/32768, exactly as the trainer feeds it.
+scaled by 1/32768 and, with `train.normalize_audio`, normalised per chunk, exactly as the trainer
+feeds it: the labels come from the waveform the model is trained on.
 """
 
 from __future__ import annotations
@@ -88,11 +89,20 @@ def load_feature_model(model: FeatureModel) -> Any:
     return HubertModel.from_pretrained(model.name, revision=model.revision).eval()
 
 
+def trainer_waveform(x: np.ndarray, normalize_audio: bool) -> np.ndarray:
+    """float32 rows (chunks x samples) as the trainer feeds them: per-chunk zero mean and unit
+    variance when `train.normalize_audio` (Large-style models), else unchanged."""
+    if not normalize_audio:
+        return x
+    return ((x - x.mean(axis=1, keepdims=True))
+            / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)).astype(np.float32, copy=False)
+
+
 class LayerFeatures:
     """List of int16 PCM arrays -> layer features, batched by equal length on one device."""
 
     def __init__(self, model: FeatureModel, layer: int, device: str = "auto", batch_chunks: int = 16,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", normalize_audio: bool = False) -> None:
         import torch
 
         self.device = pick_device(device)
@@ -110,6 +120,7 @@ class LayerFeatures:
         self.model = hubert.to(self.device)
         self.layer = layer
         self.batch_chunks = batch_chunks
+        self.normalize_audio = normalize_audio
         self.dim = int(hubert.config.hidden_size)
         self._torch = torch
         log.info("HuBERT features: %s layer %d on %s (%s)", model.name, layer, self.device, self.precision)
@@ -126,6 +137,7 @@ class LayerFeatures:
                 x = np.stack([np.asarray(pcms[i]) for i in part])
                 if x.dtype == np.int16:
                     x = x.astype(np.float32) / np.float32(32768.0)
+                x = trainer_waveform(np.ascontiguousarray(x, dtype=np.float32), self.normalize_audio)
                 xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
                 self._out.clear()
                 with torch.inference_mode(), torch.autocast(

@@ -1,7 +1,7 @@
 """k-means maths: frame sampling, normalisation, fitting, nearest-centroid labels, cluster report.
 
 Fitting follows fairseq's `learn_kmeans.py` (sklearn MiniBatchKMeans, k-means++, batch 10000,
-tol 0, max_no_improvement 100, reassignment_ratio 0, n_init 20, max_iter 100) on normalised
+tol 0, max_no_improvement 100, reassignment_ratio 0, n_init 20, max_iter 100) on the raw
 features, with sklearn 1.9.1's algorithm re-written here because its `fit` is unusable at 10 M
 frames: every minibatch is drawn by `RandomState.choice(n, batch, p=weights)`, which converts,
 checks and cumsums the n-long weight vector (0.23 s per step at n = 10 M, against ~3 ms for the
@@ -31,6 +31,11 @@ STD_FLOOR = 1e-5
 class Normaliser:
     mean: np.ndarray  # (d,) float32
     std: np.ndarray  # (d,) float32, floored at STD_FLOOR
+
+    @classmethod
+    def identity(cls, dim: int) -> Normaliser:
+        """The stages' statistics: raw features, as fairseq's recipe clusters them."""
+        return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
@@ -94,7 +99,7 @@ def _init_size(cfg: KmeansConfig, n: int) -> int:
 
 
 def fit_kmeans(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
-    """Mini-batch k-means with the configured (fairseq) settings on normalised frames (see above).
+    """Mini-batch k-means with the configured (fairseq) settings on the given frames (see above).
 
     Every product runs in fixed row blocks on one BLAS thread each (`ups.blas`): the centroids
     and figures are the same bytes for any thread count."""

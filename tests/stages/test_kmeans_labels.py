@@ -82,6 +82,34 @@ def test_mfcc_kmeans_labels_every_chunk_per_cnn_frame(prepared, corpus):
     assert report["nearest_centroid"] == "numpy on the CPU"
 
 
+def test_default_fit_and_assign_cluster_the_raw_features(prepared, corpus):
+    """fairseq's learn_kmeans.py / dump_km_label.py cluster the features as they are: the
+    centroids live in the raw MFCC space and each label is the nearest raw centroid."""
+    out, params = prepared
+    fit_and_label(out, params, corpus, "raw")
+    with np.load(out / "raw" / "kmeans" / "model.npz", allow_pickle=False) as z:
+        centroids, mean, std = z["centroids"], z["mean"], z["std"]
+    np.testing.assert_array_equal(mean, np.zeros(39, np.float32))
+    np.testing.assert_array_equal(std, np.ones(39, np.float32))
+    from ups.feature_store import list_tars
+    from ups.kmeans import assign
+
+    tars = list_tars(out / "features", "train")
+    raw = np.concatenate([np.asarray(t.mfcc()) for t in tars])
+    # the centroids are means of raw frames: inside the raw data's range, per dimension
+    assert np.all(centroids >= raw.min(axis=0) - 1e-3) and np.all(centroids <= raw.max(axis=0) + 1e-3)
+    assert abs(float(raw[:, 0].mean())) > 1.0  # c0 is far from 0: z-scored centroids would not fit it
+    assert np.allclose(centroids[:, 0].mean(), raw[:, 0].mean(), rtol=0.5)
+    want = np.concatenate([assign(np.asarray(t.mfcc()), centroids)[0] for t in tars])
+    ids = np.load(out / "raw/labels/train/chunk_ids.npy")
+    labels = np.load(out / "raw/labels/train/labels.npy")
+    by_tar = np.concatenate([t.chunk_ids for t in tars])
+    starts = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(t.offsets) for t in tars]))])
+    pos = {int(c): i for i, c in enumerate(by_tar)}
+    got = np.concatenate([want[starts[pos[int(c)]]:starts[pos[int(c)] + 1]] for c in ids])
+    np.testing.assert_array_equal(labels, got)
+
+
 def test_fit_is_deterministic(prepared, corpus):
     out, params = prepared
     fit_and_label(out, params, corpus, "a")
@@ -354,3 +382,68 @@ def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path
     assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
     assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
     assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")
+
+
+def test_with_normalize_audio_the_feature_model_sees_the_trainers_normalised_waveform():
+    from ups.hubert_features import FeatureModel, LayerFeatures
+
+    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000 + 700).astype(np.int16)
+    seen = {}
+    for normalize in (False, True):
+        lf = LayerFeatures(FeatureModel("tiny"), 1, "cpu", normalize_audio=normalize)
+        lf.model.register_forward_pre_hook(lambda _m, args, n=normalize: seen.__setitem__(n, args[0].numpy()))
+        lf([pcm])
+    x = pcm.astype(np.float32) / 32768.0
+    np.testing.assert_array_equal(seen[False][0], x)
+    got = seen[True][0]
+    assert abs(float(got.mean())) < 1e-5 and float(got.std()) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(got, (x - x.mean()) / np.sqrt(x.var() + 1e-7), atol=1e-5)  # train_data's
+
+
+def test_normalize_audio_is_recorded_and_centroids_of_the_other_waveform_are_refused(prepared, corpus):
+    from ups.config import TrainConfig
+
+    out, params = prepared
+    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert",
+                                layer=1, hubert_model="init", device="cpu")
+    km = load_section(KmeansConfig, "kmeans", params)
+    train = TrainConfig(init="tiny", normalize_audio=True)
+    fit = fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                         out_dir=out / "normwave" / "kmeans", train=train)
+    assert fit["feature_model"]["normalize_audio"] is True
+    with np.load(out / "normwave/kmeans/model.npz", allow_pickle=False) as z:
+        assert bool(z["normalize_audio"]) is True
+    with pytest.raises(ValueError, match="train.normalize_audio: true; it is now false"):
+        assign_labels.run(AssignLabelsConfig(), feats, model=out / "normwave/kmeans/model.npz",
+                          features_dir=out / "features", audio_dir=out / "audio",
+                          chunks=corpus / "chunks.parquet", out_dir=out / "normwave" / "other",
+                          train=TrainConfig(init="tiny"))
+    assign_labels.run(AssignLabelsConfig(), feats, model=out / "normwave/kmeans/model.npz",
+                      features_dir=out / "features", audio_dir=out / "audio",
+                      chunks=corpus / "chunks.parquet", out_dir=out / "normwave" / "labels", train=train)
+    check_labels(out, "normwave", 8)
+
+
+def test_centroids_of_another_precision_are_refused_unless_allowed(prepared, corpus):
+    from ups.config import TrainConfig
+
+    out, params = prepared
+    feats = dataclasses.replace(load_section(FeaturesConfig, "features", params), kind="hubert",
+                                layer=1, hubert_model="init", device="cpu", precision="auto")
+    km = load_section(KmeansConfig, "kmeans", params)
+    train = TrainConfig(init="tiny")
+    fit = fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                         out_dir=out / "prec" / "kmeans", train=train)
+    assert fit["feature_model"]["precision"] == "fp32"  # auto, resolved on the CPU
+    with np.load(out / "prec/kmeans/model.npz", allow_pickle=False) as z:
+        assert str(z["precision"]) == "fp32"
+    bf16 = dataclasses.replace(feats, precision="bf16")
+    kwargs = dict(model=out / "prec/kmeans/model.npz", features_dir=out / "features",
+                  audio_dir=out / "audio", chunks=corpus / "chunks.parquet", train=train)
+    with pytest.raises(ValueError, match=r"computed in fp32; features.precision resolves to bf16"):
+        assign_labels.run(AssignLabelsConfig(), bf16, out_dir=out / "prec" / "refused", **kwargs)
+    assert not (out / "prec" / "refused" / "train").exists()
+    assign_labels.run(AssignLabelsConfig(allow_precision_mismatch=True), bf16,
+                      out_dir=out / "prec" / "bf16", **kwargs)
+    labels = np.load(out / "prec/bf16/train/labels.npy")
+    assert labels.dtype == np.int16 and labels.max() < 8

@@ -1,7 +1,7 @@
 """assign-labels: every chunk, train and valid, labelled by the one final k-means model.
 
 For each split and source tar the stage reads the chunks' features (MFCC from prepare-audio, or
-HuBERT layer features computed from the PCM shards), normalises them with the model's statistics
+HuBERT layer features computed from the PCM shards), applies the model's (identity) statistics
 and takes the nearest centroid per 50 Hz frame. Outputs per split, written atomically:
 `chunk_ids.npy` (int64, sorted), `offsets.npy` (int64, n + 1) and `labels.npy` (int16);
 chunk i's labels are labels[offsets[i]:offsets[i + 1]], one per CNN frame. The report gives usage
@@ -62,7 +62,8 @@ FORMAT_VERSION = 1
 def model_digest(model: dict[str, Any]) -> str:
     """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
     h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters"):
+    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters",
+                 "normalize_audio", "precision"):
         if name not in model:  # models fitted before `revision` was recorded
             continue
         a = np.asarray(model[name])
@@ -75,7 +76,8 @@ def tar_fingerprint(model_sha: str, features: FeaturesConfig, split: str, tf: An
                     upstream: dict[str, Any] | None) -> str:
     h = hashlib.sha256()
     h.update(repr((FORMAT_VERSION, model_sha, features.kind, features.layer if features.kind == "hubert"
-                   else 0, features.hubert_model if features.kind == "hubert" else "", split, tf.tar,
+                   else 0, features.hubert_model if features.kind == "hubert" else "",
+                   features.precision if features.kind == "hubert" else "", split, tf.tar,
                    (upstream or {}).get("fingerprint"))).encode())
     h.update(np.ascontiguousarray(tf.chunk_ids, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(tf.offsets, dtype=np.int64).tobytes())
@@ -244,6 +246,25 @@ def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source
                          f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
 
 
+def check_waveform(m: dict[str, Any], model: Path, normalize_audio: bool) -> None:
+    """Refuse centroids fitted on features of another waveform normalisation than the trainer's."""
+    fitted = bool(m.get("normalize_audio", False))
+    if fitted != normalize_audio:
+        raise ValueError(f"{model} was fitted on features of audio with train.normalize_audio: "
+                         f"{str(fitted).lower()}; it is now {str(normalize_audio).lower()}: "
+                         "re-run fit-kmeans")
+
+
+def check_precision(m: dict[str, Any], model: Path, precision: str, allow_mismatch: bool) -> None:
+    """Refuse centroids fitted at another resolved precision (`features.precision: auto` is bf16
+    on a GPU and fp32 on a CPU: a fit on one machine and labels on another would mix them)."""
+    fitted = str(m.get("precision", ""))
+    if fitted and fitted != precision and not allow_mismatch:
+        raise ValueError(f"{model} was fitted on features computed in {fitted}; features.precision "
+                         f"resolves to {precision} here: set features.precision: {fitted} (or re-run "
+                         "fit-kmeans, or set assign_labels.allow_precision_mismatch: true)")
+
+
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
@@ -274,11 +295,15 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
     k = int(m["n_clusters"])
     extract = None
     if features.kind == "hubert":
-        from ups.hubert_features import LayerFeatures
+        from ups.hubert_features import LayerFeatures, pick_device, pick_precision
 
         assert source is not None
+        normalize_audio = (train or TrainConfig()).normalize_audio
+        check_waveform(m, model, normalize_audio)
+        check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
+                        cfg.allow_precision_mismatch)
         lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
-                           features.precision)
+                           features.precision, normalize_audio)
         extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
     if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)

@@ -3,9 +3,10 @@
 Sampling never loads all features: frame counts come from the per-tar offsets, a seeded draw picks
 frame indices, and only those rows are read from the memory-mapped MFCC files (kind mfcc). For kind
 hubert whole training chunks are drawn (seeded) until the frame budget is met and their layer
-features are computed from the PCM shards (no MP3 decoding). Normalisation (per-dimension mean and
-std) is estimated on the same sample and stored with the centroids in `<out_dir>/model.npz`
-(no pickle). The report gives the sample's inertia and cluster-usage histogram.
+features are computed from the PCM shards (no MP3 decoding). The frames are clustered raw, as
+fairseq's `learn_kmeans.py` does (no per-dimension normalisation, so the labels are the recipe's
+for the same features); `<out_dir>/model.npz` (no pickle) stores the centroids with an identity
+`mean` / `std` that assign-labels applies. The report gives the sample's inertia and cluster-usage histogram.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from ups.atomic import atomic_write, clear_stale_tmp
 from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
-from ups.kmeans import assign, entropy_bits, fit_kmeans, fit_normaliser, sample_frames, usage
+from ups.kmeans import Normaliser, assign, entropy_bits, fit_kmeans, sample_frames, usage
 from ups.progress import bar
 from ups.report import write_report
 
@@ -83,16 +84,17 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         from ups.hubert_features import LayerFeatures, feature_model
 
         fm = feature_model(features, train)
+        normalize_audio = (train or TrainConfig()).normalize_audio
         extract = LayerFeatures(fm, features.layer, features.device, features.batch_chunks,
-                                features.precision)
+                                features.precision, normalize_audio)
         source = {"hubert_model": fm.name, "revision": fm.pinned_revision, "commit": extract.commit or "",
-                  "device": extract.device, "precision": extract.precision}
+                  "device": extract.device, "precision": extract.precision,
+                  "normalize_audio": normalize_audio}
     x = sample_training_frames(cfg, features, features_dir, audio_dir, extract)
     extract_s = time.perf_counter() - t0
     log.info("%s: %d sampled frames (%.2f h) of dim %d in %.1f s", STAGE, len(x),
              len(x) / FRAME_RATE_HZ / 3600, x.shape[1], extract_s)
-    norm = fit_normaliser(x)
-    x = norm.apply_inplace(x)
+    norm = Normaliser.identity(x.shape[1])  # raw features, as learn_kmeans.py / dump_km_label.py
     t1 = time.perf_counter()
     km = fit_kmeans(x, cfg)
     fit_s = time.perf_counter() - t1
@@ -107,6 +109,8 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
                                                               else 0, dtype=np.int64),
                  hubert_model=np.array(source.get("hubert_model", "")),
                  revision=np.array(source.get("revision", "")),
+                 normalize_audio=np.array(bool(source.get("normalize_audio", False))),
+                 precision=np.array(source.get("precision", "")),
                  n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
     h = entropy_bits(counts)
     fields = {
@@ -115,6 +119,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         "dim": int(x.shape[1]), "inertia_per_frame": inertia / len(x),
         "n_steps": km.n_steps, "converged": km.converged,
         "fit": "ups.kmeans mini-batch k-means, numpy on the CPU",
+        "normalisation": "none: raw features, as fairseq's learn_kmeans.py",
         "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(cfg.n_clusters),
         "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
     }
