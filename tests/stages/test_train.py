@@ -604,10 +604,12 @@ def test_a_run_killed_on_2x2_resumes_on_4x1_and_1x4_training_each_chunk_once(tmp
         shutil.copytree(state, tmp_path / f"state-{name}")
         trace = tmp_path / f"trace-{name}"
         trace.mkdir()
+        # on 4 ranks, rank 1 reads the state 3 s after rank 0: nothing may move it meanwhile
+        late = {"UPS_TEST_LOAD_DELAY": "1:3"} if gpus > 1 else {}
         done = subprocess.run(
             _launch_cmd(tmp_path, corpus, name, tmp_path / f"state-{name}", gpus=gpus, num_workers=workers,
                         grad_accum=1, **shape),
-            cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(trace)}, capture_output=True, text=True,
+            cwd=REPO, env={**env, "UPS_TEST_TRACE_DIR": str(trace), **late}, capture_output=True, text=True,
             timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
