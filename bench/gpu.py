@@ -70,21 +70,23 @@ def cuda_tests(timeout: int) -> dict[str, Any]:
     return res
 
 
-def torchrun_nccl(work: Path, timeout: int, device: str = "cuda") -> dict[str, Any]:
-    """The demo's data stages on the CPU, then `ups train` under torchrun, world size 1, NCCL
-    (`device="cpu"`: the same with gloo, which the test suite runs)."""
+def torchrun_nccl(work: Path, timeout: int, device: str = "cuda", steps: int = 60,
+                  run_dir: Path | None = None) -> dict[str, Any]:
+    """The demo's data stages on the CPU, then `steps` of `ups train` under torchrun, world size 1,
+    NCCL (`device="cpu"`: the same with gloo, which the test suite runs; `run_dir`: a demo project
+    whose data stages already ran, which `dvc repro` then finds up to date)."""
     import yaml
 
     from ups import demo
 
-    run_dir = demo.prepare(work / "demo")
+    run_dir = demo.prepare(work / "demo") if run_dir is None else run_dir
     env = {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(run_dir),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     data = _run([sys.executable, "-m", "dvc", "repro", "assign-labels"], timeout, cwd=run_dir, env=env)
     if data["rc"] != 0:
         return {"passed": False, "data_stages": data}
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
-    params["train"].update(device=device, gpus=1, num_workers=2, max_steps=60, precision="auto")
+    params["train"].update(device=device, gpus=1, num_workers=2, max_steps=steps, precision="auto")
     (work / "gpu-params.yaml").write_text(yaml.safe_dump(params))
     out = work / "nccl"
     res = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
@@ -98,7 +100,7 @@ def torchrun_nccl(work: Path, timeout: int, device: str = "cuda") -> dict[str, A
         t = json.loads(report.read_text())
         res.update(steps=t["steps"], world_size=t["world_size"], device=t["device"], precision=t["precision"],
                    last=t["last"], epochs=t["epochs"])
-        res["passed"] = t["steps"] == 60 and t["world_size"] == 1 and t["device"].startswith(device)
+        res["passed"] = t["steps"] == steps and t["world_size"] == 1 and t["device"].startswith(device)
     else:
         res["passed"] = False
     return res

@@ -637,7 +637,7 @@ def test_a_signal_during_training_saves_at_the_next_log_step_exits_75_and_resume
 
     init = write_tiny_hubert(tmp_path / "init", seed=1, hidden_dropout=0.1, layerdrop=0.3)
     # save_every_steps 8: the periodic saves alone would leave step 0 or 8, never 6
-    cfg = _cfg(str(init), epochs=3, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=8)
+    cfg = _cfg(str(init), epochs=2, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=8)
     _run(cfg, corpus, tmp_path / "whole")
     real_step = train.train_step
 
