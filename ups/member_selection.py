@@ -17,10 +17,14 @@ Pure functions over numpy arrays (ups/selection.py's conventions):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ups import selection as sel
+
+if TYPE_CHECKING:
+    from ups.config import SelectConfig
 
 
 @dataclass
@@ -120,3 +124,35 @@ def pick(lang: np.ndarray, rank: np.ndarray, score: np.ndarray, n_chunks: np.nda
         if n and len(rows):
             keep[rows[np.lexsort((-score[rows], rank[rows]))[:n]]] = True
     return keep
+
+
+def select_members(files: sel.FileTable, pool: sel.CandidatePool, shares: np.ndarray,
+                   tar_density: np.ndarray, cfg: SelectConfig,
+                   candidates_of: sel.CandidatesOf) -> sel.Selection:
+    """Steps 4-5 for `dataset.fetch: members`: the files that fit select.max_download_gb, then
+    their candidates (rebuilt a batch of whole tars at a time, so the caps are the first pass's)
+    and per language the chunks of its first files."""
+    chunk_h = cfg.chunk_seconds / 3600.0
+    n_files = len(files.tar)
+    tie = sel.tie_break(np.arange(n_files), np.zeros(n_files), cfg.chunk_seconds, cfg.seed)
+    file_bytes = files.duration_s * cfg.mp3_bytes_per_second
+    lay = layout(files.language, pool.file_chunks, file_bytes, files.density, tie, pool.avail_hours.shape[1])
+    avail_h = pool.avail_hours.sum(axis=0)
+    choice = fit_budget(lay, shares, avail_h, cfg.hours, chunk_h, cfg.max_download_gb * 1e9)
+    rank = np.full(n_files, -1, dtype=np.int64)
+    rank[choice.files] = choice.rank
+    in_tars = files.eligible[np.isin(files.tar[files.eligible], np.unique(files.tar[choice.files]))]
+    parts = []
+    for rows in sel.tar_batches(in_tars, files.tar):
+        c = candidates_of(rows)
+        parts.append(c.take(rank[c.file] >= 0))
+    cands = sel.ScoredCandidates.concat(parts)
+    keep = pick(files.language[cands.file], rank[cands.file], cands.score, choice.n_chunks)
+    # what the budget lets through: all of it, or (bound) exactly what was picked
+    within = float(pool.avail_hours.sum()) if choice.scale >= 1.0 else float(keep.sum() * chunk_h)
+    return sel.Selection(cands.file[keep], cands.start_s[keep], cands.ratio[keep],
+                         n_tars_chosen=int(len(np.unique(files.tar[cands.file]))),
+                         within_limit_hours=within, hours_scale=choice.scale,
+                         limit={"max_download_gb": cfg.max_download_gb,
+                                "budget_bound": bool(choice.scale < 1.0),
+                                "hours_scale": float(choice.scale)})
