@@ -234,6 +234,9 @@ class SelectConfig:
     mp3_bytes_per_second: float = 16000.0
     # dataset.fetch members: the download budget that replaces max_tars (0 = no limit)
     max_download_gb: float = 100.0
+    # dataset.fetch members: tars are opened, the one covering most of the quotas still open
+    # first, until the quotas no opened tar covers are at most this share of them (0: all)
+    balance_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.hours > 0, "select.hours", "must be > 0", self.hours)
@@ -265,6 +268,8 @@ class SelectConfig:
                 self.mp3_bytes_per_second)
         require(self.max_download_gb >= 0, "select.max_download_gb", "must be >= 0",
                 self.max_download_gb)
+        require(0 <= self.balance_tolerance < 1, "select.balance_tolerance", "must be in [0, 1)",
+                self.balance_tolerance)
 
 
 # --- audio shards, k-means and labels (features, prepare_audio, kmeans, assign_labels) --------

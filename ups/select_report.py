@@ -12,6 +12,7 @@ import numpy as np
 from ups.config import SelectConfig
 
 SPLITS = ("train", "valid", "eval")
+HEADER_READ_BYTES = 2048  # one ranged read of a tar header (ups/member_index.py WINDOW)
 
 
 def shortfall(cfg: SelectConfig, selected_h: float, hours: dict[str, float], n_chosen_tars: int,
@@ -70,23 +71,39 @@ def language_figures(languages: list[str], table_hours: np.ndarray, shares: np.n
     return out
 
 
+def header_walk(files_per_tar: np.ndarray) -> dict[str, Any]:
+    """What index-members' header walk of tars holding these many members costs: one ranged
+    read per member header and one for the end-of-archive blocks, HEADER_READ_BYTES each."""
+    requests = int(np.sum(files_per_tar)) + len(files_per_tar)
+    return {"requests_estimate": requests, "bytes_estimate": requests * HEADER_READ_BYTES,
+            "members_per_tar": float(np.mean(files_per_tar)) if len(files_per_tar) else 0.0,
+            "how": "one ranged read per file of each tar (files per tar from tars.parquet) "
+                   "plus one for the end of the archive"}
+
+
 def download_figures(file: np.ndarray, tar: np.ndarray, duration_s: np.ndarray,
-                     tar_duration_s: dict[int, float], bytes_per_s: float, fetch: str,
+                     tars_index: dict[int, tuple[float, int]], bytes_per_s: float, fetch: str,
                      limit: dict[str, Any]) -> dict[str, Any]:
     """The bytes to fetch for the chosen chunks both ways, estimated from durations: member by
-    member (the chosen files) and tar by tar (their whole tars, durations from tars.parquet)."""
+    member (the chosen files) and tar by tar (their whole tars; duration and files per tar from
+    tars.parquet, `tars_index`). Member fetches add the header walk of the tars touched."""
     files = np.unique(file)
     tars = np.unique(tar[file])
-    tar_s = float(sum(tar_duration_s.get(int(t), 0.0) for t in tars))
+    tar_s = float(sum(tars_index.get(int(t), (0.0, 0))[0] for t in tars))
     member_bytes = float((duration_s * bytes_per_s)[files].sum())
+    members: dict[str, Any] = {"bytes_estimate": int(member_bytes), "n_files": int(len(files)),
+                               "n_tars": int(len(tars)),
+                               "audio_hours": float(duration_s[files].sum() / 3600)}
+    if fetch == "members":
+        members["header_walk"] = header_walk(np.array([tars_index.get(int(t), (0.0, 0))[1]
+                                                       for t in tars], dtype=np.int64))
     return {
         "n_files": int(len(files)), "n_tars": int(len(tars)), "tars": [int(t) for t in tars],
         "download_audio_hours": tar_s / 3600,
         "download_bytes_estimate": int(tar_s * bytes_per_s),
         "download": {
             "fetch": fetch,
-            "members": {"bytes_estimate": int(member_bytes), "n_files": int(len(files)),
-                        "n_tars": int(len(tars)), "audio_hours": float(duration_s[files].sum() / 3600)},
+            "members": members,
             "tars": {"bytes_estimate": int(tar_s * bytes_per_s), "n_tars": int(len(tars)),
                      "audio_hours": tar_s / 3600},
             "limit": limit,

@@ -347,6 +347,14 @@ def pool_candidates(files: FileTable, n_langs: int, chunk_s: float,
     return CandidatePool(tar_numbers, avail, file_chunks, n_candidates, n_after_caps)
 
 
+def share_gap(chunks_per_language: np.ndarray, shares: np.ndarray) -> float:
+    """The largest gap between a language's share of the chosen chunks and its temperature share."""
+    total = float(np.sum(chunks_per_language))
+    if total <= 0:
+        return float(np.max(shares, initial=0.0))
+    return float(np.max(np.abs(np.asarray(chunks_per_language) / total - shares), initial=0.0))
+
+
 def best_per_language(language: np.ndarray, score: np.ndarray, n_chunks: np.ndarray) -> np.ndarray:
     """Keep mask: per language its n_chunks[k] best-scored candidates (step 5)."""
     keep = np.zeros(len(language), dtype=bool)

@@ -281,7 +281,8 @@ def _report_fields(cfg: SelectConfig, fetch: str, files: pa.Table, tars: pa.Tabl
                                     fetch, chosen.hours_scale)
     if short is not None:
         log.warning("select: %s", short["reason"])
-    tar_duration = dict(zip(tars["tar"].to_pylist(), tars["duration_s"].to_pylist(), strict=True))
+    tars_index = {t: (d, n) for t, d, n in zip(tars["tar"].to_pylist(), tars["duration_s"].to_pylist(),
+                                                tars["n_files"].to_pylist(), strict=True)}
     return dict(
         target_hours=cfg.hours, selected_hours=hours, n_chunks=len(chosen.file),
         selected_hours_note="hours of chunks chosen from the indices; prepare-audio's report "
@@ -289,7 +290,7 @@ def _report_fields(cfg: SelectConfig, fetch: str, files: pa.Table, tars: pa.Tabl
         target_reached_within_1pct=short is None, shortfall=short,
         shortfall_reason=None if short is None else short["reason"],
         split_hours=split_hours, valid_hours=split_hours["valid"],
-        **select_report.download_figures(chosen.file, table.tar, table.duration_s, tar_duration,
+        **select_report.download_figures(chosen.file, table.tar, table.duration_s, tars_index,
                                          cfg.mp3_bytes_per_second, fetch, chosen.limit),
         n_candidates=pool.n_candidates, n_candidates_after_caps=int(pool.n_after_caps),
         max_chunks_per_file=max_file, max_chunks_per_tar=max_tar,
