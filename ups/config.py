@@ -229,9 +229,9 @@ class SelectConfig:
     eval_fraction: float = 0.05  # share held out by file for evaluate's probe; no model trains on it
     languages: list[str] | Literal["all"] = "all"  # Whisper codes to select from, or all
     exclude_languages: list[str] = field(default_factory=list)  # Whisper codes never selected
-    # estimate of tar bytes per second of audio (128 kbit/s): the download report, and for
-    # dataset.fetch members the files that fit max_download_gb
-    mp3_bytes_per_second: float = 16000.0
+    # estimate of tar bytes per second of audio (~208 kbit/s, UPS's mean: docs/selection.md):
+    # the download report, and for dataset.fetch members the files that fit max_download_gb
+    mp3_bytes_per_second: float = 26000.0
     # dataset.fetch members: the download budget that replaces max_tars (0 = no limit)
     max_download_gb: float = 100.0
     # dataset.fetch members: tars are opened, the one covering most of the quotas still open
