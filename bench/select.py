@@ -61,10 +61,58 @@ def _sources_per_hour(chunks: Path, hours: float) -> dict:
     return {"files_per_hour": round(len(files) / hours, 2), "sources_per_hour": round(len(items) / hours, 2)}
 
 
+MEMBERS_PER_TAR = (500, 3000)  # real UPS tars: 4.5-15 GB of 1-10 min MP3s, members not counted
+TAR_GB = (4.5, 15.0)  # real UPS tar sizes (the synthetic tars are smaller)
+
+
+def costs(run: dict, *, mb_per_s: float = 100.0, latency_ms: float = 50.0, download_workers: int = 4,
+          prepare_workers: int = 2) -> dict:
+    """What fetching a run's selection costs on the hub, by ups.plan's model: header reads,
+    hub requests against a free account's budget and transfer time; member runs at the
+    synthetic tars' files per tar and at MEMBERS_PER_TAR, whole tars at TAR_GB a tar."""
+    from ups.plan import HUB_PER_5MIN, hub_requests, transfer_times
+    from ups.select_report import HEADER_READ_BYTES
+    from ups.stages.index_members import WALKS_PER_WORKER
+
+    d = run["download"]
+    n_tars = d[run["fetch"]]["n_tars"]
+    hub = hub_requests(run["fetch"], n_tars, HUB_PER_5MIN)
+    hub_out = {b: {k: v[k] for k in ("calls", "least_time_s")} for b, v in hub.items()}
+    if run["fetch"] == "tars":
+        return {"n_tars": n_tars, "hub": hub_out, "at_real_tar_sizes": {
+            f"{gb:g}_gb": {"bytes": n_tars * gb * 1e9, "transfer_s": n_tars * gb * 1e9 / (mb_per_s * 1e6)}
+            for gb in TAR_GB}}
+    walk = d["members"]["header_walk"]
+    out = {"n_tars": n_tars, "hub": hub_out, "latency_ms": latency_ms, "mb_per_s": mb_per_s}
+    shapes = {"synthetic": walk["requests_estimate"],
+              **{str(m): n_tars * (m + 1) for m in MEMBERS_PER_TAR}}
+    for name, requests in shapes.items():
+        download = {"header_walk": {"requests": requests}, "bytes": d["members"]["bytes_estimate"]
+                    + requests * HEADER_READ_BYTES, "members": {"n_members": d["members"]["n_files"]}}
+        t = transfer_times(download, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3,
+                           walks=WALKS_PER_WORKER * download_workers,
+                           member_streams=download_workers * prepare_workers)
+        out[f"members_per_tar_{name}"] = {
+            "header_requests": requests, "header_bytes": requests * HEADER_READ_BYTES,
+            "member_bytes": d["members"]["bytes_estimate"],
+            "header_walk_s": round(t["index-members"]["s"], 1), "download_s": round(t["download"]["s"], 1)}
+    return out
+
+
 def _imbalance(rep: dict) -> float:
     """Largest gap between a language's share of the selected hours and its temperature share."""
     total = sum(rep["hours_after"].values()) or 1.0
     return round(max(abs(rep["hours_after"][k] / total - p) for k, p in rep["language_shares"].items()), 5)
+
+
+def _add_costs(path: Path) -> None:
+    """Each run of a results JSON gets its `costs` (ups.plan's model)."""
+    result = json.loads(path.read_text())
+    for run in [result, *result.get("tolerances", []), result.get("every_tar_open_same_run"),
+                result.get("baseline_same_run")]:
+        if run:
+            run["costs"] = costs(run)
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:
@@ -78,7 +126,12 @@ def main() -> None:
                     help="--fetch members: select.balance_tolerance values run after 0")
     ap.add_argument("--out", default=None, help="default: bench/results/select.json "
                     "(select_members.json with --fetch members)")
+    ap.add_argument("--costs-from", default=None, help="only recompute the `costs` blocks of this "
+                    "results JSON (ups.plan's model) and write it back")
     args = ap.parse_args()
+    if args.costs_from:
+        _add_costs(Path(args.costs_from))
+        return
     if args.out is None:
         args.out = str(RESULTS / ("select.json" if args.fetch == "tars" else "select_members.json"))
     data_dir = Path(args.data_dir) / f"synth_{args.files}"
@@ -149,6 +202,7 @@ def main() -> None:
             "language_imbalance": round(result["language_imbalance"]
                                         / max(base["language_imbalance"], 1e-9), 4)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _add_costs(Path(args.out))
     print(json.dumps(result))
 
 
