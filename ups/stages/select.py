@@ -115,8 +115,6 @@ def _eligibility(lang: np.ndarray, speech_s: np.ndarray, table: dict[str, float]
     return reasons
 
 
-
-
 @dataclass
 class LanguageChoice:
     """Each file's language, why a file may not be chosen, and the shares the languages get."""
@@ -134,6 +132,8 @@ class LanguageChoice:
 
 
 def _choose_languages(cfg: SelectConfig, files: pa.Table, lid: pa.Table, skips: Skips) -> LanguageChoice:
+    """Join the LID labels, count the files that may not be chosen, and give each eligible
+    language its temperature share from the hours table (select.hours_table, unlisted rule)."""
     lang, coverage = join_language(files, lid)
     speech_s = files["speech_s"].to_numpy()
     computed = compute_hours(speech_s, lang)
@@ -228,6 +228,8 @@ POLICIES = {"tars": sel.select_whole_tars, "members": msel.select_members}
 
 
 def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path, fetch: str = "tars") -> dict:
+    """Select chunks from the indices under `index_dir` into `out_dir` with the policy of
+    `fetch` (dataset.fetch); returns the chunk count, hours and tars touched."""
     t0 = time.perf_counter()
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     files_path = index_dir / "vad" / "files.parquet"
@@ -268,6 +270,7 @@ def run(cfg: SelectConfig, *, index_dir: Path, out_dir: Path, fetch: str = "tars
 def _report_fields(cfg: SelectConfig, fetch: str, files: pa.Table, tars: pa.Table,
                    langs: LanguageChoice, table: sel.FileTable, pool: sel.CandidatePool,
                    chosen: sel.Selection, language: np.ndarray, split: np.ndarray) -> dict:
+    """report.json's fields (no clock value): hours, splits, download, languages, shortfall."""
     chunk_h = cfg.chunk_seconds / 3600.0
     hours = len(chosen.file) * chunk_h
     speech_s = files["speech_s"].to_numpy()
