@@ -324,7 +324,9 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         return plan.run(Path(args.repo), args.hours, params_path=Path(args.params),
                         mb_per_s=args.mb_per_s, repro=not args.no_repro, as_json=args.json,
-                        latency_ms=args.latency_ms)
+                        latency_ms=args.latency_ms,
+                        hub_per_5min={"api": args.api_calls_per_5min,
+                                      "resolve": args.resolves_per_5min})
     except plan.PlanError as exc:
         log.error("plan: %s", exc)
         return 1
@@ -342,7 +344,11 @@ def _add_plan(sub: Any) -> None:
     p.add_argument("--mb-per-s", type=float, default=100.0,
                    help="download bandwidth for the time estimate, MB/s (default: 100)")
     p.add_argument("--latency-ms", type=float, default=50.0,
-                   help="time per ranged request of the header walk, ms (default: 50)")
+                   help="time per ranged request (header reads, members), ms (default: 50)")
+    p.add_argument("--api-calls-per-5min", type=int, default=1000,
+                   help="the hub's API budget of the account (default: 1000, a free account)")
+    p.add_argument("--resolves-per-5min", type=int, default=5000,
+                   help="the hub's /resolve/ budget of the account (default: 5000, a free account)")
     p.add_argument("--no-repro", action="store_true", help="use the stage outputs as they are")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.set_defaults(handler=_plan)

@@ -229,11 +229,14 @@ class SelectConfig:
     eval_fraction: float = 0.05  # share held out by file for evaluate's probe; no model trains on it
     languages: list[str] | Literal["all"] = "all"  # Whisper codes to select from, or all
     exclude_languages: list[str] = field(default_factory=list)  # Whisper codes never selected
-    # estimate of tar bytes per second of audio (128 kbit/s): the download report, and for
-    # dataset.fetch members the files that fit max_download_gb
-    mp3_bytes_per_second: float = 16000.0
+    # estimate of tar bytes per second of audio (~208 kbit/s, UPS's mean: docs/selection.md):
+    # the download report, and for dataset.fetch members the files that fit max_download_gb
+    mp3_bytes_per_second: float = 26000.0
     # dataset.fetch members: the download budget that replaces max_tars (0 = no limit)
     max_download_gb: float = 100.0
+    # dataset.fetch members: tars are opened, the one covering most of the quotas still open
+    # first, until the quotas no opened tar covers are at most this share of them (0: all)
+    balance_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.hours > 0, "select.hours", "must be > 0", self.hours)
@@ -265,6 +268,8 @@ class SelectConfig:
                 self.mp3_bytes_per_second)
         require(self.max_download_gb >= 0, "select.max_download_gb", "must be >= 0",
                 self.max_download_gb)
+        require(0 <= self.balance_tolerance < 1, "select.balance_tolerance", "must be in [0, 1)",
+                self.balance_tolerance)
 
 
 # --- audio shards, k-means and labels (features, prepare_audio, kmeans, assign_labels) --------

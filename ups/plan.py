@@ -14,6 +14,7 @@ which were measured on this project's 2-core machine.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -112,73 +113,119 @@ def _decoded_seconds(chunks: Path) -> float:
     return float(pc.sum(g["end_s_max"]).as_py())
 
 
-def _members_download(project: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Member-by-member bytes of this selection: index-members' exact figure when it indexed
-    this very chunks.parquet, else select's estimate (file durations x mp3_bytes_per_second)."""
-    import hashlib
+# --------------------------------------------------------------------------------------------
+# The download: what is fetched, the hub requests it takes, how long (pure functions)
+# --------------------------------------------------------------------------------------------
 
-    est = report["download"]["members"]
-    out = {"n_tars": int(est["n_tars"]), "n_members": int(est["n_files"]),
-           "bytes": int(est["bytes_estimate"]), "how": "estimate (select.mp3_bytes_per_second)"}
-    idx = _read(project / "data" / "index" / "members" / "report.json")
-    chunks = project / "data" / "select" / "chunks.parquet"
-    if idx is not None and idx.get("chunks_sha256") == hashlib.sha256(chunks.read_bytes()).hexdigest():
-        m = idx["download"]["members"]
-        out.update(n_members=int(m["n_members"]), bytes=int(m["bytes"]), how="exact (index-members)")
+# The hub's rate limits per 5-minute window for a free account (huggingface.co/docs/hub/rate-limits):
+# "API" (metadata: paths-info) and "resolvers" (every URL with /resolve/, the file downloads)
+HUB_PER_5MIN = {"api": 1000, "resolve": 5000}
+HUB_WINDOW_S = 300.0
+PATHS_INFO_BATCH = 50  # tars per paths-info call (ups/dataset.py)
+
+
+def hub_requests(fetch: str, n_tars: int, per_5min: dict[str, int]) -> dict[str, Any]:
+    """The hub requests the run makes after select, per bucket and stage, against the budgets.
+
+    Counted: one paths-info (API) call per 50 tars in each stage that reads the tars' metadata
+    (sizes and sha256: index-members and prepare-audio with members; plan and prepare-audio
+    with whole tars) and one /resolve/ per tar in each stage that reads a tar (a tar's later
+    reads go to the storage URL it redirected to: ups/download.py). Header reads and member
+    fetches go to that storage URL and are not counted against either budget."""
+    batches = math.ceil(n_tars / PATHS_INFO_BATCH)
+    stages = {"members": {"api": {"index-members": batches, "prepare-audio": batches},
+                          "resolve": {"index-members": n_tars, "prepare-audio": n_tars}},
+              "tars": {"api": {"plan": batches, "prepare-audio": batches},
+                       "resolve": {"prepare-audio": n_tars}}}[fetch]
+    out: dict[str, Any] = {}
+    for bucket, by_stage in stages.items():
+        calls = sum(by_stage.values())
+        out[bucket] = {"calls": calls, "by_stage": by_stage, "per_5min": per_5min[bucket],
+                       "least_time_s": rate_floor_s(calls, per_5min[bucket])}
     return out
 
 
-def _header_walk_requests(project: Path, tars: list[int]) -> int:
-    """About one ranged read per file of each chosen tar (the VAD index counts them)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    path = project / "data" / "index" / "vad" / "tars.parquet"
-    if not tars or not path.is_file():
-        return 0
-    t = pq.read_table(path, columns=["tar", "n_files"])
-    keep = pc.is_in(t["tar"], value_set=pa.array(tars, t["tar"].type))
-    return int(pc.sum(t.filter(keep)["n_files"]).as_py() or 0) + len(tars)
+def rate_floor_s(calls: int, per_5min: int) -> float:
+    """The least wall time that `calls` take under a budget of `per_5min` per 5-minute window:
+    none within one window, a full window for each further one."""
+    return HUB_WINDOW_S * max(0, math.ceil(calls / per_5min) - 1)
 
 
-def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
-          latency_s: float = 0.05) -> dict[str, Any]:
-    """The plan as numbers, from the outputs of the stages up to select (already run)."""
-    from ups.config import DatasetConfig, from_dict
-    from ups.dataset import open_dataset, pinned_config
+def transfer_times(download: dict[str, Any], *, mb_per_s: float, latency_s: float, walks: int,
+                   member_streams: int) -> dict[str, dict[str, Any]]:
+    """Seconds of the header walk (latency-bound: `walks` tars at a time) and of the transfer
+    (bandwidth, plus one request latency per member over `member_streams` in flight)."""
+    out: dict[str, dict[str, Any]] = {}
+    if "header_walk" in download:
+        reads = download["header_walk"]["requests"]
+        out["index-members"] = {
+            "s": reads * latency_s / walks,
+            "how": f"{reads} header reads (one per member of each tar touched), "
+                   f"{latency_s * 1e3:g} ms each (--latency-ms), {walks} tars at a time"}
+    fetched = download["bytes"]
+    seconds = fetched / (mb_per_s * 1e6) if mb_per_s > 0 else None
+    how = f"{fetched / GB:.1f} GB at {mb_per_s:g} MB/s (--mb-per-s)"
+    if "members" in download and seconds is not None:
+        n = download["members"]["n_members"]
+        seconds += n * latency_s / member_streams
+        how += f" + {n} member requests, {member_streams} at a time"
+    out["download"] = {"s": seconds, "how": how}
+    return out
 
-    meta_dir, select_dir = project / "data" / "meta", project / "data" / "select"
-    report = _read(select_dir / "report.json")
-    fetch_meta = _read(meta_dir / "fetch_meta.json")
-    if report is None or fetch_meta is None:
-        raise PlanError(f"no selection report under {select_dir} (or no {meta_dir}/fetch_meta.json)")
+
+def _members_download(project: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Member fetches of this selection: the tars touched, their header walk and the members;
+    index-members' exact figures when it indexed this very chunks.parquet, else select's
+    estimates (files per tar from the VAD index, file durations x mp3_bytes_per_second)."""
+    import hashlib
+
+    est = report["download"]["members"]
+    walk = est["header_walk"]
+    header: dict[str, Any] = {"requests": int(walk["requests_estimate"]),
+                              "bytes": int(walk["bytes_estimate"]),
+                              "members_per_tar": float(walk["members_per_tar"]),
+                              "how": "estimate (files per tar of the VAD index)"}
+    members: dict[str, Any] = {"n_members": int(est["n_files"]), "bytes": int(est["bytes_estimate"]),
+                               "how": "estimate (select.mp3_bytes_per_second)"}
+    idx = _read(project / "data" / "index" / "members" / "report.json")
+    chunks = project / "data" / "select" / "chunks.parquet"
+    if idx is not None and idx.get("chunks_sha256") == hashlib.sha256(chunks.read_bytes()).hexdigest():
+        m, w = idx["download"]["members"], idx["header_walk"]
+        members.update(n_members=int(m["n_members"]), bytes=int(m["bytes"]), how="exact (index-members)")
+        header.update(requests=int(w["requests"]), bytes=int(w["bytes"]),
+                      how="exact (index-members' walks)")
+    out: dict[str, Any] = {"n_tars": int(est["n_tars"]), "header_walk": header, "members": members}
+    out["bytes"] = members["bytes"] + header["bytes"]
+    return out
+
+
+def _tars_download(ds_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """Whole-tar fetches of this (tar-limited) selection: the chosen tars at their real sizes."""
+    from ups.dataset import open_dataset
+
     tars = [int(t) for t in report["tars"]]
-    ds_cfg = pinned_config(from_dict(DatasetConfig, params["dataset"], "dataset"),
-                           meta_dir / "fetch_meta.json")
-    tar_sizes = open_dataset(ds_cfg).tar_sizes(tars) if tars else {}
-    hours = float(report["selected_hours"])
-    audio_s = hours * 3600
-    decoded_s = _decoded_seconds(select_dir / "chunks.parquet")
-    feat_dim = 3 * int(params["features"]["mfcc"]["num_ceps"])
-    n_params = MODEL_PARAMS.get(str(params["train"]["init"]))
+    sizes = open_dataset(ds_cfg).tar_sizes(tars) if tars else {}
+    total = sum(sizes.values())
+    return {"n_tars": len(tars), "tars": {"bytes": total, "how": "exact (tar sizes)"}, "bytes": total}
+
+
+def _disk(project: Path, params: dict[str, Any], fetch: str, download: dict[str, Any],
+          audio_s: float) -> dict[str, dict[str, Any]]:
+    """Disk per stage: measured for the stages that ran, from the output formats for the rest."""
     from ups.train_state import KEEP  # states kept on disk (imports torch: here, not at the top)
 
-    tar_bytes = sum(tar_sizes.values())
+    data = project / "data"
+    feat_dim = 3 * int(params["features"]["mfcc"]["num_ceps"])
+    n_params = MODEL_PARAMS.get(str(params["train"]["init"]))
     budget = float(params["dataset"]["cache_budget_gb"]) * GB
-    fetch = str(params["dataset"].get("fetch", "members"))
-    download = {"tars": {"n_tars": len(tars), "bytes": tar_bytes, "how": "exact (tar sizes)"},
-                "members": _members_download(project, report)}
-    fetched = download[fetch]["bytes"]
-    walk = _header_walk_requests(project, tars) if fetch == "members" else 0
     workers = int(params["dataset"]["download_workers"])
-    disk = {
-        "fetch-meta": {"bytes": _tree_bytes(meta_dir), "how": "measured"},
-        "index-vad": {"bytes": _tree_bytes(project / "data/index/vad"), "how": "measured"},
-        "index-lang": {"bytes": _tree_bytes(project / "data/index/lang"), "how": "measured"},
-        "select": {"bytes": _tree_bytes(select_dir), "how": "measured"},
+    return {
+        "fetch-meta": {"bytes": _tree_bytes(data / "meta"), "how": "measured"},
+        "index-vad": {"bytes": _tree_bytes(data / "index" / "vad"), "how": "measured"},
+        "index-lang": {"bytes": _tree_bytes(data / "index" / "lang"), "how": "measured"},
+        "select": {"bytes": _tree_bytes(data / "select"), "how": "measured"},
         "tar cache (prepare-audio)": (
-            {"bytes": int(min(tar_bytes, budget)),
+            {"bytes": int(min(download["bytes"], budget)),
              "how": f"the chosen tars, at most dataset.cache_budget_gb={budget / GB:g}; deleted LRU"}
             if fetch == "tars" else
             {"bytes": 0, "how": f"none: members are held in memory, {workers} + 1 at a time per worker "
@@ -193,42 +240,67 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float,
                          "a state is written), fp32"
                   if n_params else f"train.init {params['train']['init']!r}: size unknown"},
     }
-    time_s: dict[str, dict[str, Any]] = {}
-    if fetch == "members":
-        from ups.stages.index_members import WALKS_PER_WORKER
 
-        walks = WALKS_PER_WORKER * workers
-        time_s["index-members"] = {
-            "s": walk * latency_s / walks,
-            "how": f"~{walk} header reads (one per file of the chosen tars), {latency_s * 1e3:g} ms "
-                   f"each (--latency-ms), {walks} tars at a time"}
-    time_s["download"] = {"s": fetched / (mb_per_s * 1e6) if mb_per_s > 0 else None,
-                          "how": f"{fetched / GB:.1f} GB ({fetch}) at {mb_per_s:g} MB/s (--mb-per-s)"}
+
+def _compute_times(project: Path, params: dict[str, Any], hours: float,
+                   decoded_s: float) -> dict[str, dict[str, Any]]:
+    """prepare-audio, fit-kmeans and assign-labels from the recorded benchmarks."""
+    out: dict[str, dict[str, Any]] = {}
+    audio_s = hours * 3600
     workers = int(params["prepare_audio"]["workers"])
     if (pa := _bench("prepare_audio", project)) is not None:
         x = float(pa["end_to_end"]["workers_1"]["x_real_time_per_core_wall"])
-        time_s["prepare-audio"] = {"s": decoded_s / (x * workers),
-                                   "how": f"{decoded_s / 3600:.1f} h decoded at {x:.0f}x real time "
-                                          f"per worker, {workers} worker(s)"}
+        out["prepare-audio"] = {"s": decoded_s / (x * workers),
+                                "how": f"{decoded_s / 3600:.1f} h decoded at {x:.0f}x real time "
+                                       f"per worker, {workers} worker(s)"}
     if (km := _bench("kmeans", project)) is not None:
         frames = min(float(params["kmeans"]["sample_hours"]), hours) * 3600 * FRAME_RATE
         per_frame = km["fit"]["seconds"] / km["frames"]
-        time_s["fit-kmeans"] = {"s": frames * per_frame,
-                                "how": f"{frames / 1e6:.1f} M frames at the bench's "
-                                       f"{km['frames'] / km['fit']['seconds'] / 1e6:.2f} M frames/s"}
+        out["fit-kmeans"] = {"s": frames * per_frame,
+                             "how": f"{frames / 1e6:.1f} M frames at the bench's "
+                                    f"{km['frames'] / km['fit']['seconds'] / 1e6:.2f} M frames/s"}
         fps = km["assign"]["k100_threads1"]["frames_per_s_per_core"]
-        time_s["assign-labels"] = {"s": audio_s * FRAME_RATE / fps,
-                                   "how": f"{audio_s * FRAME_RATE / 1e6:.1f} M frames at "
-                                          f"{fps / 1e6:.2f} M frames/s (k=100, one core)"}
-    time_s["train"] = {"s": None, "how": "no GPU benchmark recorded yet "
-                                         "(python -m bench.train --device cuda --model base)"}
+        out["assign-labels"] = {"s": audio_s * FRAME_RATE / fps,
+                                "how": f"{audio_s * FRAME_RATE / 1e6:.1f} M frames at "
+                                       f"{fps / 1e6:.2f} M frames/s (k=100, one core)"}
+    out["train"] = {"s": None, "how": "no GPU benchmark recorded yet "
+                                      "(python -m bench.train --device cuda --model base)"}
+    return out
+
+
+def build(project: Path, params: dict[str, Any], *, mb_per_s: float, latency_s: float = 0.05,
+          hub_per_5min: dict[str, int] | None = None) -> dict[str, Any]:
+    """The plan as numbers, from the outputs of the stages up to select (already run)."""
+    from ups.config import DatasetConfig, from_dict
+    from ups.dataset import pinned_config
+    from ups.stages.index_members import WALKS_PER_WORKER
+
+    meta_dir, select_dir = project / "data" / "meta", project / "data" / "select"
+    report = _read(select_dir / "report.json")
+    if report is None or _read(meta_dir / "fetch_meta.json") is None:
+        raise PlanError(f"no selection report under {select_dir} (or no {meta_dir}/fetch_meta.json)")
+    ds_cfg = pinned_config(from_dict(DatasetConfig, params["dataset"], "dataset"),
+                           meta_dir / "fetch_meta.json")
+    fetch = ds_cfg.fetch
+    if report["download"]["fetch"] != fetch:
+        raise PlanError(f"data/select was made with dataset.fetch {report['download']['fetch']}, "
+                        f"params.yaml says {fetch}: run without --no-repro")
+    download = _members_download(project, report) if fetch == "members" else _tars_download(ds_cfg, report)
+    hours = float(report["selected_hours"])
+    decoded_s = _decoded_seconds(select_dir / "chunks.parquet")
+    hub = (hub_requests(fetch, download["n_tars"], hub_per_5min or HUB_PER_5MIN)
+           if ds_cfg.source == "hub" else None)
+    time_s = transfer_times(download, mb_per_s=mb_per_s, latency_s=latency_s,
+                            walks=WALKS_PER_WORKER * ds_cfg.download_workers,
+                            member_streams=ds_cfg.download_workers * int(params["prepare_audio"]["workers"]))
+    time_s.update(_compute_times(project, params, hours, decoded_s))
     return {
         "select_hours": float(params["select"]["hours"]), "selected_hours": hours,
         "target_reached": bool(report.get("target_reached_within_1pct")),
         "n_chunks": int(report["n_chunks"]), "decoded_hours": decoded_s / 3600,
-        "fetch": fetch, "download": download,
-        "disk": disk, "time": time_s, "source": ds_cfg.source,
-        "schedule": _schedule(params, report),
+        "fetch": fetch, "download": download, "hub": hub,
+        "disk": _disk(project, params, fetch, download, hours * 3600), "time": time_s,
+        "source": ds_cfg.source, "schedule": _schedule(params, report),
     }
 
 
@@ -258,22 +330,44 @@ def _dur(s: float | None) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def _format_download(plan: dict[str, Any]) -> list[str]:
+    d = plan["download"]
+    out = [f"Download (dataset.fetch: {plan['fetch']}): {_gb(d['bytes'])} from {d['n_tars']} tars"]
+    if plan["fetch"] == "members":
+        w, m = d["header_walk"], d["members"]
+        out += [f"  header walk  {w['requests']} ranged reads, {_gb(w['bytes'])} "
+                f"(~{w['members_per_tar']:.0f} members a tar), {w['how']}",
+                f"  members      {m['n_members']} files, {_gb(m['bytes'])}, {m['how']}",
+                "  (whole tars would choose other tars: -S dataset.fetch=tars plans that run)"]
+    else:
+        out.append(f"  tars         {d['n_tars']} whole tars, {_gb(d['tars']['bytes'])}, {d['tars']['how']}")
+    hub = plan.get("hub")
+    if not hub:
+        return [*out, "", f"Hub requests: none (dataset.source: {plan['source']})"]
+    out += ["", "Hub requests after select (free account's budget per 5 min, "
+                "huggingface.co/docs/hub/rate-limits; --api-calls-per-5min, --resolves-per-5min):"]
+    for bucket, what in (("api", "API (paths-info, one per 50 tars a stage)"),
+                         ("resolve", "/resolve/ (one per tar a stage)")):
+        b = hub[bucket]
+        stages = ", ".join(f"{k} {v}" for k, v in b["by_stage"].items())
+        floor = (f"at least {_dur(b['least_time_s'])} by the limit" if b["least_time_s"] > 0
+                 else "within one window")
+        out.append(f"  {what:<44} {b['calls']:>7} of {b['per_5min']} ({stages}): {floor}")
+    return out
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     reached = ("target reached" if plan["target_reached"]
                else "SHORT of the target (see data/select/report.json)")
     out = [f"Plan for select.hours={plan['select_hours']:g}: {plan['selected_hours']:.2f} h in "
            f"{plan['n_chunks']} chunks, {reached}",
-           f"Source audio decoded: {plan['decoded_hours']:.1f} h", "", "Download:"]
-    for strategy, d in plan["download"].items():
-        mark = "  <- dataset.fetch" if strategy == plan["fetch"] else ""
-        what = (f"{d['n_tars']} tars" if strategy == "tars"
-                else f"{d['n_members']} members of {d['n_tars']} tars")
-        out.append(f"  {strategy:<8} {what}, {_gb(d['bytes'])}, {d['how']}{mark}")
+           f"Source audio decoded: {plan['decoded_hours']:.1f} h", "", *_format_download(plan)]
     out += ["", "Disk per stage:"]
     out += [f"  {k:<26} {_gb(v['bytes']):>10}  {v['how']}" for k, v in plan["disk"].items()]
     total = sum(v["bytes"] or 0 for v in plan["disk"].values())
     out.append(f"  {'total':<26} {_gb(total):>10}  (the DVC cache holds outputs again unless it links)")
-    out += ["", "Time (bench/results, a 2-core machine without GPU):"]
+    out += ["", "Time (transfers at --latency-ms and --mb-per-s; the rest from bench/results, a 2-core "
+                "machine without GPU):"]
     out += [f"  {k:<26} {_dur(v['s']):>10}  {v['how']}" for k, v in plan["time"].items()]
     sch = plan.get("schedule")
     if sch:
@@ -290,7 +384,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def run(project: Path, hours: float, *, params_path: Path, mb_per_s: float, repro: bool = True,
-        as_json: bool = False, latency_ms: float = 50.0) -> int:
+        as_json: bool = False, latency_ms: float = 50.0, hub_per_5min: dict[str, int] | None = None) -> int:
     import yaml
 
     if hours <= 0:
@@ -304,7 +398,8 @@ def run(project: Path, hours: float, *, params_path: Path, mb_per_s: float, repr
         if res.returncode != 0:
             raise PlanError(f"dvc repro {' '.join(REPRO_TARGETS)} failed (exit {res.returncode})")
     params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    plan = build(project, params, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3)
+    plan = build(project, params, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3,
+                 hub_per_5min=hub_per_5min)
     if as_json:
         sys.stdout.write(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

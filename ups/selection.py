@@ -24,9 +24,14 @@ The policy (select's docs repeat it):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ups.config import SelectConfig
 
 
 @dataclass
@@ -221,3 +226,162 @@ def cap_per_group(group: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
     start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
     keep[order[(np.arange(len(g)) - start) >= cap]] = False
     return keep
+
+
+# --------------------------------------------------------------------------------------------
+# The whole-tar policy (`dataset.fetch: tars`), steps 1-5 over the indices' arrays
+# --------------------------------------------------------------------------------------------
+
+BATCH_FILES = 50_000  # files per batch of whole tars while candidates are built
+
+
+@dataclass
+class ScoredCandidates:
+    """Candidates left after the per-file and per-tar caps, with the score that ranks them."""
+
+    file: np.ndarray  # int64 row of files.parquet
+    start_s: np.ndarray
+    ratio: np.ndarray
+    score: np.ndarray  # ratio, then file VAD density, then a seeded key (step 5)
+    n_before_caps: int = 0
+
+    @classmethod
+    def empty(cls) -> ScoredCandidates:
+        z = np.zeros(0)
+        return cls(z.astype(np.int64), z, z, z, 0)
+
+    def take(self, keep: np.ndarray) -> ScoredCandidates:
+        return ScoredCandidates(self.file[keep], self.start_s[keep], self.ratio[keep],
+                                self.score[keep], self.n_before_caps)
+
+    @classmethod
+    def concat(cls, parts: list[ScoredCandidates]) -> ScoredCandidates:
+        if not parts:
+            return cls.empty()
+        return cls(np.concatenate([p.file for p in parts]).astype(np.int64),
+                   np.concatenate([p.start_s for p in parts]), np.concatenate([p.ratio for p in parts]),
+                   np.concatenate([p.score for p in parts]), sum(p.n_before_caps for p in parts))
+
+
+@dataclass
+class FileTable:
+    """Per-file arrays of the VAD index that the policies read (row i = row i of files.parquet)."""
+
+    tar: np.ndarray  # int64, sorted (index-vad writes files.parquet sorted by tar)
+    language: np.ndarray  # int64 number of the file's language; -1: not a chosen language
+    duration_s: np.ndarray
+    density: np.ndarray  # VAD speech / duration
+    eligible: np.ndarray  # sorted rows of the files that may be selected
+
+
+@dataclass
+class CandidatePool:
+    """The capped candidates of every eligible file, reduced to what the policies choose from."""
+
+    tar_numbers: np.ndarray  # sorted tars holding an eligible file (rows of avail_hours)
+    avail_hours: np.ndarray  # tars x languages: hours of capped candidates
+    file_chunks: np.ndarray  # capped candidates per file (every row of files.parquet)
+    n_candidates: int  # before the caps
+    n_after_caps: int
+
+
+@dataclass
+class Selection:
+    """The chunks a fetch policy chose (in no particular order) and what its limit let through."""
+
+    file: np.ndarray
+    start_s: np.ndarray
+    ratio: np.ndarray
+    n_tars_chosen: int  # tars the policy chose (whole tars) or whose candidates it read (members)
+    within_limit_hours: float  # capped candidate hours the download limit lets through
+    limit: dict  # the limit's parameters and state, for the report's download.limit
+    hours_scale: float = 1.0  # members: the share of every language's hours that fits the budget
+
+
+CandidatesOf = Callable[[np.ndarray], ScoredCandidates]  # capped candidates of whole tars' files
+
+
+def max_chunks(fraction: float, hours: float, chunk_s: float) -> int:
+    """Step 2's cap in chunks: `fraction` of the target hours, at least one chunk."""
+    return max(1, int(fraction * hours / (chunk_s / 3600.0)))
+
+
+def score_and_cap(c: Candidates, density: np.ndarray, tar: np.ndarray, chunk_s: float, seed: int,
+                  max_file_chunks: int, max_tar_chunks: int) -> ScoredCandidates:
+    """Score candidates (depends only on the chunk, not on the batch) and apply the caps."""
+    score = c.ratio + 1e-3 * density[c.file] + 1e-6 * tie_break(c.file, c.start_s, chunk_s, seed)
+    keep = cap_per_group(c.file, score, max_file_chunks)
+    keep[keep] = cap_per_group(tar[c.file[keep]], score[keep], max_tar_chunks)
+    return ScoredCandidates(c.file[keep], c.start_s[keep], c.ratio[keep], score[keep], len(c.file))
+
+
+def tar_batches(rows: np.ndarray, tar: np.ndarray, batch_files: int = BATCH_FILES) -> Iterator[np.ndarray]:
+    """Split `rows` (sorted by tar) into runs of about `batch_files` files, never splitting a tar."""
+    lo = 0
+    while lo < len(rows):
+        hi = min(lo + batch_files, len(rows))
+        if hi < len(rows):
+            last = tar[rows[hi - 1]]
+            hi = lo + int(np.searchsorted(tar[rows[lo:]], last, side="right"))
+        yield rows[lo:hi]
+        lo = hi
+
+
+def pool_candidates(files: FileTable, n_langs: int, chunk_s: float,
+                    candidates_of: CandidatesOf) -> CandidatePool:
+    """Steps 1-2 over every eligible file, a batch of whole tars at a time: only the (tar,
+    language) hours and the count per file are kept, so memory stays bounded by one batch."""
+    chunk_h = chunk_s / 3600.0
+    tar_numbers = np.unique(files.tar[files.eligible])
+    avail = np.zeros((len(tar_numbers), n_langs))
+    file_chunks = np.zeros(len(files.tar), dtype=np.int64)
+    n_candidates = n_after_caps = 0
+    for rows in tar_batches(files.eligible, files.tar):
+        c = candidates_of(rows)
+        n_candidates += c.n_before_caps
+        n_after_caps += len(c.file)
+        np.add.at(avail, (np.searchsorted(tar_numbers, files.tar[c.file]), files.language[c.file]),
+                  chunk_h)
+        uniq, n = np.unique(c.file, return_counts=True)
+        file_chunks[uniq] += n
+    return CandidatePool(tar_numbers, avail, file_chunks, n_candidates, n_after_caps)
+
+
+def share_gap(chunks_per_language: np.ndarray, shares: np.ndarray) -> float:
+    """The largest gap between a language's share of the chosen chunks and its temperature share."""
+    total = float(np.sum(chunks_per_language))
+    if total <= 0:
+        return float(np.max(shares, initial=0.0))
+    return float(np.max(np.abs(np.asarray(chunks_per_language) / total - shares), initial=0.0))
+
+
+def best_per_language(language: np.ndarray, score: np.ndarray, n_chunks: np.ndarray) -> np.ndarray:
+    """Keep mask: per language its n_chunks[k] best-scored candidates (step 5)."""
+    keep = np.zeros(len(language), dtype=bool)
+    for k, n in enumerate(n_chunks.tolist()):
+        rows = np.flatnonzero(language == k)
+        if n and len(rows):
+            keep[rows[np.argsort(-score[rows], kind="stable")[:n]]] = True
+    return keep
+
+
+def select_whole_tars(files: FileTable, pool: CandidatePool, shares: np.ndarray,
+                      tar_density: np.ndarray, cfg: SelectConfig,
+                      candidates_of: CandidatesOf) -> Selection:
+    """Steps 3-5 for `dataset.fetch: tars`: quotas, the greedy tar choice up to select.max_tars,
+    quotas again over the chosen tars, then the best chunks of each language in them."""
+    chunk_h = cfg.chunk_seconds / 3600.0
+    quota_all = water_fill(shares, pool.avail_hours.sum(axis=0), cfg.hours)
+    # 0.5 % of what can be taken: of select.hours, or of all the data when it holds less
+    chosen = choose_tars(pool.avail_hours, quota_all, tar_density, pool.tar_numbers, cfg.max_tars,
+                         tolerance=0.005 * float(quota_all.sum()))
+    avail_chosen = pool.avail_hours[chosen].sum(axis=0)
+    quota = water_fill(shares, avail_chosen, cfg.hours)
+    in_tars = files.eligible[np.isin(files.tar[files.eligible], pool.tar_numbers[chosen])]
+    cands = candidates_of(in_tars)
+    cap = np.round(avail_chosen / chunk_h).astype(np.int64)
+    n_chunks = largest_remainder(quota / chunk_h, int(round(cfg.hours / chunk_h)), cap)
+    keep = best_per_language(files.language[cands.file], cands.score, n_chunks)
+    return Selection(cands.file[keep], cands.start_s[keep], cands.ratio[keep],
+                     n_tars_chosen=len(chosen), within_limit_hours=float(avail_chosen.sum()),
+                     limit={"max_tars": cfg.max_tars})

@@ -28,6 +28,15 @@ def write_indices(root: Path, hours: dict[str, float], *, file_s: float = 600.0,
     order = np.random.default_rng(seed).permutation(len(durs))
     tar = np.empty(len(durs), dtype=np.int32)
     tar[order] = np.arange(len(durs)) // files_per_tar + 1
+    return write_files(root, [(int(t), lang, d) for t, lang, d in zip(tar, langs, durs, strict=True)])
+
+
+def write_files(root: Path, layout: list[tuple[int, str, float]]) -> Path:
+    """The three indices for files given as (tar, language, duration_s), all speech; keys
+    `item<i>/<language>_<i>` by position in `layout`. Returns root."""
+    tar = np.array([t for t, _, _ in layout], dtype=np.int32)
+    langs = [lang for _, lang, _ in layout]
+    durs = [d for _, _, d in layout]
     keys = [f"item{i}/{langs[i]}_{i}" for i in range(len(durs))]
     rows = sorted(range(len(durs)), key=lambda i: (int(tar[i]), keys[i]))
     d = np.array([durs[i] for i in rows])

@@ -45,8 +45,11 @@ def test_members_replace_the_tar_limit_and_balance_better(index_dir, tmp_path):
         assert 0 < d["members"]["bytes_estimate"] < d["tars"]["bytes_estimate"]
         assert d["members"]["n_files"] == len({(c["tar"], c["key"]) for c in (
             chunks if fetch == "members" else pq.read_table(tmp_path / "t" / "chunks.parquet").to_pylist())})
-    assert by_members["download"]["limit"] == {"max_download_gb": 0.0, "budget_bound": False,
-                                               "hours_scale": 1.0}
+    limit = by_members["download"]["limit"]
+    assert {k: limit[k] for k in ("max_download_gb", "budget_bound", "hours_scale", "balance_tolerance")} \
+        == {"max_download_gb": 0.0, "budget_bound": False, "hours_scale": 1.0, "balance_tolerance": 0.0}
+    assert by_members["n_tars"] <= limit["tars_opened"]
+    assert limit["language_share_gap"] == pytest.approx(_imbalance(by_members))
     # a member estimate is the chosen files' audio at mp3_bytes_per_second
     assert by_members["download"]["members"]["bytes_estimate"] == pytest.approx(
         by_members["download"]["members"]["audio_hours"] * 3600 * BASE.mp3_bytes_per_second, rel=1e-6)
@@ -113,3 +116,86 @@ def test_dataset_fetch_is_validated_by_name():
     assert from_dict(DatasetConfig, section, "dataset").fetch == "members"  # the default
     with pytest.raises(ConfigError, match="dataset.fetch must be one of 'members', 'tars', got 'bytes'"):
         from_dict(DatasetConfig, {**section, "fetch": "bytes"}, "dataset")
+
+
+# --- tars opened: the header walk reads one header per member of every tar touched ----------
+
+CHUNK_H = 10 / 3600
+DENSE = SelectConfig(hours=50 * CHUNK_H, max_file_fraction=1.0, max_tar_fraction=1.0,
+                     hours_table="computed", valid_fraction=0.0, eval_fraction=0.0,
+                     max_download_gb=0.0)
+
+
+@pytest.fixture(scope="module")
+def dense_and_spread(tmp_path_factory):
+    """Tars 1 and 2 each hold 5 en and 5 es files of 55 s (25 candidates per language); tars
+    3-22 each hold one en and one es file of 60 s: 6 candidates each, more chunks per byte."""
+    from tests.stages.table_fixture import write_files
+
+    layout = [(t, lang, 55.0) for t in (1, 2) for lang in ("en", "es") for _ in range(5)]
+    layout += [(t, lang, 60.0) for t in range(3, 23) for lang in ("en", "es")]
+    return write_files(tmp_path_factory.mktemp("dense"), layout)
+
+
+def test_members_come_from_the_fewest_tars_that_meet_the_quotas(dense_and_spread, tmp_path):
+    # 25 chunks per language: the files with most chunks per byte lie in tars 3-22, one per tar
+    # and language (3 header reads per tar); tar 1 alone holds 25 candidates of each language
+    select.run(DENSE, index_dir=dense_and_spread, out_dir=tmp_path / "m", fetch="members")
+    rep = read_json(tmp_path / "m" / "report.json")
+    assert rep["n_tars"] == 1 and rep["tars"] == [1]
+    assert rep["hours_after"] == pytest.approx({"en": 25 * CHUNK_H, "es": 25 * CHUNK_H})
+    assert rep["download"]["limit"]["tars_opened"] == 1
+    assert rep["download"]["limit"]["language_share_gap"] == pytest.approx(0.0)
+    walk = rep["download"]["members"]["header_walk"]  # tar 1 holds 10 files
+    assert walk["requests_estimate"] == 11 and walk["bytes_estimate"] == 11 * 2048
+    assert rep["download"]["members"]["n_files"] == 10
+
+
+def test_header_read_size_is_the_member_walks_window():
+    from ups.member_index import WINDOW
+    from ups.select_report import HEADER_READ_BYTES
+
+    assert HEADER_READ_BYTES == WINDOW
+
+
+def test_open_tars_stops_within_the_tolerance():
+    # language 1's quota (all of it, 1 h) lies in three tars: 0.5, 0.25, 0.25 h
+    avail = np.array([[9.0, 0.5], [0.0, 0.25], [0.0, 0.25]])
+    shares = np.array([0.9, 0.1])
+    args = (avail, shares, np.ones(3), np.array([10, 11, 12]), 10.0)
+    assert msel.open_tars(*args, tolerance=0.0).tolist() == [0, 1, 2]
+    assert msel.open_tars(*args, tolerance=0.025).tolist() == [0, 1]  # 0.25 h of 10 left
+    assert msel.open_tars(*args, tolerance=0.05).tolist() == [0]  # 0.5 h of 10 left
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_open_tars_covers_every_quota_but_the_tolerance(seed):
+    from ups import selection as sel
+
+    rng = np.random.default_rng(seed)
+    avail = rng.exponential(1.0, (60, 5)) * (rng.random((60, 5)) < 0.3)
+    shares = sel.temperature_shares(avail.sum(axis=0), 0.5)
+    hours = float(rng.uniform(0.2, 1.2)) * avail.sum()
+    quota = sel.water_fill(shares, avail.sum(axis=0), hours)
+    for tol in (0.0, 0.01, 0.1):
+        opened = msel.open_tars(avail, shares, np.ones(60), np.arange(60), hours, tol)
+        uncovered = np.maximum(quota - avail[opened].sum(axis=0), 0.0).sum()
+        assert uncovered <= tol * quota.sum() + 1e-9
+        assert len(opened) <= int(np.sum(avail.sum(axis=1) > 0))
+
+
+def test_a_tolerance_moves_each_share_by_at_most_itself(index_dir, tmp_path):
+    _, exact = _select(index_dir, tmp_path, "e", "members")
+    _, loose = _select(index_dir, tmp_path, "l", "members", balance_tolerance=0.2)
+    assert loose["download"]["limit"]["tars_opened"] < exact["download"]["limit"]["tars_opened"]
+    chunk_share = 1 / loose["n_chunks"]
+    for lang, h in exact["hours_after"].items():
+        assert abs(loose["hours_after"][lang] / loose["selected_hours"] - h / exact["selected_hours"]) \
+            <= 0.2 + chunk_share
+
+
+def test_balance_tolerance_is_validated():
+    from ups.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"select.balance_tolerance must be in \[0, 1\)"):
+        SelectConfig(balance_tolerance=-0.1)
