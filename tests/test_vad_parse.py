@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SAMPLE
-from tests.faults.test_bad_input import _bad_lines, _vad_line
+from tests.jsonl_lines import bad_lines, vad_line
 from tests.stages.meta_fixture import write_meta
 from ups.key_batch import normalize_keys
 from ups.keys import normalize_key
@@ -320,7 +320,7 @@ def _odd_line(draw) -> bytes:
 
 
 @CASES
-@given(st.lists(st.one_of(_odd_line(), st.integers(0, 50).map(_vad_line), _bad_lines(st.just(_vad_line(1)))),
+@given(st.lists(st.one_of(_odd_line(), st.integers(0, 50).map(vad_line), bad_lines(st.just(vad_line(1)))),
                 min_size=1, max_size=80), st.integers(1, 30))
 def test_hypothesis_lines_parse_as_the_reference(lines, block_lines):
     assert_as_reference(lines, block_lines)

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.faults.harness import SAMPLE
+from tests.jsonl_lines import bad_lines, lid_line, vad_line
 from ups.atomic import read_json
 from ups.config import (
     DatasetConfig,
@@ -58,32 +58,6 @@ def test_sample_corpus_awkward_cases_are_counted(reference, figures):
 
 # --- fuzzed JSONL lines ------------------------------------------------------------------------
 
-def _vad_line(i: int) -> bytes:
-    return orjson.dumps({f"item{i}/f{i}.x": {"tar_number": f"{i % 7 + 1:06d}", "duration": 12.5,
-                         "timestamps": [{"start": 0, "end": 16000 * (i % 5 + 1)}]}})
-
-
-def _lid_line(i: int) -> bytes:
-    return orjson.dumps({"tar_number": f"{i % 7 + 1:06d}", "filepath": f"/data/item{i}/f{i}.x.mp3",
-                         "prediction": ["en", "sw", "de"][i % 3]})
-
-
-_text = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)),
-                min_size=1, max_size=80).filter(lambda s: s.strip() and not s.strip().startswith("{"))
-
-
-def _bad_lines(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    return st.one_of(
-        valid.flatmap(lambda v: st.integers(1, len(v) - 1).map(lambda n: v[:n])),  # truncated
-        _text.map(str.encode),                                                        # garbage
-        st.binary(min_size=1, max_size=60).filter(
-            lambda b: b"\n" not in b and b"\r" not in b and b.strip() and not b.strip().startswith(b"{")),
-        st.one_of(st.integers(-2**63, 2**63 - 1), st.lists(st.integers(-2**31, 2**31), max_size=3),
-                  st.just(None), st.booleans(),
-                  st.floats(allow_nan=False, allow_infinity=False)).map(orjson.dumps),
-    )
-
-
 def _fuzz_jsonl(make, bad_lines, order, tmp: Path) -> tuple[Path, set[int], int]:
     lines, valid = [], set()
     bad_iter = iter(bad_lines)
@@ -100,14 +74,14 @@ def _fuzz_jsonl(make, bad_lines, order, tmp: Path) -> tuple[Path, set[int], int]
 
 def _case(make):
     return st.integers(0, 30).flatmap(lambda n_bad: st.tuples(
-        st.lists(_bad_lines(st.integers(0, 99).map(make)), min_size=n_bad, max_size=n_bad),
+        st.lists(bad_lines(st.integers(0, 99).map(make)), min_size=n_bad, max_size=n_bad),
         st.permutations([True] * n_bad + [False] * 40)))
 
 
 def check_vad(figures, case) -> None:
     bad, order = case
     with tempfile.TemporaryDirectory() as d:
-        path, valid, n_bad = _fuzz_jsonl(_vad_line, bad, order, Path(d))
+        path, valid, n_bad = _fuzz_jsonl(vad_line, bad, order, Path(d))
         index_vad.run(IndexVadConfig(), vad_jsonl=path, out_dir=Path(d) / "out")
         report = read_json(Path(d) / "out/report.json")
         keys = pq.read_table(Path(d) / "out/files.parquet")["key"].to_pylist()
@@ -119,7 +93,7 @@ def check_vad(figures, case) -> None:
 def check_lid(figures, case) -> None:
     bad, order = case
     with tempfile.TemporaryDirectory() as d:
-        path, valid, n_bad = _fuzz_jsonl(_lid_line, bad, order, Path(d))
+        path, valid, n_bad = _fuzz_jsonl(lid_line, bad, order, Path(d))
         index_lang.run(IndexLangConfig(), lid_jsonl=path, out_dir=Path(d) / "out")
         report = read_json(Path(d) / "out/report.json")
         keys = pq.read_table(Path(d) / "out/lid.parquet")["key"].to_pylist()
@@ -129,28 +103,28 @@ def check_lid(figures, case) -> None:
 
 
 @FAST
-@given(_case(_vad_line))
-def test_fuzzed_vad_lines_ci(figures, case):
+@given(_case(vad_line))
+def test_fuzzedvad_lines_ci(figures, case):
     check_vad(figures, case)
 
 
 @FAST
-@given(_case(_lid_line))
-def test_fuzzed_lid_lines_ci(figures, case):
+@given(_case(lid_line))
+def test_fuzzedlid_lines_ci(figures, case):
     check_lid(figures, case)
 
 
 @pytest.mark.stress
 @STRESS
-@given(_case(_vad_line))
-def test_fuzzed_vad_lines(figures, case):
+@given(_case(vad_line))
+def test_fuzzedvad_lines(figures, case):
     check_vad(figures, case)
 
 
 @pytest.mark.stress
 @STRESS
-@given(_case(_lid_line))
-def test_fuzzed_lid_lines(figures, case):
+@given(_case(lid_line))
+def test_fuzzedlid_lines(figures, case):
     check_lid(figures, case)
 
 
