@@ -40,9 +40,10 @@ from ups.kmeans import (
     Normaliser,
     TorchAssigner,
     assign,
-    entropy_bits,
-    mutual_information_from_counts,
+    joint_counts,
+    language_figures,
     usage,
+    usage_figures,
 )
 from ups.progress import bar
 from ups.report import write_report
@@ -285,26 +286,9 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
 def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg: Any, *, model: Path,
          features_dir: Path, audio_dir: Path, chunks: Path, out_dir: Path,
          train: TrainConfig | None) -> dict[str, Any]:
+    """Label this process's share, then (the process that finishes) join and report."""
     m = load_model(model)
-    source = None
-    if features.kind == "hubert":
-        from ups.hubert_features import feature_model
-
-        source = feature_model(features, train)
-    check_model(m, model, features, source)
-    k = int(m["n_clusters"])
-    extract = None
-    if features.kind == "hubert":
-        from ups.hubert_features import LayerFeatures, pick_device, pick_precision
-
-        assert source is not None
-        normalize_audio = (train or TrainConfig()).normalize_audio
-        check_waveform(m, model, normalize_audio)
-        check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
-                        cfg.allow_precision_mismatch)
-        lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
-                           features.precision, normalize_audio)
-        extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+    extract = _labeller(cfg, features, m, model, train)
     if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
         if pg is not None:
@@ -314,11 +298,58 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
             log.info("%s: %s done; the stage's command run once after the array joins the labels and "
                      "writes the report", STAGE, share.describe())
         return {}
+    per_split, joint, languages = write_splits(cfg, features, m, features_dir, audio_dir, chunks, out_dir,
+                                               extract)
+    k = int(m["n_clusters"])
+    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
+                 "revision": str(m.get("revision", "")), "n_clusters": k}
+    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
+                              "n_clusters": k, "splits": per_split,
+                              "nearest_centroid": extract.method if extract is not None
+                              else "numpy on the CPU",
+                              "languages": languages, **language_figures(joint)}
+    write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
+    log.info("%s: I(cluster; language) = %.3f bits of H(language) = %.3f bits", STAGE,
+             fields["mi_cluster_language_bits"], fields["language_entropy_bits"])
+    return fields
+
+
+def _labeller(cfg: AssignLabelsConfig, features: FeaturesConfig, m: dict[str, Any], model: Path,
+              train: TrainConfig | None) -> HubertLabeller | None:
+    """The centroids checked against the features configured now; for HuBERT features, the
+    layer extractor and its nearest-centroid search (None for MFCC: numpy on the stored features)."""
+    source = None
+    if features.kind == "hubert":
+        from ups.hubert_features import feature_model
+
+        source = feature_model(features, train)
+    check_model(m, model, features, source)
+    if features.kind != "hubert":
+        return None
+    from ups.hubert_features import LayerFeatures, pick_device, pick_precision
+
+    assert source is not None
+    normalize_audio = (train or TrainConfig()).normalize_audio
+    check_waveform(m, model, normalize_audio)
+    check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
+                    cfg.allow_precision_mismatch)
+    lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
+                       features.precision, normalize_audio)
+    return HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+
+
+def write_splits(cfg: AssignLabelsConfig, features: FeaturesConfig, m: dict[str, Any], features_dir: Path,
+                 audio_dir: Path, chunks: Path, out_dir: Path, extract: HubertLabeller | None
+                 ) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+    """Each split's labels joined from the parts and written (chunk_ids, offsets, labels); returns
+    per split its counts and usage figures, the (cluster, language) frame counts of both splits
+    and the languages (sorted: the joint's columns)."""
     table = pq.read_table(chunks, columns=["chunk_id", "language"])
     lang_of = dict(zip(table.column("chunk_id").to_pylist(), table.column("language").to_pylist(),
                        strict=True))
     languages = sorted(set(lang_of.values()))
     lang_index = {lang: i for i, lang in enumerate(languages)}
+    k = int(m["n_clusters"])
     per_split: dict[str, Any] = {}
     joint = np.zeros((k, len(languages)), dtype=np.int64)
     for split in SPLITS:
@@ -329,31 +360,15 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
         _write_npy(out / "chunk_ids.npy", ids)
         _write_npy(out / "offsets.npy", offsets)
         _write_npy(out / "labels.npy", labels)
-        counts = usage(labels, k)
         frame_lang = np.repeat(np.array([lang_index[lang_of[int(c)]] for c in ids], dtype=np.int64),
                                np.diff(offsets))
-        joint += np.bincount(labels.astype(np.int64) * len(languages) + frame_lang,
-                             minlength=k * len(languages)).reshape(k, len(languages))
-        h = entropy_bits(counts)
+        joint += joint_counts(labels, frame_lang, k, len(languages))
+        counts = usage(labels, k)
         per_split[split] = {
             "n_chunks": int(len(ids)), "n_frames": int(len(labels)),
             "inertia_per_frame": inertia / max(1, len(labels)),
-            "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(k),
-            "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
+            **usage_figures(counts, k), "usage_histogram": counts.tolist(),
         }
         log.info("%s: %s: %d chunks, %d frames, usage entropy %.2f bits", STAGE, split, len(ids),
-                 len(labels), h)
-    mi = mutual_information_from_counts(joint)
-    lang_h = entropy_bits(joint.sum(axis=0))
-    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
-                 "revision": str(m.get("revision", "")), "n_clusters": k}
-    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
-                              "n_clusters": k, "splits": per_split,
-                              "nearest_centroid": extract.method if extract is not None
-                              else "numpy on the CPU",
-              "languages": languages, "mi_cluster_language_bits": mi,
-              "language_entropy_bits": lang_h,
-              "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}
-    write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
-    log.info("%s: I(cluster; language) = %.3f bits of H(language) = %.3f bits", STAGE, mi, lang_h)
-    return fields
+                 len(labels), per_split[split]["usage_entropy_bits"])
+    return per_split, joint, languages
