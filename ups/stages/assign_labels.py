@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ups import failpoints
 from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
+from ups.centroids import check_model, check_precision, check_waveform, load_model, model_digest
 from ups.config import AssignLabelsConfig, FeaturesConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
 from ups.kmeans import (
@@ -47,7 +48,6 @@ from ups.kmeans import (
 )
 from ups.progress import bar
 from ups.report import write_report
-from ups.stages.fit_kmeans import load_model
 from ups.work_share import WorkShare, join_gloo, work_share
 
 log = logging.getLogger(__name__)
@@ -58,19 +58,6 @@ PARTS_DIR = "_parts"
 DONE_DIR = "_done"
 AUDIO_DONE_DIR = "_done"  # prepare-audio's per-tar markers under the audio dir
 FORMAT_VERSION = 1
-
-
-def model_digest(model: dict[str, Any]) -> str:
-    """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
-    h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters",
-                 "normalize_audio", "precision"):
-        if name not in model:  # models fitted before `revision` was recorded
-            continue
-        a = np.asarray(model[name])
-        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
-    return h.hexdigest()
 
 
 def tar_fingerprint(model_sha: str, features: FeaturesConfig, split: str, tf: Any,
@@ -232,38 +219,6 @@ class HubertLabeller:
         if self.gpu is not None:
             return self.gpu(h, block_frames)
         return assign(self.norm.apply(h.numpy()), self.centroids, self.c_sq)
-
-
-def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source: Any) -> None:
-    """Refuse centroids fitted on other features than the ones configured now."""
-    fitted = (str(m["kind"]), int(m["layer"]), str(m["hubert_model"]), str(m.get("revision", "")))
-    wanted = (features.kind, features.layer if features.kind == "hubert" else 0,
-              source.name if source is not None else "",
-              source.pinned_revision if source is not None else "")
-    if fitted[:3] != wanted[:3] or (features.kind == "hubert" and "revision" in m
-                                    and fitted[3] != wanted[3]):
-        raise ValueError(f"{model} was fitted on {fitted[0]} features (layer {fitted[1]}, model "
-                         f"{fitted[2] or '-'} {fitted[3]}); features are now {wanted[0]} (layer "
-                         f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
-
-
-def check_waveform(m: dict[str, Any], model: Path, normalize_audio: bool) -> None:
-    """Refuse centroids fitted on features of another waveform normalisation than the trainer's."""
-    fitted = bool(m.get("normalize_audio", False))
-    if fitted != normalize_audio:
-        raise ValueError(f"{model} was fitted on features of audio with train.normalize_audio: "
-                         f"{str(fitted).lower()}; it is now {str(normalize_audio).lower()}: "
-                         "re-run fit-kmeans")
-
-
-def check_precision(m: dict[str, Any], model: Path, precision: str, allow_mismatch: bool) -> None:
-    """Refuse centroids fitted at another resolved precision (`features.precision: auto` is bf16
-    on a GPU and fp32 on a CPU: a fit on one machine and labels on another would mix them)."""
-    fitted = str(m.get("precision", ""))
-    if fitted and fitted != precision and not allow_mismatch:
-        raise ValueError(f"{model} was fitted on features computed in {fitted}; features.precision "
-                         f"resolves to {precision} here: set features.precision: {fitted} (or re-run "
-                         "fit-kmeans, or set assign_labels.allow_precision_mismatch: true)")
 
 
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,

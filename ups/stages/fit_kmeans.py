@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ups.atomic import atomic_write, clear_stale_tmp
+from ups.atomic import clear_stale_tmp
+from ups.centroids import write_model
 from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
 from ups.kmeans import Normaliser, assign, fit_kmeans, sample_frames, usage, usage_figures
@@ -120,22 +121,3 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
              fields["usage_entropy_bits"], np.log2(cfg.n_clusters), km.n_steps, extract_s, fit_s,
              time.perf_counter() - t0)
     return fields
-
-
-def write_model(path: Path, centroids: np.ndarray, norm: Normaliser, features: FeaturesConfig,
-                source: dict[str, Any], n_clusters: int) -> None:
-    """model.npz: the centroids and what they were fitted on (assign-labels refuses other features)."""
-    with atomic_write(path) as fh:
-        np.savez(fh, centroids=centroids, mean=norm.mean, std=norm.std,
-                 kind=np.array(features.kind), layer=np.array(features.layer if features.kind == "hubert"
-                                                              else 0, dtype=np.int64),
-                 hubert_model=np.array(source.get("hubert_model", "")),
-                 revision=np.array(source.get("revision", "")),
-                 normalize_audio=np.array(bool(source.get("normalize_audio", False))),
-                 precision=np.array(source.get("precision", "")),
-                 n_clusters=np.array(n_clusters, dtype=np.int64))
-
-
-def load_model(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
