@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ups.stages.index_lang import LID_SCHEMA
+from ups.lid_table import LID_SCHEMA
 from ups.vad_table import FILES_SCHEMA, TARS_SCHEMA
 
 
