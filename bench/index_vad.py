@@ -38,9 +38,10 @@ import pyarrow as pa
 pa.set_cpu_count(1); pa.set_io_thread_count(1)
 from pathlib import Path
 from ups.config import IndexVadConfig
+from ups import vad_table
 from ups.stages import index_vad
 parser = importlib.import_module(sys.argv[4])
-index_vad.parse_block, index_vad.repair_segments = parser.parse_block, parser.repair_segments
+vad_table.parse_block, vad_table.repair_segments = parser.parse_block, parser.repair_segments
 t = time.perf_counter()
 r = index_vad.run(IndexVadConfig(block_mb=int(sys.argv[3])), vad_jsonl=Path(sys.argv[1]),
                   out_dir=Path(sys.argv[2]))

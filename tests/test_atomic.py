@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ups.atomic import atomic_dir, atomic_write, is_done, mark_done, read_done, read_json, write_json
+from ups.atomic import atomic_dir, atomic_write, mark_done, read_done, read_json, write_json
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):
@@ -35,9 +35,9 @@ def test_atomic_dir(tmp_path):
 
 
 def test_markers_and_json(tmp_path):
-    assert not is_done(tmp_path, "000001")
+    assert read_done(tmp_path, "000001") is None
     mark_done(tmp_path, "000001", {"n": 3})
-    assert is_done(tmp_path, "000001") and read_done(tmp_path, "000001") == {"unit": "000001", "n": 3}
+    assert read_done(tmp_path, "000001") == {"unit": "000001", "n": 3}
     (tmp_path / "000002.done.json").write_text("{trunc")
     assert read_done(tmp_path, "000002") is None
     write_json(tmp_path / "x.json", {"b": 1, "a": [1, 2]})

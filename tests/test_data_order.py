@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from bench.data_order import contiguous_batches, mix, schedule_batches, synthetic_catalogue
-from ups.data_order import rank_schedule, step_micro_batches, steps_per_epoch, valid_batches, worker_share
+from ups.config import ConfigError
+from ups.data_order import (
+    elastic_accum,
+    rank_schedule,
+    step_micro_batches,
+    steps_per_epoch,
+    valid_batches,
+    worker_share,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +91,13 @@ def test_micro_batches_are_length_bucketed_within_the_step():
 def test_a_global_batch_the_ranks_cannot_split_is_refused():
     with pytest.raises(ValueError, match="global batch 24"):
         next(rank_schedule(np.full(100, 5), seed=0, global_batch=24, batch_size=5, rank=0, world_size=1))
+
+
+def test_a_resume_keeps_the_global_batch_with_the_accumulation_or_names_the_keys():
+    assert elastic_accum(8, 2, 2) == 2  # 8 chunks a step: 2 x 2 processes x accumulation 2
+    assert elastic_accum(64, 8, 8) == 1
+    with pytest.raises(ConfigError, match="train.batch_size 3 x 2 processes"):
+        elastic_accum(8, 3, 2)
 
 
 def test_validation_batches_do_not_depend_on_the_ranks():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ups.keys import normalize_key, parse_tar_number, tar_name, tar_path
+from ups.keys import normalize_key, parse_tar_number, tar_path
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,3 @@ def test_tar_path(n, path):
 def test_parse_tar_number_rejects(bad):
     with pytest.raises(ValueError):
         parse_tar_number(bad)
-
-
-def test_tar_name_pads():
-    assert tar_name("12") == "000012" and tar_name(5001) == "005001"

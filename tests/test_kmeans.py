@@ -8,9 +8,12 @@ from ups.kmeans import (
     entropy_bits,
     fit_kmeans,
     fit_normaliser,
-    mutual_information_bits,
+    joint_counts,
+    language_figures,
+    mutual_information_from_counts,
     sample_frames,
     usage,
+    usage_figures,
 )
 
 
@@ -113,11 +116,28 @@ def test_entropy_and_mutual_information_known_answers():
     assert entropy_bits(np.array([5, 0])) == 0.0
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     same = np.array([0, 0, 1, 1, 0, 0, 1, 1])
-    assert mutual_information_bits(labels, same, 4, 2) == pytest.approx(1.0)
+    assert mutual_information_from_counts(joint_counts(labels, same, 4, 2)) == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 5, 2000), rng.integers(0, 3, 2000)
-    assert mutual_information_bits(a, b, 5, 3) == pytest.approx(mutual_info_score(a, b) / np.log(2))
+    mi = mutual_information_from_counts(joint_counts(a, b, 5, 3))
+    assert mi == pytest.approx(mutual_info_score(a, b) / np.log(2))
     assert list(usage(np.array([0, 2, 2], np.int16), 4)) == [1, 0, 2, 0]
+
+
+def test_joint_counts_leave_out_frames_of_unknown_group():
+    joint = joint_counts(np.array([0, 1, 1, 2], np.int16), np.array([0, 1, -1, 1]), 3, 2)
+    assert joint.tolist() == [[1, 0], [0, 1], [0, 1]]
+
+
+def test_usage_and_language_figures_known_answers():
+    usage_of = usage_figures(np.array([2, 2, 0, 0]), 4)
+    assert usage_of == {"usage_entropy_bits": 1.0, "usage_entropy_normalised": 0.5, "empty_clusters": 2}
+    # two clusters, each all one language: the clusters tell the language exactly (1 bit of 1)
+    assert language_figures(np.array([[5, 0], [0, 5]])) == {"mi_cluster_language_bits": 1.0,
+                                                            "language_entropy_bits": 1.0,
+                                                            "mi_over_language_entropy": 1.0}
+    one = language_figures(np.array([[3], [4]]))  # one language: nothing to tell
+    assert set(one.values()) == {0.0} and len(one) == 3
 
 
 def test_fit_matches_sklearn_minibatch_quality_and_stops_early():

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from ups.audio import decode_mono_16k, to_int16
-from ups.probe import chance_levels, fit_probe, mean_pool, mfcc_stats
+from ups.probe import (
+    chance_levels,
+    fit_probe,
+    mean_pool,
+    mfcc_stats,
+    probe_candidates,
+    probe_metrics,
+    probe_rows,
+    probe_split,
+    score_probe,
+)
+from ups.report import Skips
 
 CHUNK = 5 * 16000
 
@@ -102,3 +113,69 @@ def test_mfcc_control_separates_sample_languages_well_above_chance(sample_root):
     shuffled = list(np.random.default_rng(0).permutation(ytr))
     r0 = fit_probe(np.array(xtr), shuffled, np.array(xte), yte)
     assert r0["accuracy"] < r["accuracy"] / 2, (r0["accuracy"], r["accuracy"])
+
+
+def test_probe_split_is_by_file_stratified_and_seeded():
+    rows = [{"chunk_id": c, "tar": 1, "key": f"f{c // 3}", "n_samples": 16000,
+             "lid_language": "en" if (c // 3) % 2 else "de"} for c in range(60)]
+    a = probe_split(rows, 0.5, seed=0)
+    assert (a == probe_split(rows, 0.5, seed=0)).all()
+    assert not (a == probe_split(rows, 0.5, seed=1)).all()
+    for f in range(20):  # whole files
+        assert len({bool(a[c]) for c in range(60) if c // 3 == f}) == 1
+    for lang in ("en", "de"):  # stratified: half of each language's 10 files
+        assert sum(bool(a[c]) for c in range(60) if rows[c]["lid_language"] == lang) == 15
+
+
+def test_candidates_are_chunks_of_files_with_a_language_by_chunk_id():
+    rows = [{"chunk_id": 5, "tar": 1, "key": "a"}, {"chunk_id": 2, "tar": 1, "key": "b"},
+            {"chunk_id": 3, "tar": 2, "key": "a"}, {"chunk_id": 4, "tar": 1, "key": "c"}]
+    lid = {(1, "a"): ("en", "train"), (1, "b"): ("nospeech", "train"), (2, "a"): ("de", "test")}
+    skips = Skips("test")
+    cands = probe_candidates(rows, lid, skips)
+    assert [(r["chunk_id"], r["lid_language"]) for r in cands] == [(3, "de"), (5, "en")]
+    assert skips.to_dict()["counts"] == {"not_a_language": 1, "no_lid_row": 1}
+
+
+def _probed(n_files: int = 8) -> tuple[dict, list[int]]:
+    """Two languages told apart by layer 1 only (layer 0 is noise); odd files are scored."""
+    rng = np.random.default_rng(0)
+    chosen, feats = [], {}
+    for c in range(4 * n_files):
+        f, lang = c // 4, "en" if (c // 4) % 2 else "de"
+        chosen.append({"chunk_id": c, "tar": 0, "key": f"f{f}", "lid_language": lang,
+                       "probe_test": f >= n_files // 2})
+        sep = np.full(3, 3.0 if lang == "en" else -3.0) + rng.normal(0, 0.1, 3)
+        layer = np.stack([rng.normal(0, 1, 3), sep])
+        feats[c] = {"mfcc": rng.normal(0, 1, 4), "init": layer, "continued": layer}
+    layers = [0, 1]
+    probe = score_probe(feats, chosen + [{**chosen[0], "chunk_id": 999}], layers, c=1.0, max_iter=200, seed=0)
+    return probe, layers
+
+
+def test_the_probe_fits_on_one_side_and_scores_on_the_other_per_layer():
+    probe, layers = _probed()
+    assert probe["n_chunks"] == 32  # chunk 999 has no features: not used
+    assert probe["files_fit"] == [f"000000/f{i}" for i in range(4)]
+    assert probe["files_test"] == [f"000000/f{i}" for i in range(4, 8)]
+    assert probe["mfcc"]["n_train"] == probe["mfcc"]["n_test"] == 16
+    assert probe["continued"]["1"]["accuracy"] == 1.0
+    m = probe_metrics(probe, layers)
+    assert m["continued"]["best_layer"] == 1 and m["continued"]["best_accuracy"] == 1.0
+    assert m["n_files_fit"] == 4 and m["n_languages_test"] == 2 and m["chance_uniform"] == 0.5
+    assert m["init"]["accuracy"] == {"layer_0": probe["init"]["0"]["accuracy"], "layer_1": 1.0}
+    rows = probe_rows(probe, layers)
+    assert [r["layer"] for r in rows] == [0, 1] and rows[1]["continued_accuracy"] == 1.0
+    assert rows[0]["mfcc_accuracy"] == probe["mfcc"]["accuracy"]
+
+
+def test_the_best_layer_ties_to_the_lower_one_and_an_unscored_probe_says_why():
+    same = {"accuracy": 0.5, "macro_f1": 0.4}
+    mf = {"n_train": 2, "n_test": 0, "languages_train": {"en": 2}, "languages_test": {},
+          "chance_uniform": None, "chance_majority": None, "accuracy": None, "macro_f1": None,
+          "reason": "one language"}
+    probe = {"files_fit": [], "files_test": [], "mfcc": mf, "init": {"0": same, "1": same},
+             "continued": dict.fromkeys(("0", "1"), {"accuracy": None, "macro_f1": None})}
+    m = probe_metrics(probe, [0, 1])
+    assert m["init"]["best_layer"] == 0 and m["init"]["mean_accuracy"] == 0.5
+    assert m["continued"]["best_layer"] is None and m["reason"] == "one language"

@@ -6,7 +6,14 @@ import pytest
 
 from ups.config import ConfigError
 from ups.plan import format_plan
-from ups.schedule import check_warmup, lr_at, plan_rows, warmup_steps_for
+from ups.schedule import (
+    check_same_schedule,
+    check_warmup,
+    lr_at,
+    plan_rows,
+    planned_steps,
+    warmup_steps_for,
+)
 
 # 8 GPUs x 100 h: about 32,400 training chunks after the valid and eval splits
 RUN = {"gpus": 8, "batch_size": "auto", "grad_accum": "auto", "epochs": 4, "max_steps": None}
@@ -42,3 +49,18 @@ def test_the_plan_prints_the_schedule_and_flags_a_warmup_too_long():
     h200 = next(line for line in text.splitlines() if "H200" in line)
     assert "global batch  1024 (2.84 h/step), 31 steps/epoch, 124 steps, warmup 500" in h200
     assert "refused" in h200 and "train.warmup_steps" in h200
+
+
+def test_max_steps_sets_the_total_else_epochs_do():
+    assert planned_steps(None, 3, 40) == 120
+    assert planned_steps(50, 3, 40) == 50  # epochs repeat as needed, or stop early
+
+
+def test_a_resume_with_another_schedule_is_refused_naming_the_key():
+    saved = {"max_steps": None, "epochs": 3}
+    check_same_schedule(saved, None, 3, "s")
+    with pytest.raises(ConfigError, match=r"train.epochs is 4 but the state s was made with train.epochs=3"):
+        check_same_schedule(saved, None, 4, "s")
+    with pytest.raises(ConfigError, match=r"train.max_steps is 10 .* train.max_steps=None"):
+        check_same_schedule(saved, 10, 3, "s")
+    check_same_schedule({"max_steps": 10, "epochs": 3}, 10, 7, "s")  # epochs do not count beside max_steps

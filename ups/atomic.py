@@ -161,10 +161,6 @@ def mark_done(done_dir: PathLike, unit: str, info: dict[str, Any] | None = None)
     write_json(marker_path(done_dir, unit), {"unit": unit, **(info or {})})
 
 
-def is_done(done_dir: PathLike, unit: str) -> bool:
-    return marker_path(done_dir, unit).is_file()
-
-
 def read_done(done_dir: PathLike, unit: str) -> dict[str, Any] | None:
     p = marker_path(done_dir, unit)
     if not p.is_file():

@@ -38,6 +38,22 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
     return n // global_batch
 
 
+def elastic_accum(global_batch: int, batch_size: int, world_size: int) -> int:
+    """The accumulation that keeps a state's global batch on `world_size` processes (a resume
+    on another GPU count trains the same chunks per step); a ConfigError when none can."""
+    per_step = batch_size * world_size
+    if global_batch % per_step:
+        from ups.config import ConfigError
+
+        raise ConfigError(
+            f"train: the state was trained at a global batch of {global_batch} chunks, which "
+            f"train.batch_size {batch_size} x {world_size} processes (train.gpus x train.nodes) cannot "
+            f"make with a whole train.grad_accum; choose train.batch_size and the process count so that "
+            f"their product divides {global_batch}, or train.resume: false to start afresh"
+        )
+    return global_batch // per_step
+
+
 def step_micro_batches(
     perm: np.ndarray, lengths: np.ndarray, step: int, global_batch: int, batch_size: int, seed: int,
     epoch: int,

@@ -1,5 +1,6 @@
 """Which device a stage runs on: a GPU that is expected but absent is an error, never a quiet
-fall-back to the CPU (eight "GPU" processes training on gloo and the CPU for days)."""
+fall-back to the CPU (eight "GPU" processes training on gloo and the CPU for days). And the
+precision the trainer computes in on that device."""
 
 from __future__ import annotations
 
@@ -38,3 +39,15 @@ def resolve_device(device: str, gpus: int, local_rank: int = 0, section: str = "
     if device == "auto":
         log.warning("%s.device auto: CUDA is not usable (%s); running on the CPU", section, cuda_problem())
     return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`train.precision` on this device: fp32 on the CPU (a mixed precision asked for is said in
+    a WARNING); `auto` on a GPU is bf16 where it is supported, else fp16."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            log.warning("train.precision=%s ignored on CPU: fp32", precision)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision

@@ -9,8 +9,6 @@ frames, aligned, with no padding or trimming. Every label array is checked again
 
 from __future__ import annotations
 
-import numpy as np
-
 SAMPLE_RATE = 16000
 CNN_WINDOW_SAMPLES = 400
 CNN_HOP_SAMPLES = 320
@@ -23,12 +21,6 @@ def n_cnn_frames(n_samples: int) -> int:
     if n_samples < CNN_WINDOW_SAMPLES:
         return 0
     return (n_samples - CNN_WINDOW_SAMPLES) // CNN_HOP_SAMPLES + 1
-
-
-def n_cnn_frames_array(n_samples: np.ndarray) -> np.ndarray:
-    """`n_cnn_frames` over an integer array."""
-    n = np.asarray(n_samples, dtype=np.int64)
-    return np.where(n < CNN_WINDOW_SAMPLES, 0, (n - CNN_WINDOW_SAMPLES) // CNN_HOP_SAMPLES + 1)
 
 
 def n_mfcc_frames(n_samples: int) -> int:

@@ -57,8 +57,3 @@ def tar_path(tar_number: int) -> str:
     n = parse_tar_number(tar_number)
     folder = "audio" if n <= TAR_SPLIT else "audio2"
     return f"{folder}/{n:06d}.tar"
-
-
-def tar_name(tar_number: int) -> str:
-    """The 6-digit, zero-padded form used in the metadata files (`"000123"`)."""
-    return f"{parse_tar_number(tar_number):06d}"

@@ -87,7 +87,6 @@ class KmeansFit:
     n_steps: int  # minibatch steps run
     converged: bool  # stopped by max_no_improvement (or tol) before max_iter epochs
     init_inertias: tuple[float, ...]  # inertia of each k-means++ init on the validation subsample
-    ewa_inertia: float  # smoothed mean batch inertia per frame at the end
 
 
 def _init_size(cfg: KmeansConfig, n: int) -> int:
@@ -181,17 +180,7 @@ def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
     for step in range(n_steps):
         xb = x[rng.integers(0, n, batch)]
         labels, batch_inertia = assign(xb, centres.astype(np.float32))
-        lab = labels.astype(np.int64)
-        nk = np.bincount(lab, minlength=k).astype(np.float64)
-        order = np.argsort(lab, kind="stable")
-        present = np.flatnonzero(nk)
-        starts = np.concatenate([[0], np.cumsum(nk[present]).astype(np.int64)[:-1]])
-        sums = np.add.reduceat(xb[order].astype(np.float64), starts, axis=0)
-        new_counts = counts[present] + nk[present]
-        old = centres[present] * counts[present, None]
-        shift = ((old + sums) / new_counts[:, None]) - centres[present]
-        centres[present] += shift
-        counts[present] = new_counts
+        shift = _update_centres(centres, counts, xb, labels)
         since_reassign += batch
         if cfg.reassignment_ratio > 0 and ((counts == 0).any() or since_reassign >= 10 * k):
             since_reassign = 0
@@ -210,8 +199,26 @@ def _fit(x: np.ndarray, cfg: KmeansConfig) -> KmeansFit:
         if no_improvement >= cfg.max_no_improvement:
             converged = True
             break
-    return KmeansFit(centres.astype(np.float32), step + 1, converged, tuple(inertias),
-                     float(ewa if ewa is not None else np.nan))
+    return KmeansFit(centres.astype(np.float32), step + 1, converged, tuple(inertias))
+
+
+def _update_centres(
+    centres: np.ndarray, counts: np.ndarray, xb: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """One mini-batch step, in place: each centre the batch hit moves to the running mean of
+    every frame assigned to it so far (`counts`); returns the shifts of the centres hit."""
+    lab = labels.astype(np.int64)
+    nk = np.bincount(lab, minlength=len(centres)).astype(np.float64)
+    order = np.argsort(lab, kind="stable")
+    present = np.flatnonzero(nk)
+    starts = np.concatenate([[0], np.cumsum(nk[present]).astype(np.int64)[:-1]])
+    sums = np.add.reduceat(xb[order].astype(np.float64), starts, axis=0)
+    new_counts = counts[present] + nk[present]
+    old = centres[present] * counts[present, None]
+    shift = ((old + sums) / new_counts[:, None]) - centres[present]
+    centres[present] += shift
+    counts[present] = new_counts
+    return shift
 
 
 def _reassign(centres: np.ndarray, counts: np.ndarray, xb: np.ndarray, ratio: float,
@@ -296,12 +303,13 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def mutual_information_bits(labels: np.ndarray, groups: np.ndarray, n_clusters: int,
-                            n_groups: int) -> float:
-    """I(cluster; group) in bits from per-frame cluster labels and group indices."""
-    joint = np.bincount(labels.astype(np.int64) * n_groups + groups.astype(np.int64),
-                        minlength=n_clusters * n_groups).reshape(n_clusters, n_groups)
-    return mutual_information_from_counts(joint)
+def joint_counts(labels: np.ndarray, groups: np.ndarray, n_clusters: int, n_groups: int) -> np.ndarray:
+    """(n_clusters, n_groups) frame counts from per-frame cluster labels and group indices (a
+    language, say); frames of group -1 (unknown) are left out."""
+    labels, groups = np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    known = groups >= 0
+    return np.bincount(labels[known] * n_groups + groups[known],
+                       minlength=n_clusters * n_groups).reshape(n_clusters, n_groups)
 
 
 def mutual_information_from_counts(joint: np.ndarray) -> float:
@@ -314,3 +322,20 @@ def mutual_information_from_counts(joint: np.ndarray) -> float:
     pg = p.sum(axis=0, keepdims=True)
     nz = p > 0
     return float((p[nz] * np.log2(p[nz] / (pc @ pg)[nz])).sum())
+
+
+def usage_figures(counts: np.ndarray, n_clusters: int) -> dict[str, Any]:
+    """How evenly the clusters are used (`counts`: frames per cluster): the usage entropy in bits,
+    normalised by log2 k (1 = uniform), and the number of clusters never used."""
+    h = entropy_bits(counts)
+    return {"usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(n_clusters),
+            "empty_clusters": int((np.asarray(counts) == 0).sum())}
+
+
+def language_figures(joint: np.ndarray) -> dict[str, float]:
+    """What the clusters say about the language (`joint`: frames per cluster and language):
+    I(cluster; language) in bits, H(language), and their ratio (0 with one language)."""
+    mi = mutual_information_from_counts(joint)
+    lang_h = entropy_bits(np.asarray(joint).sum(axis=0))
+    return {"mi_cluster_language_bits": mi, "language_entropy_bits": lang_h,
+            "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}

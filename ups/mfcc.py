@@ -17,7 +17,7 @@ import scipy.fft
 
 from ups.blas import single_threaded
 from ups.config import MfccParams
-from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn_frames
+from ups.frames import MFCC_HOP_SAMPLES, MFCC_WINDOW_SAMPLES, SAMPLE_RATE, n_cnn_frames, n_mfcc_frames
 
 FFT_SIZE = 512
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
@@ -82,9 +82,9 @@ def kaldi_mfcc(x: np.ndarray, spec: MfccParams = DEFAULT_MFCC) -> np.ndarray:
     (float64 frame means); it agrees with float64 Kaldi to ~1e-4.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if len(x) < MFCC_WINDOW_SAMPLES:
+    n = n_mfcc_frames(len(x))
+    if n == 0:
         return np.zeros((0, spec.num_ceps), dtype=np.float32)
-    n = (len(x) - MFCC_WINDOW_SAMPLES) // MFCC_HOP_SAMPLES + 1
     a = spec.preemph_coeff
     starts = np.arange(n) * MFCC_HOP_SAMPLES
     cs = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])

@@ -1,8 +1,39 @@
-"""Learning rate as a pure function of the optimizer step: linear warmup, then decay."""
+"""The training schedule, pure functions: how many optimizer updates a run makes, its warmup,
+and the learning rate at each update (linear warmup, then decay).
+
+Steps per epoch = training chunks // global batch; `max_steps` set means exactly that many
+applied optimizer updates (epochs repeat as needed), else `epochs` x steps per epoch. A skipped
+(non-finite) step is not an update: the LR does not move. `warmup_steps` is a count or a
+fraction of the total; a warmup as long as the run is refused. The schedule is fixed when a run
+starts: resuming with another `epochs` / `max_steps` is refused with a message naming the key.
+"""
 
 from __future__ import annotations
 
 import math
+
+
+def planned_steps(max_steps: int | None, epochs: int, steps_per_epoch: int) -> int:
+    """`max_steps` when set (epochs repeat as needed), else `epochs` x steps per epoch."""
+    return max_steps or epochs * steps_per_epoch
+
+
+def check_same_schedule(saved: dict[str, object], max_steps: int | None, epochs: int, where: str) -> None:
+    """A resume keeps the LR schedule its state was made with: `train.max_steps` and
+    `train.epochs` as `saved` (the state's config) has them, else a ConfigError naming the key.
+    `epochs` only counts while `max_steps` is unset. `where` names the state in the message."""
+    before = saved.get("max_steps"), saved.get("epochs")
+    if max_steps == before[0] and (max_steps is not None or epochs == before[1]):
+        return
+    from ups.config import ConfigError
+
+    key = "max_steps" if max_steps != before[0] else "epochs"
+    was, now = (before[0], max_steps) if key == "max_steps" else (before[1], epochs)
+    raise ConfigError(
+        f"train.{key} is {now} but the state {where} was made with "
+        f"train.{key}={was}: resuming would change the LR schedule mid-run. Set train.{key} back to "
+        f"{was} to resume it, or train.resume: false to start afresh (its states are then removed)"
+    )
 
 
 def warmup_steps_for(warmup: int | float, total_steps: int) -> int:

@@ -13,7 +13,7 @@ counted); a micro-batch with no readable sample is marked `EMPTY`.
 Crop modes: `shortest` crops every sample of a batch to the batch's shortest (at most
 `max_sample_seconds`) at a random frame-aligned offset, so no compute goes to padding (fairseq's
 HuBERT recipe); `pad` crops to `max_sample_seconds` only and zero-pads, with an attention mask;
-padded frames are never masked or scored (the trainer refuses `pad` for group-norm CNNs).
+padded frames are never masked or scored (`check_crop` refuses `pad` for group-norm CNNs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -35,6 +35,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ups.data_order import MicroBatch, rank_schedule, valid_batches, worker_share
 from ups.frames import CNN_HOP_SAMPLES, SAMPLE_RATE, n_cnn_frames
 from ups.masking import compute_mask, frame_valid
+
+if TYPE_CHECKING:
+    from ups.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,25 @@ class BatchSpec:
     mask_length: int
     min_masks: int
     normalize_audio: bool
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, batch_size: int) -> BatchSpec:
+        """The spec of `train.*`, at the batch size resolved for this run (it may be `auto`)."""
+        return cls(batch_size=batch_size, max_sample_seconds=cfg.max_sample_seconds,
+                   min_sample_seconds=cfg.min_sample_seconds, crop=cfg.crop, mask_prob=cfg.mask_prob,
+                   mask_length=cfg.mask_length, min_masks=cfg.min_masks, normalize_audio=cfg.normalize_audio)
+
+
+def check_crop(crop: str, feat_extract_norm: str) -> None:
+    """Padding is only sound for a CNN that normalises each frame on its own."""
+    if crop == "pad" and feat_extract_norm == "group":
+        from ups.config import ConfigError
+
+        raise ConfigError(
+            "train.crop: pad is not supported for this model: its CNN uses group norm "
+            "(feat_extract_norm: group, as facebook/hubert-base-ls960), which normalises over time, "
+            "so zero padding changes the real frames' features; use train.crop: shortest"
+        )
 
 
 # --- labels ----------------------------------------------------------------------------------

@@ -14,22 +14,56 @@ own first state (`drop_aside`, each named in the log). So a change of config, th
 the first save, leaves the old states to resume when the config comes back (`take_back`); the
 states at the top of the directory are always one run's, and pruning by step never deletes the
 state just written.
+
+Beside the files, the bookkeeping: where a run stands (`Progress`: saved in state.json, restored
+on resume), what a state is valid for (`fingerprint`) and which state a run resumes
+(`choose_state`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ups.atomic import _fsync_dir, read_json, write_json
+from ups.train_data import labels_digest
+
+if TYPE_CHECKING:
+    from ups.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 KEEP = 2
+STATE_FORMAT = 3  # what state.json holds; a state of another format is not resumed
+# Keys that may change between a run and its resume without invalidating the state. The
+# schedule keys are checked on their own (`ups.schedule.check_same_schedule`): a change is
+# refused, never silently applied.
+RUNTIME_KEYS = (
+    "gpus",
+    "nodes",
+    "device",
+    "num_workers",
+    "log_every_steps",
+    "valid_every_steps",
+    "valid_max_batches",
+    "save_every_steps",
+    "resume",
+    "max_bad_steps",
+    "compile",
+    "epochs",
+    "max_steps",
+    "batch_size",  # the global batch is what a state keeps (`ups.data_order.elastic_accum`)
+    "grad_accum",
+)
 _DIR = re.compile(r"^step-(\d{9})$")
 
 
@@ -206,3 +240,104 @@ def load_state(path: Path) -> dict[str, Any]:
         "info": info,
         "history": read_json(path / "history.json"),
     }
+
+
+# --- bookkeeping: where a run stands, what a state is valid for, which state to resume ---------
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a state saves and a resume restores."""
+
+    total_steps: int
+    step: int = 0  # applied optimizer updates
+    epoch: int = 0
+    steps_in_epoch: int = 0  # data steps of the current epoch taken (applied, skipped or empty)
+    bad_in_row: int = 0
+    skipped_steps: int = 0  # non-finite steps: their data is consumed, no update is made
+    empty_steps: int = 0  # data steps where some rank had no readable sample
+    epoch_chunks: int = 0  # chunks trained on in the current epoch (all ranks once saved)
+    epoch_samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def restore(cls, info: dict[str, Any], history: list[dict[str, Any]], is_main: bool) -> Progress:
+        """The progress a state recorded (`info`: its state.json). The saved epoch counters are
+        every rank's together: rank 0 carries them on, the other ranks start theirs at 0."""
+        return cls(
+            total_steps=info["total_steps"],
+            step=info["step"],
+            epoch=info["epoch"],
+            steps_in_epoch=info["steps_in_epoch"],
+            bad_in_row=info["bad_in_row"],
+            skipped_steps=info["skipped_steps"],
+            empty_steps=info["empty_steps"],
+            epoch_chunks=info["epoch_chunks"] if is_main else 0,
+            epoch_samples=info["epoch_samples"] if is_main else 0,
+            history=history,
+            epochs=info["epochs"],
+        )
+
+    def info(self, epoch_chunks: int, epoch_samples: int) -> dict[str, Any]:
+        """The progress part of state.json, with the epoch counters summed over ranks."""
+        return {
+            "format": STATE_FORMAT,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "steps_in_epoch": self.steps_in_epoch,
+            "empty_steps": self.empty_steps,
+            "epoch_chunks": epoch_chunks,
+            "epoch_samples": epoch_samples,
+            "epochs": self.epochs,
+            "bad_in_row": self.bad_in_row,
+            "skipped_steps": self.skipped_steps,
+        }
+
+
+def fingerprint(cfg: TrainConfig, n_clusters: int, labels_dir: Path, shards: list[Path]) -> str:
+    """What a state is valid for: the config (bar runtime keys), the labels and the shard names.
+    Not the batch split: a state resumes at its own global batch, however it is split.
+
+    The labels count by content (`labels_digest`), not only their chunk ids and offsets: a
+    re-fitted k-means keeps those but renumbers the clusters, and a state trained on the old
+    numbering must not be resumed (its head would score the new labels below chance)."""
+    h = hashlib.sha256()
+    conf = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
+    conf.update(n_clusters=n_clusters)
+    h.update(repr(sorted(conf.items())).encode())
+    h.update(labels_digest(labels_dir).encode())
+    h.update("\n".join(p.name for p in shards).encode())
+    return h.hexdigest()
+
+
+def changed_keys(info: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The train.* keys (bar runtime ones) whose values differ from the state's."""
+    saved, now = info.get("config", {}), asdict(cfg)
+    return sorted(f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k])
+
+
+def choose_state(state_dir: Path, fingerprint: str, cfg: TrainConfig) -> str | None:
+    """Rank 0: the state this run resumes (its path), or None for a fresh start. Nothing is
+    deleted here: states of another config or trainer are set aside (`set_aside`) and a
+    set-aside run of this fingerprint is taken back."""
+    found = latest_state(state_dir)
+    if found is not None and cfg.resume:
+        info = read_json(found / "state.json")
+        if info.get("format") != STATE_FORMAT:
+            log.warning("train: state %s is from another trainer (format %s, now %d); starting afresh",
+                        found, info.get("format", 1), STATE_FORMAT)
+        elif info.get("fingerprint") == fingerprint:
+            return str(found)
+        else:
+            log.warning("train: state %s was made with another config or data (%s); starting afresh",
+                        found, ", ".join(changed_keys(info, cfg)) or "labels or shards changed")
+    back = take_back(state_dir, fingerprint) if cfg.resume else None
+    if back is not None:
+        log.info("train: took back the states of this config set aside earlier (%s)", back.name)
+        return str(back)
+    moved = set_aside(state_dir)
+    if moved:
+        log.warning("train: set the earlier states %s aside in %s; they are removed once this run "
+                    "saves its first state", ", ".join(moved), state_dir / "aside")
+    return None

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ups.stages.index_lang import LID_SCHEMA
-from ups.stages.index_vad import FILES_SCHEMA, TARS_SCHEMA
+from ups.lid_table import LID_SCHEMA
+from ups.vad_table import FILES_SCHEMA, TARS_SCHEMA
 
 
 def write_indices(root: Path, hours: dict[str, float], *, file_s: float = 600.0,

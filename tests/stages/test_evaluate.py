@@ -138,18 +138,6 @@ def test_probe_fits_and_scores_on_held_out_files_only(run_dir):
     assert set(shown["files_fit"]) | set(shown["files_test"]) <= files["train"]
 
 
-def test_probe_split_is_by_file_stratified_and_seeded():
-    rows = [{"chunk_id": c, "tar": 1, "key": f"f{c // 3}", "n_samples": 16000,
-             "lid_language": "en" if (c // 3) % 2 else "de"} for c in range(60)]
-    a = evaluate.probe_split(rows, 0.5, seed=0)
-    assert (a == evaluate.probe_split(rows, 0.5, seed=0)).all()
-    assert not (a == evaluate.probe_split(rows, 0.5, seed=1)).all()
-    for f in range(20):  # whole files
-        assert len({bool(a[c]) for c in range(60) if c // 3 == f}) == 1
-    for lang in ("en", "de"):  # stratified: half of each language's 10 files
-        assert sum(bool(a[c]) for c in range(60) if rows[c]["lid_language"] == lang) == 15
-
-
 @pytest.mark.slow
 def test_report_embeds_figures_and_metrics(run_dir):
     out = html_report.write(run_dir)
@@ -176,32 +164,6 @@ def test_bad_layers_name_the_parameter():
     assert evaluate.resolve_layers(from_dict(EvaluateConfig, {"layers": "all"}, "evaluate"), 2) == [0, 1, 2]
 
 
-def test_trained_head_on_other_labels_is_refused(tmp_path):
-    import numpy as np
-
-    from ups.hubert_model import ModelSetup, PretrainModel, export, load_hubert
-    from ups.pretraining import PretrainingHead
-    from ups.report import Skips
-    from ups.tiny_model import write_tiny_hubert
-    from ups.train_data import labels_digest
-
-    corpus = write_corpus(tmp_path / "data", n_train=4, n_valid=2, seconds=(1.0, 1.2))
-    hubert, original = load_hubert(ModelSetup(str(write_tiny_hubert(tmp_path / "init")), 0.8, 10, 2,
-                                              None, "sdpa"))
-    out = tmp_path / "model"
-    out.mkdir()
-    export(PretrainModel(hubert, PretrainingHead(32, 5, final_dim=8)), original, out,
-           {"labels_sha256": labels_digest(corpus["labels"])})
-    skips = Skips("evaluate")
-    head, note = evaluate._trained_head(out, corpus["labels"], skips)
-    assert head is not None and note is None
-    p = corpus["labels"] / "valid" / "labels.npy"
-    np.save(p, ((np.load(p) + 1) % 5).astype(np.int16))
-    head, note = evaluate._trained_head(out, corpus["labels"], skips)
-    assert head is None and "other labels" in note
-    assert skips.to_dict()["counts"]["trained_head_other_labels"] == 1
-
-
 @pytest.mark.slow
 def test_trained_head_loss_is_the_trainers_model_on_the_same_masks(tmp_path):
     # Evaluate's `continued_trained_head` must be exactly the trainer's model (its last state)
@@ -211,7 +173,9 @@ def test_trained_head_loss_is_the_trainers_model_on_the_same_masks(tmp_path):
     import numpy as np
     import torch
 
+    from ups.eval_chunks import iter_batches, scan_shards
     from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
+    from ups.masked_scoring import labelled, masked_batch
     from ups.pretraining import PretrainingHead, masked_prediction_sums
     from ups.report import Skips
     from ups.tiny_model import write_tiny_hubert
@@ -238,10 +202,10 @@ def test_trained_head_loss_is_the_trainers_model_on_the_same_masks(tmp_path):
     model.eval()
     ce = n = 0.0
     skips = Skips("test")
-    rows = evaluate._labelled(evaluate.scan_shards(corpus["audio"] / "valid", skips),
-                              LabelIndex(corpus["labels"] / "valid"), skips)
-    for batch in evaluate.iter_batches(rows, 1, skips):
-        x, mask, labels = evaluate._masked_batch(batch, tcfg, ecfg.mask_seed, torch.device("cpu"))
+    rows = labelled(scan_shards(corpus["audio"] / "valid", skips), LabelIndex(corpus["labels"] / "valid"),
+                    skips)
+    for batch in iter_batches(rows, 1, skips):
+        x, mask, labels = masked_batch(batch, tcfg, ecfg.mask_seed, torch.device("cpu"))
         with torch.no_grad():
             logits, _ = model(x, None, mask)
         s = masked_prediction_sums(logits, labels, mask, torch.ones_like(mask))

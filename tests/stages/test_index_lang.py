@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from tests.stages.meta_fixture import write_meta
 from ups.atomic import read_json
 from ups.config import IndexLangConfig
 from ups.keys import normalize_key
 from ups.stages import index_lang
-from ups.stages.index_lang import stratified_split
 
 
 def _line(tar, path, pred) -> str:
@@ -71,14 +68,3 @@ def test_the_split_is_stratified_by_language_at_the_test_fraction(tmp_path):
     for lang in {r["language"] for r in rows}:
         own = [r for r in rows if r["language"] == lang]
         assert sum(r["lid_split"] == "test" for r in own) == round(0.2 * len(own))
-
-
-@pytest.mark.parametrize("fraction", [0.2, 0.5])
-def test_stratified_split_per_label_and_by_seed(fraction):
-    labels = np.array(["en"] * 50 + ["fr"] * 10 + ["yo"] * 1 + ["es"] * 3, dtype=object)
-    a = stratified_split(labels, fraction, seed=42)
-    for lab, n in (("en", 50), ("fr", 10), ("es", 3)):
-        assert (a[labels == lab] == "test").sum() == round(fraction * n)
-    assert a[labels == "yo"].tolist() == ["train"]  # one file: nothing to test it against
-    assert np.array_equal(a, stratified_split(labels, fraction, seed=42))
-    assert not np.array_equal(a, stratified_split(labels, fraction, seed=43))

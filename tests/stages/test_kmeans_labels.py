@@ -235,9 +235,9 @@ def test_tiny_init_labels_every_chunk_with_the_trainers_tiny_model(prepared, cor
     assert report["label_set"] == {"kind": "hubert", "layer": 1, "hubert_model": "tiny",
                                    "revision": "", "n_clusters": 8}
     # the same features, labelled again by hand: TorchAssigner's labels are the numpy ones
+    from ups.centroids import load_model
     from ups.hubert_features import FeatureModel, LayerFeatures
     from ups.kmeans import Normaliser, assign
-    from ups.stages.fit_kmeans import load_model
 
     m = load_model(out / "tinyinit/kmeans/model.npz")
     lf = LayerFeatures(FeatureModel("tiny", tiny_seed=3), 1, "cpu")

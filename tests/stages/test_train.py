@@ -335,7 +335,7 @@ def test_the_step_makes_at_most_one_host_sync(tmp_path, corpus, monkeypatch):
     # tensor counts; ups.distributed.host_sum reads back host numbers only and is not counted).
     import sys as _sys
 
-    counted = ("ups/stages/train.py", "ups/pretraining.py", "ups/hubert_model.py")
+    counted = ("ups/stages/train.py", "ups/train_log.py", "ups/pretraining.py", "ups/hubert_model.py")
     calls = {"n": 0}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         orig = getattr(torch.Tensor, name)
@@ -409,9 +409,6 @@ def test_another_batch_split_resumes_at_the_states_global_batch(tmp_path, corpus
     summary = _run(replace(cfg, batch_size=2), corpus, tmp_path)
     assert "resumed from" in caplog.text and "starting afresh" not in caplog.text
     assert summary["steps"] == 6 and summary["grad_accum"] == 2 and summary["batch_size"] == 2
-    with pytest.raises(ConfigError, match="train.batch_size 3 x 2 processes"):
-        train.elastic_accum(8, 3, 2)
-    assert train.elastic_accum(8, 2, 2) == 2
 
 
 # --- the schedule fits the run; skipped steps are not updates ---------------------------------
@@ -484,14 +481,15 @@ def test_one_host_sync_per_optimizer_step_in_a_profiler_trace(tmp_path, corpus):
 
     from ups import distributed
     from ups.report import Skips
+    from ups.train_log import StepSums
 
     cfg = _cfg("tiny", batch_size=2, grad_accum=4, max_steps=4, valid_every_steps=100)
     d = distributed.init("cpu")
     r = train.setup(cfg, d, torch.device("cpu"), corpus["audio"], corpus["labels"], tmp_path / "state")
-    prog = train._fresh_progress(r)
+    prog = train.fresh_start(r)
     r.train_ds.set_start(0, 0, r.global_batch)
     batches = iter(r.loader)
-    sums = train._Sums(r.device)
+    sums = StepSums(r.device)
     skips = Skips("train")
     train.data_step(r, prog, train.next_micro_batches(batches, 4, skips, prog), sums, False)  # warm
     micro = train.next_micro_batches(batches, 4, skips, prog)

@@ -34,19 +34,20 @@ import pyarrow.parquet as pq
 
 from ups import failpoints
 from ups.atomic import atomic_write, clear_stale_tmp, mark_done, read_done
+from ups.centroids import check_model, check_precision, check_waveform, load_model, model_digest
 from ups.config import AssignLabelsConfig, FeaturesConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
 from ups.kmeans import (
     Normaliser,
     TorchAssigner,
     assign,
-    entropy_bits,
-    mutual_information_from_counts,
+    joint_counts,
+    language_figures,
     usage,
+    usage_figures,
 )
 from ups.progress import bar
 from ups.report import write_report
-from ups.stages.fit_kmeans import load_model
 from ups.work_share import WorkShare, join_gloo, work_share
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,6 @@ PARTS_DIR = "_parts"
 DONE_DIR = "_done"
 AUDIO_DONE_DIR = "_done"  # prepare-audio's per-tar markers under the audio dir
 FORMAT_VERSION = 1
-
-
-def model_digest(model: dict[str, Any]) -> str:
-    """sha256 of what labels depend on in model.npz (arrays, not the zip's timestamps)."""
-    h = hashlib.sha256()
-    for name in ("centroids", "mean", "std", "kind", "layer", "hubert_model", "revision", "n_clusters",
-                 "normalize_audio", "precision"):
-        if name not in model:  # models fitted before `revision` was recorded
-            continue
-        a = np.asarray(model[name])
-        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
-    return h.hexdigest()
 
 
 def tar_fingerprint(model_sha: str, features: FeaturesConfig, split: str, tf: Any,
@@ -233,38 +221,6 @@ class HubertLabeller:
         return assign(self.norm.apply(h.numpy()), self.centroids, self.c_sq)
 
 
-def check_model(m: dict[str, Any], model: Path, features: FeaturesConfig, source: Any) -> None:
-    """Refuse centroids fitted on other features than the ones configured now."""
-    fitted = (str(m["kind"]), int(m["layer"]), str(m["hubert_model"]), str(m.get("revision", "")))
-    wanted = (features.kind, features.layer if features.kind == "hubert" else 0,
-              source.name if source is not None else "",
-              source.pinned_revision if source is not None else "")
-    if fitted[:3] != wanted[:3] or (features.kind == "hubert" and "revision" in m
-                                    and fitted[3] != wanted[3]):
-        raise ValueError(f"{model} was fitted on {fitted[0]} features (layer {fitted[1]}, model "
-                         f"{fitted[2] or '-'} {fitted[3]}); features are now {wanted[0]} (layer "
-                         f"{wanted[1]}, model {wanted[2] or '-'} {wanted[3]}): re-run fit-kmeans")
-
-
-def check_waveform(m: dict[str, Any], model: Path, normalize_audio: bool) -> None:
-    """Refuse centroids fitted on features of another waveform normalisation than the trainer's."""
-    fitted = bool(m.get("normalize_audio", False))
-    if fitted != normalize_audio:
-        raise ValueError(f"{model} was fitted on features of audio with train.normalize_audio: "
-                         f"{str(fitted).lower()}; it is now {str(normalize_audio).lower()}: "
-                         "re-run fit-kmeans")
-
-
-def check_precision(m: dict[str, Any], model: Path, precision: str, allow_mismatch: bool) -> None:
-    """Refuse centroids fitted at another resolved precision (`features.precision: auto` is bf16
-    on a GPU and fp32 on a CPU: a fit on one machine and labels on another would mix them)."""
-    fitted = str(m.get("precision", ""))
-    if fitted and fitted != precision and not allow_mismatch:
-        raise ValueError(f"{model} was fitted on features computed in {fitted}; features.precision "
-                         f"resolves to {precision} here: set features.precision: {fitted} (or re-run "
-                         "fit-kmeans, or set assign_labels.allow_precision_mismatch: true)")
-
-
 def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, features_dir: Path,
         audio_dir: Path, chunks: Path, out_dir: Path, train: TrainConfig | None = None) -> dict[str, Any]:
     """`train` resolves `features.hubert_model: init` (its init, init_revision, seed)."""
@@ -285,26 +241,9 @@ def run(cfg: AssignLabelsConfig, features: FeaturesConfig, *, model: Path, featu
 def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg: Any, *, model: Path,
          features_dir: Path, audio_dir: Path, chunks: Path, out_dir: Path,
          train: TrainConfig | None) -> dict[str, Any]:
+    """Label this process's share, then (the process that finishes) join and report."""
     m = load_model(model)
-    source = None
-    if features.kind == "hubert":
-        from ups.hubert_features import feature_model
-
-        source = feature_model(features, train)
-    check_model(m, model, features, source)
-    k = int(m["n_clusters"])
-    extract = None
-    if features.kind == "hubert":
-        from ups.hubert_features import LayerFeatures, pick_device, pick_precision
-
-        assert source is not None
-        normalize_audio = (train or TrainConfig()).normalize_audio
-        check_waveform(m, model, normalize_audio)
-        check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
-                        cfg.allow_precision_mismatch)
-        lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
-                           features.precision, normalize_audio)
-        extract = HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+    extract = _labeller(cfg, features, m, model, train)
     if share.in_array or share.collective:
         label_share(cfg, features, m, features_dir, audio_dir, out_dir, share, extract)
         if pg is not None:
@@ -314,11 +253,58 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
             log.info("%s: %s done; the stage's command run once after the array joins the labels and "
                      "writes the report", STAGE, share.describe())
         return {}
+    per_split, joint, languages = write_splits(cfg, features, m, features_dir, audio_dir, chunks, out_dir,
+                                               extract)
+    k = int(m["n_clusters"])
+    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
+                 "revision": str(m.get("revision", "")), "n_clusters": k}
+    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
+                              "n_clusters": k, "splits": per_split,
+                              "nearest_centroid": extract.method if extract is not None
+                              else "numpy on the CPU",
+                              "languages": languages, **language_figures(joint)}
+    write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
+    log.info("%s: I(cluster; language) = %.3f bits of H(language) = %.3f bits", STAGE,
+             fields["mi_cluster_language_bits"], fields["language_entropy_bits"])
+    return fields
+
+
+def _labeller(cfg: AssignLabelsConfig, features: FeaturesConfig, m: dict[str, Any], model: Path,
+              train: TrainConfig | None) -> HubertLabeller | None:
+    """The centroids checked against the features configured now; for HuBERT features, the
+    layer extractor and its nearest-centroid search (None for MFCC: numpy on the stored features)."""
+    source = None
+    if features.kind == "hubert":
+        from ups.hubert_features import feature_model
+
+        source = feature_model(features, train)
+    check_model(m, model, features, source)
+    if features.kind != "hubert":
+        return None
+    from ups.hubert_features import LayerFeatures, pick_device, pick_precision
+
+    assert source is not None
+    normalize_audio = (train or TrainConfig()).normalize_audio
+    check_waveform(m, model, normalize_audio)
+    check_precision(m, model, pick_precision(features.precision, pick_device(features.device)),
+                    cfg.allow_precision_mismatch)
+    lf = LayerFeatures(source, features.layer, features.device, features.batch_chunks,
+                       features.precision, normalize_audio)
+    return HubertLabeller(lf, Normaliser(m["mean"], m["std"]), m["centroids"])
+
+
+def write_splits(cfg: AssignLabelsConfig, features: FeaturesConfig, m: dict[str, Any], features_dir: Path,
+                 audio_dir: Path, chunks: Path, out_dir: Path, extract: HubertLabeller | None
+                 ) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+    """Each split's labels joined from the parts and written (chunk_ids, offsets, labels); returns
+    per split its counts and usage figures, the (cluster, language) frame counts of both splits
+    and the languages (sorted: the joint's columns)."""
     table = pq.read_table(chunks, columns=["chunk_id", "language"])
     lang_of = dict(zip(table.column("chunk_id").to_pylist(), table.column("language").to_pylist(),
                        strict=True))
     languages = sorted(set(lang_of.values()))
     lang_index = {lang: i for i, lang in enumerate(languages)}
+    k = int(m["n_clusters"])
     per_split: dict[str, Any] = {}
     joint = np.zeros((k, len(languages)), dtype=np.int64)
     for split in SPLITS:
@@ -329,31 +315,15 @@ def _run(cfg: AssignLabelsConfig, features: FeaturesConfig, share: WorkShare, pg
         _write_npy(out / "chunk_ids.npy", ids)
         _write_npy(out / "offsets.npy", offsets)
         _write_npy(out / "labels.npy", labels)
-        counts = usage(labels, k)
         frame_lang = np.repeat(np.array([lang_index[lang_of[int(c)]] for c in ids], dtype=np.int64),
                                np.diff(offsets))
-        joint += np.bincount(labels.astype(np.int64) * len(languages) + frame_lang,
-                             minlength=k * len(languages)).reshape(k, len(languages))
-        h = entropy_bits(counts)
+        joint += joint_counts(labels, frame_lang, k, len(languages))
+        counts = usage(labels, k)
         per_split[split] = {
             "n_chunks": int(len(ids)), "n_frames": int(len(labels)),
             "inertia_per_frame": inertia / max(1, len(labels)),
-            "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(k),
-            "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
+            **usage_figures(counts, k), "usage_histogram": counts.tolist(),
         }
         log.info("%s: %s: %d chunks, %d frames, usage entropy %.2f bits", STAGE, split, len(ids),
-                 len(labels), h)
-    mi = mutual_information_from_counts(joint)
-    lang_h = entropy_bits(joint.sum(axis=0))
-    label_set = {"kind": features.kind, "layer": int(m["layer"]), "hubert_model": str(m["hubert_model"]),
-                 "revision": str(m.get("revision", "")), "n_clusters": k}
-    fields: dict[str, Any] = {"features_kind": features.kind, "label_set": label_set,
-                              "n_clusters": k, "splits": per_split,
-                              "nearest_centroid": extract.method if extract is not None
-                              else "numpy on the CPU",
-              "languages": languages, "mi_cluster_language_bits": mi,
-              "language_entropy_bits": lang_h,
-              "mi_over_language_entropy": mi / lang_h if lang_h > 0 else 0.0}
-    write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
-    log.info("%s: I(cluster; language) = %.3f bits of H(language) = %.3f bits", STAGE, mi, lang_h)
-    return fields
+                 len(labels), per_split[split]["usage_entropy_bits"])
+    return per_split, joint, languages

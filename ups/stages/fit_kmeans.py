@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ups.atomic import atomic_write, clear_stale_tmp
+from ups.atomic import clear_stale_tmp
+from ups.centroids import write_model
 from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
-from ups.kmeans import Normaliser, assign, entropy_bits, fit_kmeans, sample_frames, usage
+from ups.kmeans import Normaliser, assign, fit_kmeans, sample_frames, usage, usage_figures
 from ups.progress import bar
 from ups.report import write_report
 
@@ -103,16 +104,7 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
     counts = usage(labels, cfg.n_clusters)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_stale_tmp(out_dir)  # temporaries of a killed run
-    with atomic_write(out_dir / "model.npz") as fh:
-        np.savez(fh, centroids=centroids, mean=norm.mean, std=norm.std,
-                 kind=np.array(features.kind), layer=np.array(features.layer if features.kind == "hubert"
-                                                              else 0, dtype=np.int64),
-                 hubert_model=np.array(source.get("hubert_model", "")),
-                 revision=np.array(source.get("revision", "")),
-                 normalize_audio=np.array(bool(source.get("normalize_audio", False))),
-                 precision=np.array(source.get("precision", "")),
-                 n_clusters=np.array(cfg.n_clusters, dtype=np.int64))
-    h = entropy_bits(counts)
+    write_model(out_dir / "model.npz", centroids, norm, features, source, cfg.n_clusters)
     fields = {
         "features": asdict(features), "feature_model": source,
         "n_sample_frames": int(len(x)), "sample_hours": round(len(x) / FRAME_RATE_HZ / 3600, 6),
@@ -120,17 +112,12 @@ def run(cfg: KmeansConfig, features: FeaturesConfig, *, features_dir: Path, audi
         "n_steps": km.n_steps, "converged": km.converged,
         "fit": "ups.kmeans mini-batch k-means, numpy on the CPU",
         "normalisation": "none: raw features, as fairseq's learn_kmeans.py",
-        "usage_entropy_bits": h, "usage_entropy_normalised": h / np.log2(cfg.n_clusters),
-        "empty_clusters": int((counts == 0).sum()), "usage_histogram": counts.tolist(),
+        **usage_figures(counts, cfg.n_clusters), "usage_histogram": counts.tolist(),
     }
     write_report(out_dir / "report.json", stage=STAGE, config=cfg, **fields)
     # timings are logged, not reported: report.json is a DVC output (tests/test_demo_rerun.py)
     log.info("%s: %d clusters, inertia/frame %.3f, usage entropy %.2f of %.2f bits, %d steps, "
              "features %.1f s, fit %.1f s, total %.1f s", STAGE, cfg.n_clusters, fields["inertia_per_frame"],
-             h, np.log2(cfg.n_clusters), km.n_steps, extract_s, fit_s, time.perf_counter() - t0)
+             fields["usage_entropy_bits"], np.log2(cfg.n_clusters), km.n_steps, extract_s, fit_s,
+             time.perf_counter() - t0)
     return fields
-
-
-def load_model(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}

@@ -1,20 +1,16 @@
 """index-vad: one streaming pass over vad_results.jsonl into a per-file and a per-tar Parquet index.
 
-Blocks of whole lines are parsed and repaired by `ups.vad_parse` (rules and counters there),
-keys normalised with `ups.keys.normalize_key` (in Arrow; Python only for keys it can change), and
-each block's rows are ordered by tar and spilled to one Arrow IPC file, one record batch per
-bucket of 128 tars. A second pass reads one bucket's batches at a time, sorts them by (tar, key),
-drops duplicate keys and appends them to `files.parquet` (one row group per bucket). Memory
-therefore stays bounded by a block plus one bucket, and the output does not depend on the line
-order of the input.
-
-Duplicate rule: several lines with the same (tar, normalised key) keep the one with the most
-speech, then the longest duration, then the smallest raw key, then the earliest first segment;
-the others are counted as `duplicate_key_dropped`.
+Blocks of whole lines are made rows (`ups.vad_table.block_table`: parsed and repaired by
+`ups.vad_parse`, keys normalised), and each block's rows are ordered by tar and spilled to one
+Arrow IPC file, one record batch per bucket of 128 tars. A second pass reads one bucket's batches
+at a time, sorts them by (tar, key), drops duplicate keys (`ups.vad_table.sort_and_dedupe`, the
+rule there) and appends them to `files.parquet` (one row group per bucket). Memory therefore
+stays bounded by a block plus one bucket, and the output does not depend on the line order of
+the input.
 
 The stage runs in about a minute on the full 3 GB file, so it is not split into resumable units:
 its output directory is built in `<out>.partial` and swapped in at the end; a killed run leaves
-no output that a rerun trusts.
+no output that a rerun trusts. `run` is three steps: `spill`, `merge`, `report`.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,32 +29,21 @@ import pyarrow.parquet as pq
 
 from ups.atomic import atomic_dir
 from ups.config import IndexVadConfig
-from ups.key_batch import normalize_keys_arrow
 from ups.progress import bar
 from ups.report import Skips, write_report
-from ups.vad_parse import parse_block, repair_segments
+from ups.vad_table import (
+    DROP_REASONS,
+    FILES_SCHEMA,
+    PARQUET_OPTIONS,
+    TARS_SCHEMA,
+    block_table,
+    sort_and_dedupe,
+    tar_stats,
+)
 
 log = logging.getLogger(__name__)
 
 BUCKET_SHIFT = 7  # 128 tars per spill bucket
-DROP_REASONS = ("malformed_json", "bad_schema", "bad_tar_number", "bad_duration", "bad_key",
-                "duplicate_key_dropped")
-
-FILES_SCHEMA = pa.schema([
-    ("tar", pa.int32()), ("key", pa.string()), ("raw_key", pa.string()),
-    ("duration_s", pa.float64()), ("speech_s", pa.float64()),
-    ("seg_start_s", pa.list_(pa.float64())), ("seg_end_s", pa.list_(pa.float64())),
-])
-# Segment floats barely compress (random low bits), so only the strings are compressed; no
-# dictionaries (keys are unique): a third of the former write time for +30 % file size.
-PARQUET_OPTIONS = {"use_dictionary": False,
-                   "compression": {"tar": "snappy", "key": "snappy", "raw_key": "snappy",
-                                   "duration_s": "none", "speech_s": "none",
-                                   "seg_start_s": "none", "seg_end_s": "none"}}
-TARS_SCHEMA = pa.schema([
-    ("tar", pa.int32()), ("n_files", pa.int64()), ("duration_s", pa.float64()),
-    ("speech_s", pa.float64()), ("density", pa.float64()),
-])
 
 
 def iter_blocks(path: Path, block_bytes: int):
@@ -96,139 +82,119 @@ def iter_blocks(path: Path, block_bytes: int):
             carry = len(rest)
 
 
-def block_table(block: bytes | memoryview, sample_rate: int, counts: Counter[str],
-                examples: dict[str, list[str]]) -> tuple[pa.Table, int]:
-    """Parse, repair and normalise one block; returns (rows, non-blank lines seen)."""
-    pb = parse_block(block, counts, examples)
-    seg = repair_segments(pb.seg_count, pb.seg_start, pb.seg_end, pb.duration_s, sample_rate, counts)
-    offsets = np.zeros(len(seg.count) + 1, dtype=np.int32)
-    np.cumsum(seg.count, out=offsets[1:])
-    off = pa.array(offsets)
-    table = pa.table({
-        "tar": pa.array(pb.tar, pa.int32()),
-        "key": normalize_keys_arrow(pb.keys),
-        "raw_key": pb.keys,
-        "duration_s": pa.array(pb.duration_s),
-        "speech_s": pa.array(seg.speech_s),
-        "seg_start_s": pa.ListArray.from_arrays(off, pa.array(seg.start_s)),
-        "seg_end_s": pa.ListArray.from_arrays(off, pa.array(seg.end_s)),
-    }, schema=FILES_SCHEMA)
-    return table, pb.n_lines
-
-
-def _adjacent_dups(t: pa.Table) -> np.ndarray:
-    """Row i (i >= 1) repeats row i-1's (tar, key); `t` sorted by (tar, key)."""
-    dup = np.zeros(len(t), dtype=bool)
-    if len(t) >= 2:
-        n = len(t)
-        tar, key = t["tar"].combine_chunks(), t["key"].combine_chunks()
-        same = pc.and_(pc.equal(tar.slice(1), tar.slice(0, n - 1)),
-                       pc.equal(key.slice(1), key.slice(0, n - 1)))
-        dup[1:] = same.to_numpy(zero_copy_only=False)
-    return dup
-
-
-def sort_and_dedupe(table: pa.Table, counts: Counter[str]) -> pa.Table:
-    """Canonical order (tar, key) and one row per (tar, key) by the module's duplicate rule."""
-    t = table.take(pc.sort_indices(table, sort_keys=[("tar", "ascending"), ("key", "ascending")]))
-    if not _adjacent_dups(t).any():
-        return t  # (tar, key) unique: the order is already canonical
-    first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(table["seg_start_s"]), 0),
-                                       table["seg_start_s"], pa.scalar([-1.0], pa.list_(pa.float64()))),
-                            0)
-    t = table.append_column("_first", first)
-    idx = pc.sort_indices(t, sort_keys=[("tar", "ascending"), ("key", "ascending"),
-                                        ("speech_s", "descending"), ("duration_s", "descending"),
-                                        ("raw_key", "ascending"), ("_first", "ascending")])
-    t = t.take(idx).drop_columns(["_first"])
-    dup = _adjacent_dups(t)
-    counts["duplicate_key_dropped"] += int(dup.sum())
-    return t.filter(pa.array(~dup))
-
-
-def tar_stats(files: pa.Table) -> pa.Table:
-    g = files.group_by("tar").aggregate([("key", "count"), ("duration_s", "sum"), ("speech_s", "sum")])
-    g = g.rename_columns(["tar", "n_files", "duration_s", "speech_s"]) if g.column_names[0] == "tar" \
-        else g.select(["tar", "key_count", "duration_s_sum", "speech_s_sum"]).rename_columns(
-            ["tar", "n_files", "duration_s", "speech_s"])
-    density = pc.divide(g["speech_s"], g["duration_s"])
-    return pa.table([g["tar"].cast(pa.int32()), g["n_files"].cast(pa.int64()), g["duration_s"],
-                     g["speech_s"], density], schema=TARS_SCHEMA)
-
-
 def run(cfg: IndexVadConfig, *, vad_jsonl: Path, out_dir: Path) -> dict:
+    """Three steps into `<out>.partial`, swapped in at the end: `spill` (parse, repair, spill by
+    tar bucket), `merge` (sort, dedupe, write the Parquet index) and `report`."""
     t0 = time.perf_counter()
     vad_jsonl, out_dir = Path(vad_jsonl), Path(out_dir)
     size = vad_jsonl.stat().st_size
     log.info("index-vad: %s (%.1f MB) -> %s", vad_jsonl, size / 1e6, out_dir)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
-    n_lines = 0
     with atomic_dir(out_dir) as tmp:
-        spill = tmp / "_spill"
-        spill.mkdir()
-        # One spill file per block: its rows ordered by tar (stable), one record batch per bucket
-        # (zero-copy slices); the merge pass reads each bucket's batches back with plain reads.
-        pieces: dict[int, list[tuple[int, int]]] = {}  # bucket -> [(block, batch)]
-        n_spill = 0
-        with bar(desc="index-vad", unit="B", unit_scale=True, total=size) as pbar:
-            for block, n_read in iter_blocks(vad_jsonl, cfg.block_mb * 2**20):
-                if block:
-                    table, nl = block_table(block, cfg.vad_sample_rate, counts, examples)
-                    n_lines += nl
-                    if len(table):
-                        tar = table["tar"].to_numpy()
-                        order = np.argsort(tar, kind="stable")
-                        batch = table.take(pa.array(order)).combine_chunks().to_batches()[0]
-                        buckets = tar[order] >> BUCKET_SHIFT
-                        lo = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-                        hi = np.r_[lo[1:], len(buckets)]
-                        with pa.OSFile(str(spill / f"{n_spill:06d}.arrow"), "wb") as sink, \
-                                ipc.new_file(sink, FILES_SCHEMA) as w:
-                            for j, (b, a, z) in enumerate(zip(buckets[lo].tolist(), lo.tolist(),
-                                                              hi.tolist(), strict=True)):
-                                w.write_batch(batch.slice(a, z - a))
-                                pieces.setdefault(b, []).append((n_spill, j))
-                        n_spill += 1
-                pbar.update(n_read)
-        files_in = [pa.OSFile(str(spill / f"{i:06d}.arrow")) for i in range(n_spill)]
-        readers = [ipc.open_file(f) for f in files_in]
-        tar_parts = []
-        n_files = 0
-        with pq.ParquetWriter(tmp / "files.parquet", FILES_SCHEMA, **PARQUET_OPTIONS) as out:
-            for b in bar(sorted(pieces), desc="index-vad sort", unit="bucket"):
-                table = pa.Table.from_batches([readers[i].get_batch(j) for i, j in pieces[b]],
-                                              schema=FILES_SCHEMA)
-                table = sort_and_dedupe(table, counts)
-                out.write_table(table)
-                n_files += len(table)
-                tar_parts.append(tar_stats(table))
-        del readers
-        for i, f in enumerate(files_in):
-            f.close()
-            (spill / f"{i:06d}.arrow").unlink()
-        spill.rmdir()
-        tars = pa.concat_tables(tar_parts) if tar_parts else TARS_SCHEMA.empty_table()
-        pq.write_table(tars, tmp / "tars.parquet")
-        skips = Skips("index-vad")
-        repairs = {}
-        for reason, n in sorted(counts.items()):
-            if reason in DROP_REASONS:
-                skips.add(reason, n=n)
-                skips.examples[reason] = examples.get(reason, [])[:5]
-            else:
-                repairs[reason] = n
-        elapsed = time.perf_counter() - t0
-        duration_s = float(pc.sum(tars["duration_s"]).as_py() or 0.0)
-        speech_s = float(pc.sum(tars["speech_s"]).as_py() or 0.0)
-        write_report(tmp / "report.json", stage="index-vad", config=cfg, skips=skips,
-                     input_bytes=size, n_lines=n_lines,
-                     n_files=n_files, n_tars=len(tars), duration_h=duration_s / 3600,
-                     speech_h=speech_s / 3600, repairs=repairs)
+        spilled = spill(cfg, vad_jsonl, size, tmp / "_spill", counts, examples)
+        tars, n_files = merge(spilled, tmp, counts)
+        skips = report(tmp / "report.json", cfg, counts, examples, input_bytes=size, n_lines=spilled.n_lines,
+                       n_files=n_files, tars=tars)
     skips.log_summary()
     # timings are logged, not reported: a clock value in report.json would change its hash in
     # dvc.lock at every rerun (tests/test_demo_rerun.py)
+    elapsed = time.perf_counter() - t0
     log.info("index-vad: %d files in %d tars, %.1f h audio, %.1f h speech, %.1f s (%.1f MB/s)",
-             n_files, len(tars), duration_s / 3600, speech_s / 3600, elapsed,
+             n_files, len(tars), _hours(tars, "duration_s"), _hours(tars, "speech_s"), elapsed,
              size / 1e6 / max(elapsed, 1e-9))
     return {"n_files": n_files, "n_tars": len(tars), "elapsed_s": elapsed}
+
+
+@dataclass
+class Spill:
+    """Pass 1's output: one Arrow IPC file per block, its rows ordered by tar, one record batch
+    per bucket of 128 tars; `pieces` says where each bucket's batches are."""
+
+    dir: Path
+    n_files: int = 0
+    n_lines: int = 0  # non-blank lines read
+    pieces: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # bucket -> [(file, batch)]
+
+    def path(self, i: int) -> Path:
+        return self.dir / f"{i:06d}.arrow"
+
+    def write(self, table: pa.Table) -> None:
+        """One block's rows, stably ordered by tar, as zero-copy slices (one per bucket)."""
+        tar = table["tar"].to_numpy()
+        order = np.argsort(tar, kind="stable")
+        batch = table.take(pa.array(order)).combine_chunks().to_batches()[0]
+        buckets = tar[order] >> BUCKET_SHIFT
+        lo = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        hi = np.r_[lo[1:], len(buckets)]
+        with pa.OSFile(str(self.path(self.n_files)), "wb") as sink, ipc.new_file(sink, FILES_SCHEMA) as w:
+            for j, (b, a, z) in enumerate(zip(buckets[lo].tolist(), lo.tolist(), hi.tolist(), strict=True)):
+                w.write_batch(batch.slice(a, z - a))
+                self.pieces.setdefault(b, []).append((self.n_files, j))
+        self.n_files += 1
+
+
+def spill(cfg: IndexVadConfig, vad_jsonl: Path, size: int, spill_dir: Path, counts: Counter[str],
+          examples: dict[str, list[str]]) -> Spill:
+    """Pass 1: blocks of whole lines parsed, repaired and normalised (`block_table`), each
+    spilled to its own file (`Spill.write`); memory: one block."""
+    spill_dir.mkdir()
+    spilled = Spill(spill_dir)
+    with bar(desc="index-vad", unit="B", unit_scale=True, total=size) as pbar:
+        for block, n_read in iter_blocks(vad_jsonl, cfg.block_mb * 2**20):
+            if block:
+                table, nl = block_table(block, cfg.vad_sample_rate, counts, examples)
+                spilled.n_lines += nl
+                if len(table):
+                    spilled.write(table)
+            pbar.update(n_read)
+    return spilled
+
+
+def merge(spilled: Spill, out: Path, counts: Counter[str]) -> tuple[pa.Table, int]:
+    """Pass 2: bucket after bucket (memory: one bucket), its batches read back with plain reads,
+    sorted by (tar, key) and deduplicated (`sort_and_dedupe`), appended to `files.parquet` (one
+    row group per bucket); the per-tar totals go to `tars.parquet`. The spill is removed.
+    Returns the per-tar table and the number of files."""
+    files_in = [pa.OSFile(str(spilled.path(i))) for i in range(spilled.n_files)]
+    readers = [ipc.open_file(f) for f in files_in]
+    tar_parts = []
+    n_files = 0
+    with pq.ParquetWriter(out / "files.parquet", FILES_SCHEMA, **PARQUET_OPTIONS) as writer:
+        for b in bar(sorted(spilled.pieces), desc="index-vad sort", unit="bucket"):
+            table = pa.Table.from_batches([readers[i].get_batch(j) for i, j in spilled.pieces[b]],
+                                          schema=FILES_SCHEMA)
+            table = sort_and_dedupe(table, counts)
+            writer.write_table(table)
+            n_files += len(table)
+            tar_parts.append(tar_stats(table))
+    del readers
+    for i, f in enumerate(files_in):
+        f.close()
+        spilled.path(i).unlink()
+    spilled.dir.rmdir()
+    tars = pa.concat_tables(tar_parts) if tar_parts else TARS_SCHEMA.empty_table()
+    pq.write_table(tars, out / "tars.parquet")
+    return tars, n_files
+
+
+def report(path: Path, cfg: IndexVadConfig, counts: Counter[str], examples: dict[str, list[str]], *,
+           input_bytes: int, n_lines: int, n_files: int, tars: pa.Table) -> Skips:
+    """report.json: dropped lines (`DROP_REASONS`, with examples) as skips, repairs as counts,
+    and the totals; returns the skips."""
+    skips = Skips("index-vad")
+    repairs = {}
+    for reason, n in sorted(counts.items()):
+        if reason in DROP_REASONS:
+            skips.add(reason, n=n)
+            skips.examples[reason] = examples.get(reason, [])[:5]
+        else:
+            repairs[reason] = n
+    write_report(path, stage="index-vad", config=cfg, skips=skips, input_bytes=input_bytes, n_lines=n_lines,
+                 n_files=n_files, n_tars=len(tars), duration_h=_hours(tars, "duration_s"),
+                 speech_h=_hours(tars, "speech_s"), repairs=repairs)
+    return skips
+
+
+def _hours(tars: pa.Table, column: str) -> float:
+    return float(pc.sum(tars[column]).as_py() or 0.0) / 3600

@@ -1,149 +1,81 @@
 """Stage `train`: continue HuBERT's masked pre-training on the labelled shards.
 
-Read it top to bottom: `run` resolves the device (a GPU expected but absent stops here), joins
-the process group under torchrun and calls, in order, `setup` (model, head, AdamW, data, the
-run's fingerprint), `resume` (the last state of this fingerprint, restored at the same global
-batch on any number of ranks and workers; or a fresh start, which sets older states aside),
-then the loop: `next_micro_batches` + `vote` (every rank agrees on the step's normaliser and on
-whether it has data), `train_step` (one optimizer step), `log_step`, `validate`, `save`, and
-`end_epoch`; `finish` validates, saves and exports once more.
+Read it top to bottom. `run` resolves the device (a GPU expected but absent stops here), joins
+the process group under torchrun and calls, in order:
+- `setup`: the run's shape (precision, batch split, clusters), then `setup_model` (HuBERT and a
+  new head), `setup_optimizer` (AdamW, the fp16 scaler) and `setup_data` (the loaders);
+- `resume`: the last state of this run's fingerprint, restored at the same global batch on any
+  number of ranks and workers; or a fresh start, which sets older states aside;
+- `train`: `run_epoch` epoch after epoch; each data step is `next_micro_batches` + `vote` (every
+  rank agrees on the step's normaliser and on whether it has data) + `train_step` (one optimizer
+  update), then `log_step`, `validate` and `save` on their steps; `end_epoch` records what each
+  epoch trained on; `finish` validates, saves and exports once more.
+
+The pure parts live in library modules: the LR schedule and its checks (`ups.schedule`), the
+data order and the global batch a resume keeps (`ups.data_order`), the batches (`ups.train_data`),
+what a state holds and which one to resume (`ups.train_state`), the logged figures
+(`ups.train_log`); docs/training.md describes them.
 
 Loss normalisation: each step sums cross-entropy over the scored frames of all micro-batches of
 all ranks and divides by their total count (voted before the forward passes, from the batches'
 host-side counts), so accumulation and DDP give the same update as one large batch. A step
 whose loss or gradient is not finite on any rank is skipped by every rank (one small collective
-and the step's only host sync); `max_bad_steps` in a row stop every rank.
-
-Data order: `ups.data_order`: one permutation of every training chunk per epoch, a function of
-(seed, epoch), cut into global batches (batch x accumulation x ranks chunks); only the last
-partial global batch sits out an epoch. A state records the global batch and the data step,
-so a resume on R2 ranks x W2 workers takes the accumulation that keeps the global batch and
-trains each remaining chunk of the epoch exactly once (refused, naming the keys, where no
-accumulation can keep it).
-
-Schedule: steps per epoch = training chunks // global batch; `max_steps` set means exactly that
-many applied optimizer updates (epochs repeat as needed), else `epochs` x steps per epoch. A
-skipped (non-finite) step consumes its data but is not an update: the step counter and the LR
-do not move. `warmup_steps` is a count or a fraction of the total; a warmup as long as the run
-is refused. The schedule is fixed when a run starts: resuming with another `epochs` /
-`max_steps` is refused with a message naming the key.
+and the step's only host sync); `max_bad_steps` in a row stop every rank. A skipped step
+consumes its data but is not an update: the step counter and the LR do not move.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import torch
 from torch.utils.data import DataLoader
 
-from ups import distributed, preempt
-from ups.atomic import atomic_dir, read_json
+from ups import distributed, failpoints, preempt
+from ups.atomic import atomic_dir
 from ups.batch_table import auto_batch, resolve_batch
-from ups.config import ConfigError, TrainConfig
-from ups.devices import resolve_device
+from ups.config import TrainConfig
+from ups.data_order import elastic_accum
+from ups.devices import resolve_device, resolve_precision
+from ups.frames import SAMPLE_RATE
 from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_second, load_hubert
 from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, scored_weight
 from ups.progress import bar
 from ups.report import Skips
-from ups.schedule import check_warmup, lr_at, warmup_steps_for
-from ups.train_data import EMPTY, BatchSpec, Catalog, ShardBatches, count_clusters, labels_digest, list_shards
-from ups.train_state import drop_aside, latest_state, load_state, save_state, set_aside, take_back
+from ups.schedule import check_same_schedule, check_warmup, lr_at, planned_steps, warmup_steps_for
+from ups.train_data import (
+    EMPTY,
+    BatchSpec,
+    Catalog,
+    ShardBatches,
+    check_crop,
+    count_clusters,
+    labels_digest,
+    list_shards,
+)
+from ups.train_log import (
+    Live,
+    StepSums,
+    epoch_summary,
+    last_metrics,
+    record,
+    throughput,
+    train_figures,
+    valid_figures,
+)
+from ups.train_state import Progress, choose_state, drop_aside, fingerprint, load_state, save_state
 
 log = logging.getLogger(__name__)
-
-# Keys that may change between a run and its resume without invalidating the state. The
-# schedule keys are checked on their own: a change is refused, never silently applied.
-RUNTIME_KEYS = (
-    "gpus",
-    "nodes",
-    "device",
-    "num_workers",
-    "log_every_steps",
-    "valid_every_steps",
-    "valid_max_batches",
-    "save_every_steps",
-    "resume",
-    "max_bad_steps",
-    "compile",
-    "epochs",
-    "max_steps",
-    "batch_size",  # the global batch is what a state keeps (see `elastic_accum`)
-    "grad_accum",
-)
-# Summed per step on the device (the loss terms) and on the host (counts), reduced at log time.
-DEVICE_SUMS = (*SUM_NAMES, "penalty")
-HOST_SUMS = ("micro_batches", "audio_samples")
-SAMPLE_RATE = 16000
-STATE_FORMAT = 3  # what state.json holds; a state of another format is not resumed
 
 
 class StopRequested(Exception):
     """Raised by the test hook `stop_after_steps`: the run ends as if killed (no final save)."""
-
-
-# --- device, precision, crop -------------------------------------------------------------------
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if device.type != "cuda":
-        if cfg.precision in ("bf16", "fp16"):
-            log.warning("train.precision=%s ignored on CPU: fp32", cfg.precision)
-        return "fp32"
-    if cfg.precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return cfg.precision
-
-
-def check_crop(cfg: TrainConfig, feat_extract_norm: str) -> None:
-    """Padding is only sound for a CNN that normalises each frame on its own."""
-    if cfg.crop == "pad" and feat_extract_norm == "group":
-        raise ConfigError(
-            "train.crop: pad is not supported for this model: its CNN uses group norm "
-            "(feat_extract_norm: group, as facebook/hubert-base-ls960), which normalises over time, "
-            "so zero padding changes the real frames' features; use train.crop: shortest"
-        )
-
-
-# --- what a run is made of ------------------------------------------------------------------------
-
-
-def fingerprint(cfg: TrainConfig, n_clusters: int, labels_dir: Path, shards: list[Path]) -> str:
-    """What a state is valid for: the config (bar runtime keys), the labels and the shard names.
-    Not the batch split: a state resumes at its own global batch, however it is split.
-
-    The labels count by content (`labels_digest`), not only their chunk ids and offsets: a
-    re-fitted k-means keeps those but renumbers the clusters, and a state trained on the old
-    numbering must not be resumed (its head would score the new labels below chance)."""
-    h = hashlib.sha256()
-    conf = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-    conf.update(n_clusters=n_clusters)
-    h.update(repr(sorted(conf.items())).encode())
-    h.update(labels_digest(labels_dir).encode())
-    h.update("\n".join(p.name for p in shards).encode())
-    return h.hexdigest()
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only. Not on biases, norms, the mask embedding,
-    the positional conv's weight-norm gain (`original0` / `weight_g`) or the label embeddings."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        matrix = p.ndim >= 2 and not name.endswith(("original0", "weight_g", "label_embs"))
-        (decay if matrix else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @dataclass
@@ -187,26 +119,6 @@ class Run:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-@dataclass
-class Progress:
-    """What a state saves and a resume restores."""
-
-    total_steps: int
-    step: int = 0  # applied optimizer updates
-    epoch: int = 0
-    steps_in_epoch: int = 0  # data steps of the current epoch taken (applied, skipped or empty)
-    bad_in_row: int = 0
-    skipped_steps: int = 0  # non-finite steps: their data is consumed, no update is made
-    empty_steps: int = 0  # data steps where some rank had no readable sample
-    epoch_chunks: int = 0  # chunks trained on in the current epoch (all ranks once saved)
-    epoch_samples: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --- set-up -----------------------------------------------------------------------------------
-
-
 def run(
     cfg: TrainConfig,
     *,
@@ -230,6 +142,9 @@ def run(
         distributed.shutdown(d)
 
 
+# --- set-up: model, optimizer, data -----------------------------------------------------------
+
+
 def setup(
     cfg: TrainConfig,
     d: distributed.Dist,
@@ -239,29 +154,58 @@ def setup(
     state_dir: Path,
 ) -> Run:
     """Model, head, optimizer and data, identical on every rank (DDP also broadcasts rank 0's)."""
-    from transformers import HubertConfig
-
-    from ups.tiny_model import TINY, write_tiny_hubert
-
-    precision = resolve_precision(cfg, device)
+    precision = resolve_precision(cfg.precision, device)
     memory_gib = None
     if device.type == "cuda":
         memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
     batch_size, grad_accum = resolve_batch(cfg.batch_size, cfg.grad_accum, memory_gib)
-    table_row = auto_batch(memory_gib)[0]
     n_clusters = count_clusters(labels_dir)
     train_shards = list_shards(audio_dir / "train")
     if not train_shards:
         raise FileNotFoundError(f"no training shards in {audio_dir / 'train'}")
-    init = cfg.init
-    # before any work (the tiny model is written just below)
-    tiny = init == "tiny"
-    norm = (TINY["feat_extract_norm"] if tiny
-            else HubertConfig.from_pretrained(init, revision=cfg.init_revision).feat_extract_norm)
-    check_crop(cfg, str(norm))
+    check_crop(cfg.crop, _feat_extract_norm(cfg))  # before any work (the tiny model is written below)
 
     torch.manual_seed(cfg.seed)
-    if tiny:  # one writer: ranks (and nodes) share the state directory
+    model, original_augment, ddp, forward = setup_model(cfg, d, device, n_clusters, state_dir)
+    optimizer, scaler = setup_optimizer(cfg, model, precision)
+    train_ds, loader, valid_loader = setup_data(cfg, d, device, audio_dir, labels_dir, state_dir, batch_size)
+    if train_ds.n_samples < batch_size * grad_accum * d.world_size:
+        raise RuntimeError(
+            f"train: no optimizer step can be formed: {train_ds.n_samples} training chunks, global batch "
+            f"{batch_size} x accum {grad_accum} x {d.world_size} processes (lower train.batch_size or "
+            f"train.grad_accum)"
+        )
+    return Run(
+        cfg=cfg, d=d, device=device, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
+        table_row=auto_batch(memory_gib)[0], n_clusters=n_clusters,
+        fingerprint=fingerprint(cfg, n_clusters, labels_dir, train_shards),
+        model=model, original_augment=original_augment, ddp=ddp, forward=forward, optimizer=optimizer,
+        scaler=scaler, train_ds=train_ds, loader=loader, valid_loader=valid_loader,
+        flops=flops_per_audio_second(model.hubert.config, cfg.max_sample_seconds), labels_dir=labels_dir,
+    )
+
+
+def _feat_extract_norm(cfg: TrainConfig) -> str:
+    """The initial model's CNN normalisation, from its config alone (no weights loaded)."""
+    from transformers import HubertConfig
+
+    from ups.tiny_model import TINY
+
+    if cfg.init == "tiny":
+        return str(TINY["feat_extract_norm"])
+    return str(HubertConfig.from_pretrained(cfg.init, revision=cfg.init_revision).feat_extract_norm)
+
+
+def setup_model(
+    cfg: TrainConfig, d: distributed.Dist, device: torch.device, n_clusters: int, state_dir: Path
+) -> tuple[PretrainModel, dict[str, Any], Any, Any]:
+    """HuBERT from `train.init` with a new head over this run's clusters. Returns the model, the
+    initial SpecAugment settings (restored at export), its DDP wrapper (the model itself on one
+    process) and the forward the steps call (compiled with `train.compile`)."""
+    from ups.tiny_model import write_tiny_hubert
+
+    init = cfg.init
+    if init == "tiny":  # one writer: ranks (and nodes) share the state directory
         if d.is_main:
             write_tiny_hubert(state_dir / "tiny-init", seed=cfg.seed)
         distributed.barrier(d)
@@ -278,13 +222,6 @@ def setup(
     )
     model = PretrainModel(hubert, head, cfg.feature_grad_scale).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
-        eps=cfg.adam_eps,
-    )
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     ddp: Any = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -294,57 +231,72 @@ def setup(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
         )
     forward = torch.compile(ddp) if cfg.compile else ddp
+    return model, original_augment, ddp, forward
 
-    spec = BatchSpec(
-        batch_size=batch_size,
-        max_sample_seconds=cfg.max_sample_seconds,
-        min_sample_seconds=cfg.min_sample_seconds,
-        crop=cfg.crop,
-        mask_prob=cfg.mask_prob,
-        mask_length=cfg.mask_length,
-        min_masks=cfg.min_masks,
-        normalize_audio=cfg.normalize_audio,
+
+def setup_optimizer(
+    cfg: TrainConfig, model: PretrainModel, precision: str
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over `param_groups`, and the loss scaler fp16 needs (None otherwise)."""
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+        eps=cfg.adam_eps,
     )
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return optimizer, scaler
 
-    def batches(split: str) -> ShardBatches:
-        """The split's dataset; its tar headers walked by rank 0 alone, the catalogue shared
-        through the state directory (every rank walking every shard was ranks x the reads)."""
-        saved = state_dir / "catalog" / f"{split}.npz"
 
-        def make(catalog: Any = None) -> ShardBatches:
-            return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
-                                train=split == "train", rank=d.rank, world_size=d.world_size, catalog=catalog,
-                                max_batches=None if split == "train" else cfg.valid_max_batches)
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only. Not on biases, norms, the mask embedding,
+    the positional conv's weight-norm gain (`original0` / `weight_g`) or the label embeddings."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        matrix = p.ndim >= 2 and not name.endswith(("original0", "weight_g", "label_embs"))
+        (decay if matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-        if not d.enabled:
-            return make()
-        ds = make() if d.is_main else None
-        if ds is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            ds.catalog.save(saved, ds.catalog_skips)
-        distributed.barrier(d)
-        return ds or make(Catalog.load(saved))
 
-    train_ds = batches("train")
+def setup_data(
+    cfg: TrainConfig, d: distributed.Dist, device: torch.device, audio_dir: Path, labels_dir: Path,
+    state_dir: Path, batch_size: int,
+) -> tuple[ShardBatches, DataLoader[Any], DataLoader[Any] | None]:
+    """The training batches and their loader, and the validation loader (None without
+    validation shards and labels)."""
+    spec = BatchSpec.of(cfg, batch_size)
+    train_ds = shared_batches("train", spec, cfg, d, audio_dir, labels_dir, state_dir)
     valid_loader = None
     if list_shards(audio_dir / "valid") and (labels_dir / "valid" / "labels.npy").is_file():
-        valid_loader = _loader(batches("valid"), cfg, device, cfg.seed + 1, persistent=True)
-    if train_ds.n_samples < batch_size * grad_accum * d.world_size:
-        raise RuntimeError(
-            f"train: no optimizer step can be formed: {train_ds.n_samples} training chunks, global batch "
-            f"{batch_size} x accum {grad_accum} x {d.world_size} processes (lower train.batch_size or "
-            f"train.grad_accum)"
-        )
-    r = Run(
-        cfg=cfg, d=d, device=device, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
-        table_row=table_row, n_clusters=n_clusters,
-        fingerprint=fingerprint(cfg, n_clusters, labels_dir, train_shards),
-        model=model, original_augment=original_augment, ddp=ddp, forward=forward, optimizer=optimizer,
-        scaler=scaler, train_ds=train_ds, loader=_loader(train_ds, cfg, device, cfg.seed),
-        valid_loader=valid_loader, flops=flops_per_audio_second(hubert.config, cfg.max_sample_seconds),
-        labels_dir=labels_dir,
-    )
-    return r
+        valid_ds = shared_batches("valid", spec, cfg, d, audio_dir, labels_dir, state_dir)
+        valid_loader = _loader(valid_ds, cfg, device, cfg.seed + 1, persistent=True)
+    return train_ds, _loader(train_ds, cfg, device, cfg.seed), valid_loader
+
+
+def shared_batches(
+    split: str, spec: BatchSpec, cfg: TrainConfig, d: distributed.Dist, audio_dir: Path, labels_dir: Path,
+    state_dir: Path,
+) -> ShardBatches:
+    """The split's dataset; its tar headers walked by rank 0 alone, the catalogue shared
+    through the state directory (every rank walking every shard was ranks x the reads)."""
+    saved = state_dir / "catalog" / f"{split}.npz"
+
+    def make(catalog: Any = None) -> ShardBatches:
+        return ShardBatches(audio_dir / split, labels_dir / split, spec, seed=cfg.seed,
+                            train=split == "train", rank=d.rank, world_size=d.world_size, catalog=catalog,
+                            max_batches=None if split == "train" else cfg.valid_max_batches)
+
+    if not d.enabled:
+        return make()
+    ds = make() if d.is_main else None
+    if ds is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        ds.catalog.save(saved, ds.catalog_skips)
+    distributed.barrier(d)
+    return ds or make(Catalog.load(saved))
 
 
 def _loader(
@@ -367,85 +319,22 @@ def _loader(
 # --- resume -----------------------------------------------------------------------------------
 
 
-def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """`max_steps` when set (epochs repeat as needed), else `epochs` x steps per epoch."""
-    return cfg.max_steps or cfg.epochs * steps_per_epoch
-
-
-def _changed_keys(info: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """The train.* keys (bar runtime ones) whose values differ from the state's."""
-    saved, now = info.get("config", {}), asdict(cfg)
-    return sorted(f"train.{k}" for k in now if k not in RUNTIME_KEYS and saved.get(k) != now[k])
-
-
-def _check_schedule(saved: dict[str, Any], cfg: TrainConfig, found: Path, step: int) -> None:
-    before = saved.get("max_steps"), saved.get("epochs")
-    if cfg.max_steps == before[0] and (cfg.max_steps is not None or cfg.epochs == before[1]):
-        return
-    key = "max_steps" if cfg.max_steps != before[0] else "epochs"
-    was = before[0] if key == "max_steps" else before[1]
-    raise ConfigError(
-        f"train.{key} is {getattr(cfg, key)} but the state {found} (step {step}) was made with "
-        f"train.{key}={was}: resuming would change the LR schedule mid-run. Set train.{key} back to "
-        f"{was} to resume it, or train.resume: false to start afresh (its states are then removed)"
-    )
-
-
-def elastic_accum(global_batch: int, batch_size: int, world_size: int) -> int:
-    """The accumulation that keeps a state's global batch on `world_size` processes."""
-    per_step = batch_size * world_size
-    if global_batch % per_step:
-        raise ConfigError(
-            f"train: the state was trained at a global batch of {global_batch} chunks, which "
-            f"train.batch_size {batch_size} x {world_size} processes (train.gpus x train.nodes) cannot "
-            f"make with a whole train.grad_accum; choose train.batch_size and the process count so that "
-            f"their product divides {global_batch}, or train.resume: false to start afresh"
-        )
-    return global_batch // per_step
-
-
-def choose_state(r: Run, state_dir: Path) -> str | None:
-    """Rank 0: the state this run resumes (its path), or None for a fresh start. Nothing is
-    deleted here: states of another config or trainer are set aside (`train_state.set_aside`)
-    and a set-aside run of this fingerprint is taken back."""
-    found = latest_state(state_dir)
-    if found is not None and r.cfg.resume:
-        info = read_json(found / "state.json")
-        if info.get("format") != STATE_FORMAT:
-            log.warning("train: state %s is from another trainer (format %s, now %d); starting afresh",
-                        found, info.get("format", 1), STATE_FORMAT)
-        elif info.get("fingerprint") == r.fingerprint:
-            return str(found)
-        else:
-            log.warning("train: state %s was made with another config or data (%s); starting afresh",
-                        found, ", ".join(_changed_keys(info, r.cfg)) or "labels or shards changed")
-    back = take_back(state_dir, r.fingerprint) if r.cfg.resume else None
-    if back is not None:
-        log.info("train: took back the states of this config set aside earlier (%s)", back.name)
-        return str(back)
-    moved = set_aside(state_dir)
-    if moved:
-        log.warning("train: set the earlier states %s aside in %s; they are removed once this run "
-                    "saves its first state", ", ".join(moved), state_dir / "aside")
-    return None
-
-
 def resume(r: Run, state_dir: Path) -> Progress:
-    """The state rank 0 chose, restored exactly on every rank, at its global batch (the
-    accumulation adapts to this run's processes); else a fresh start."""
+    """The state rank 0 chose (`train_state.choose_state`), restored exactly on every rank, at
+    its global batch (the accumulation adapts to this run's processes); else a fresh start."""
     cfg, d = r.cfg, r.d
-    chosen = choose_state(r, state_dir) if d.is_main else None
+    chosen = choose_state(state_dir, r.fingerprint, cfg) if d.is_main else None
     chosen = distributed.broadcast_json(d, chosen)
     if chosen is None:
         distributed.barrier(d)
         torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1)  # dropout / layerdrop differ per rank
-        return _fresh_progress(r)
+        return fresh_start(r)
     found = Path(chosen)
-    _test_delay_load(d.rank)
+    failpoints.delay_load(d.rank)
     st = load_state(found)
     distributed.barrier(d)  # every rank has read the state before anything may move
     info = st["info"]
-    _check_schedule(info["config"], cfg, found, info["step"])
+    check_same_schedule(info["config"], cfg.max_steps, cfg.epochs, f"{found} (step {info['step']})")
     accum = elastic_accum(info["global_batch"], r.batch_size, d.world_size)
     if accum != r.grad_accum:
         log.warning("train: the state's global batch is %d chunks: accumulation %d on %d processes x "
@@ -457,40 +346,34 @@ def resume(r: Run, state_dir: Path) -> Progress:
     if r.scaler is not None and info.get("scaler"):
         r.scaler.load_state_dict(info["scaler"])
     r.warmup_steps = info["warmup_steps"]
-    prog = Progress(
-        total_steps=info["total_steps"],
-        step=info["step"],
-        epoch=info["epoch"],
-        steps_in_epoch=info["steps_in_epoch"],
-        bad_in_row=info["bad_in_row"],
-        skipped_steps=info["skipped_steps"],
-        empty_steps=info["empty_steps"],
-        # the saved epoch counters are every rank's together: rank 0 carries them on
-        epoch_chunks=info["epoch_chunks"] if d.is_main else 0,
-        epoch_samples=info["epoch_samples"] if d.is_main else 0,
-        history=st["history"],
-        epochs=info["epochs"],
-    )
-    cpu_key, cuda_key = f"cpu.rank{d.rank}", f"cuda.rank{d.rank}"
-    if cpu_key in st["rng"]:
-        torch.set_rng_state(st["rng"][cpu_key])
-        if r.device.type == "cuda" and cuda_key in st["rng"]:
-            torch.cuda.set_rng_state(st["rng"][cuda_key], r.device)
-    else:  # a state of fewer ranks: this rank's dropout stream starts anew
-        torch.manual_seed(cfg.seed * 1_000_003 + d.rank + 1 + prog.step)
+    prog = Progress.restore(info, st["history"], d.is_main)
+    _restore_rng(r, st["rng"], prog.step)
     log.info("train: resumed from %s (step %d, epoch %d, data step %d of %d)", found, prog.step, prog.epoch,
              prog.steps_in_epoch, r.steps_per_epoch)
     _log_schedule(r, prog)
     return prog
 
 
-def _fresh_progress(r: Run) -> Progress:
-    total = planned_steps(r.cfg, r.steps_per_epoch)
+def fresh_start(r: Run) -> Progress:
+    """A new run's progress: its total steps and warmup fixed (and checked) once, here."""
+    total = planned_steps(r.cfg.max_steps, r.cfg.epochs, r.steps_per_epoch)
     r.warmup_steps = warmup_steps_for(r.cfg.warmup_steps, total)
     check_warmup(r.warmup_steps, total)
     prog = Progress(total_steps=total)
     _log_schedule(r, prog)
     return prog
+
+
+def _restore_rng(r: Run, rng: dict[str, torch.Tensor], step: int) -> None:
+    """This rank's generators as saved; a rank the state did not have starts its dropout
+    stream anew (a state of fewer ranks)."""
+    cpu_key, cuda_key = f"cpu.rank{r.d.rank}", f"cuda.rank{r.d.rank}"
+    if cpu_key in rng:
+        torch.set_rng_state(rng[cpu_key])
+        if r.device.type == "cuda" and cuda_key in rng:
+            torch.cuda.set_rng_state(rng[cuda_key], r.device)
+    else:
+        torch.manual_seed(r.cfg.seed * 1_000_003 + r.d.rank + 1 + step)
 
 
 def _log_schedule(r: Run, prog: Progress) -> None:
@@ -505,60 +388,73 @@ def _log_schedule(r: Run, prog: Progress) -> None:
     )
 
 
-def _test_delay_load(rank: int) -> None:
-    """Test hook: UPS_TEST_LOAD_DELAY=<rank>:<seconds> delays that rank's reading of the state."""
-    spec = os.environ.get("UPS_TEST_LOAD_DELAY")
-    if spec and int(spec.split(":")[0]) == rank:
-        time.sleep(float(spec.split(":")[1]))
-
-
 # --- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Loop:
+    """What the loop carries from one data step to the next, on this process."""
+
+    batches: Any  # one iterator (and one fork of the workers) for the whole run
+    sums: StepSums
+    skips: Skips
+    live: Live
+    progress: Any  # the step bar
+    trace: failpoints.StepTrace
+    nan_at: int | None  # test hook: the data step whose loss is made NaN
+    taken: int = 0  # data steps this process took (the NaN test hook counts these)
 
 
 def train(
     r: Run, prog: Progress, model_dir: Path, state_dir: Path, live_dir: Path, stop_after_steps: int | None
 ) -> dict[str, Any]:
-    """Steps until the schedule's last update, epoch after epoch, then `finish`."""
-    live = _Live(live_dir, r.d.is_main)
+    """Epoch after epoch until the schedule's last update, then `finish`."""
+    live = Live(live_dir, r.d.is_main)
     for rec in prog.history:
         live.log(rec)
     live.flush()
     skips = Skips("train")
     _merge(skips, dict(r.train_ds.catalog_skips))
-    sums = _Sums(r.device)
+    sums = StepSums(r.device)
     progress = bar(desc="train", unit="step", total=prog.total_steps, initial=prog.step)
     r.train_ds.set_start(prog.epoch, prog.steps_in_epoch, r.global_batch)
-    batches = iter(r.loader)  # one iterator (and one fork of the workers) for the whole run
-    nan_step = _nan_injection(r.d.rank)
-    trace = _Trace(r.d.rank)
-    taken = 0  # data steps this process took (the NaN test hook counts these)
+    loop = Loop(iter(r.loader), sums, skips, live, progress, failpoints.StepTrace(r.d.rank),
+                failpoints.nan_step(r.d.rank))
     while prog.step < prog.total_steps:
         if prog.steps_in_epoch == r.steps_per_epoch:
             end_epoch(r, prog, live)
-        micro = next_micro_batches(batches, r.grad_accum, skips, prog)
-        trace.write(prog, micro)
-        applied = data_step(r, prog, micro, sums, nan_step == taken)
-        taken += 1
-        if not applied:
-            continue
-        progress.update(1)
-        if prog.step % r.cfg.log_every_steps == 0 or prog.step == prog.total_steps:
-            log_step(r, prog, sums, live)
-        if r.valid_loader is not None and prog.step % r.cfg.valid_every_steps == 0:
-            _record(prog, live, {"step": prog.step, **validate(r)})
-            sums.restart_clock()
-        if prog.step % r.cfg.save_every_steps == 0:
-            save(r, prog, state_dir)
-            sums.restart_clock()
-        if prog.step % r.cfg.log_every_steps == 0 and preempt.requested(r.d):  # ups/preempt.py
-            save(r, prog, state_dir)
-            raise preempt.Preempted(prog.step)
-        if stop_after_steps is not None and prog.step >= stop_after_steps:
-            raise StopRequested(f"stopped after step {prog.step}")
+        run_epoch(r, prog, loop, state_dir, stop_after_steps)
     if prog.steps_in_epoch > 0:
         end_epoch(r, prog, live)
     progress.close()
     return finish(r, prog, skips, live, model_dir, state_dir)
+
+
+def run_epoch(r: Run, prog: Progress, loop: Loop, state_dir: Path, stop_after_steps: int | None) -> None:
+    """Data steps until the epoch's last one or the schedule's last update. After an update:
+    the log, validation and state on their steps, and a save-and-stop when preemption is asked."""
+    cfg = r.cfg
+    while prog.step < prog.total_steps and prog.steps_in_epoch != r.steps_per_epoch:
+        micro = next_micro_batches(loop.batches, r.grad_accum, loop.skips, prog)
+        loop.trace.write(prog.epoch, prog.steps_in_epoch, prog.step, micro)
+        applied = data_step(r, prog, micro, loop.sums, loop.nan_at == loop.taken)
+        loop.taken += 1
+        if not applied:
+            continue
+        loop.progress.update(1)
+        if prog.step % cfg.log_every_steps == 0 or prog.step == prog.total_steps:
+            log_step(r, prog, loop.sums, loop.live)
+        if r.valid_loader is not None and prog.step % cfg.valid_every_steps == 0:
+            record(prog.history, loop.live, {"step": prog.step, **validate(r)})
+            loop.sums.restart_clock()
+        if prog.step % cfg.save_every_steps == 0:
+            save(r, prog, state_dir)
+            loop.sums.restart_clock()
+        if prog.step % cfg.log_every_steps == 0 and preempt.requested(r.d):  # ups/preempt.py
+            save(r, prog, state_dir)
+            raise preempt.Preempted(prog.step)
+        if stop_after_steps is not None and prog.step >= stop_after_steps:
+            raise StopRequested(f"stopped after step {prog.step}")
 
 
 def next_micro_batches(batches: Any, grad_accum: int, skips: Skips, prog: Progress) -> list[dict[str, Any]]:
@@ -574,7 +470,7 @@ def next_micro_batches(batches: Any, grad_accum: int, skips: Skips, prog: Progre
     return micro
 
 
-def data_step(r: Run, prog: Progress, micro: list[dict[str, Any]], sums: _Sums, inject_nan: bool) -> bool:
+def data_step(r: Run, prog: Progress, micro: list[dict[str, Any]], sums: StepSums, inject_nan: bool) -> bool:
     """One data step: an optimizer update unless some rank has nothing to train on (every rank
     then moves on together) or the update is not finite; True when an update was applied."""
     full = [b for b in micro if EMPTY not in b]
@@ -601,10 +497,40 @@ def vote(r: Run, micro: list[dict[str, Any]], empty: bool) -> tuple[bool, float]
 
 
 def train_step(
-    r: Run, prog: Progress, micro: list[dict[str, Any]], total_weight: float, sums: _Sums, inject_nan: bool
+    r: Run, prog: Progress, micro: list[dict[str, Any]], total_weight: float, sums: StepSums, inject_nan: bool
 ) -> bool:
     """Forward and backward over the micro-batches, then one optimizer update or a skip that
     every rank takes together (the step's only read of a device value); True when applied."""
+    bad = forward_backward(r, prog, micro, total_weight, sums, inject_nan)
+    if r.scaler is not None:
+        r.scaler.unscale_(r.optimizer)
+    params = [p for p in r.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, r.cfg.grad_clip if r.cfg.grad_clip > 0 else math.inf)
+    flag = (bad | ~torch.isfinite(grad_norm)).to(torch.float64).reshape(1)
+    if distributed.all_max(r.d, flag).item() > 0:
+        skip_update(r, prog)
+        return False
+    lr = lr_at(prog.step, peak=r.cfg.learning_rate, warmup_steps=r.warmup_steps,
+               total_steps=prog.total_steps, kind=r.cfg.lr_schedule)
+    for g in r.optimizer.param_groups:
+        g["lr"] = lr
+    if r.scaler is not None:
+        r.scaler.step(r.optimizer)
+        r.scaler.update()
+    else:
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    prog.bad_in_row = 0
+    sums.grad_norm = grad_norm.detach()
+    prog.step += 1
+    return True
+
+
+def forward_backward(
+    r: Run, prog: Progress, micro: list[dict[str, Any]], total_weight: float, sums: StepSums, inject_nan: bool
+) -> torch.Tensor:
+    """The gradients of the step's loss, normalised by its scored frames over every rank (DDP
+    syncs on the last micro-batch only); returns whether the loss was not finite (on the device)."""
     cfg, d, dev = r.cfg, r.d, r.device
     scale = d.world_size / max(total_weight, 1.0)  # DDP averages gradients over ranks
     bad = torch.zeros((), dtype=torch.bool, device=dev)
@@ -629,72 +555,24 @@ def train_step(
         sums.add(s.as_tensor(), penalty.detach(), b["n_samples"])
         prog.epoch_chunks += len(b["chunk_ids"])
         prog.epoch_samples += b["n_samples"]
-    if r.scaler is not None:
-        r.scaler.unscale_(r.optimizer)
-    params = [p for p in r.model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    flag = (bad | ~torch.isfinite(grad_norm)).to(torch.float64).reshape(1)
-    if distributed.all_max(d, flag).item() > 0:
-        r.optimizer.zero_grad(set_to_none=True)
-        if r.scaler is not None:
-            r.scaler.update(r.scaler.get_scale() * r.scaler.get_backoff_factor())
-        prog.bad_in_row += 1
-        prog.skipped_steps += 1
-        log.warning("train: update %d skipped: loss or gradient not finite on some rank (%d in a row)",
-                    prog.step, prog.bad_in_row)
-        if prog.bad_in_row >= cfg.max_bad_steps:
-            raise RuntimeError(f"train: {prog.bad_in_row} non-finite steps in a row; every rank stops "
-                               f"(lower train.learning_rate or check the data)")
-        return False
-    lr = lr_at(prog.step, peak=cfg.learning_rate, warmup_steps=r.warmup_steps,
-               total_steps=prog.total_steps, kind=cfg.lr_schedule)
-    for g in r.optimizer.param_groups:
-        g["lr"] = lr
-    if r.scaler is not None:
-        r.scaler.step(r.optimizer)
-        r.scaler.update()
-    else:
-        r.optimizer.step()
+    return bad
+
+
+def skip_update(r: Run, prog: Progress) -> None:
+    """A non-finite step on some rank: every rank drops its gradients; too many in a row stop the run."""
     r.optimizer.zero_grad(set_to_none=True)
-    prog.bad_in_row = 0
-    sums.grad_norm = grad_norm.detach()
-    prog.step += 1
-    return True
+    if r.scaler is not None:
+        r.scaler.update(r.scaler.get_scale() * r.scaler.get_backoff_factor())
+    prog.bad_in_row += 1
+    prog.skipped_steps += 1
+    log.warning("train: update %d skipped: loss or gradient not finite on some rank (%d in a row)",
+                prog.step, prog.bad_in_row)
+    if prog.bad_in_row >= r.cfg.max_bad_steps:
+        raise RuntimeError(f"train: {prog.bad_in_row} non-finite steps in a row; every rank stops "
+                           f"(lower train.learning_rate or check the data)")
 
 
-class _Sums:
-    """The logged sums since the last log step: loss terms on the device, counts on the host."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.grad_norm: torch.Tensor | None = None
-        self._reset()
-        self.restart_clock()
-
-    def _reset(self) -> None:
-        self.loss = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
-        self.micro_batches = 0
-        self.audio_samples = 0
-
-    def restart_clock(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def add(self, loss_sums: torch.Tensor, penalty: torch.Tensor, n_samples: int) -> None:
-        self.loss += torch.cat([loss_sums, penalty.double().reshape(1)])
-        self.micro_batches += 1
-        self.audio_samples += n_samples
-
-    def reduce(self, d: distributed.Dist) -> tuple[dict[str, float], float]:
-        """Every rank's sums (one collective, read back once) and the seconds since the clock."""
-        host = torch.tensor([self.micro_batches, self.audio_samples], dtype=torch.float64, device=self.device)
-        tot = distributed.all_sum(d, torch.cat([self.loss, host])).tolist()
-        seconds = time.perf_counter() - self.t0
-        self._reset()
-        self.restart_clock()
-        return dict(zip((*DEVICE_SUMS, *HOST_SUMS), tot, strict=True)), seconds
-
-
-def log_step(r: Run, prog: Progress, sums: _Sums, live: _Live) -> None:
+def log_step(r: Run, prog: Progress, sums: StepSums, live: Live) -> None:
     v, seconds = sums.reduce(r.d)
     grad_norm = float(sums.grad_norm) if sums.grad_norm is not None else float("nan")
     rec = {
@@ -703,26 +581,12 @@ def log_step(r: Run, prog: Progress, sums: _Sums, live: _Live) -> None:
         "lr": r.optimizer.param_groups[0]["lr"],
         "grad_norm": grad_norm,
         "skipped_steps": prog.skipped_steps,
-        "train/loss": v["ce_masked"] / max(v["n_masked"], 1.0),
-        "train/loss_unmasked": v["ce_unmasked"] / max(v["n_unmasked"], 1.0),
-        "train/acc_masked": v["correct_masked"] / max(v["n_masked"], 1.0),
-        "train/acc_unmasked": v["correct_unmasked"] / max(v["n_unmasked"], 1.0),
-        "train/masked_fraction": v["n_masked"] / max(v["n_masked"] + v["n_unmasked"], 1.0),
-        "train/feature_penalty": v["penalty"] / max(v["micro_batches"], 1.0),
+        **train_figures(v),
     }
-    # Timings go to dvclive and the log only: the state's history (a tracked output) stays
-    # the same bytes when a run is repeated.
-    rate = v["audio_samples"] / SAMPLE_RATE / max(seconds, 1e-9)
-    timing = {"train/audio_s_per_s": rate, "train/tflops": rate * r.flops / 1e12}
-    _record(prog, live, rec, timing)
+    timing = throughput(v["audio_samples"], seconds, r.flops)
+    record(prog.history, live, rec, timing)
     log.info("train: step %d loss %.4f acc_masked %.3f %.0f audio-s/s", prog.step, rec["train/loss"],
-             rec["train/acc_masked"], rate)
-
-
-def _record(prog: Progress, live: _Live, rec: dict[str, Any], timing: dict[str, float] | None = None) -> None:
-    prog.history.append(rec)
-    live.log({**rec, **(timing or {})})
-    live.flush()
+             rec["train/acc_masked"], timing["train/audio_s_per_s"])
 
 
 @torch.no_grad()
@@ -742,41 +606,7 @@ def validate(r: Run) -> dict[str, float]:
         labels, valid = b["labels"].to(r.device), b["valid"].to(r.device)
         sums += masked_prediction_sums(logits, labels, mask, valid).as_tensor()
     r.model.train()
-    t = dict(zip(SUM_NAMES, distributed.all_sum(r.d, sums).tolist(), strict=True))
-    return {
-        "valid/loss": t["ce_masked"] / max(t["n_masked"], 1.0),
-        "valid/acc_masked": t["correct_masked"] / max(t["n_masked"], 1.0),
-        "valid/loss_unmasked": t["ce_unmasked"] / max(t["n_unmasked"], 1.0),
-        "valid/acc_unmasked": t["correct_unmasked"] / max(t["n_unmasked"], 1.0),
-    }
-
-
-def end_epoch(r: Run, prog: Progress, live: _Live | None = None) -> None:
-    """Record what the epoch trained on (all ranks; `complete`: all its steps ran, rather than
-    the schedule's end or a dry stream), then move on to the next epoch."""
-    steps = prog.steps_in_epoch
-    complete = steps >= r.steps_per_epoch
-    chunks, samples = distributed.host_sum(r.d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
-    rec = {
-        "epoch": prog.epoch,
-        "steps": steps,
-        "complete": complete,
-        "chunks_used": int(chunks),
-        "chunks_available": r.train_ds.n_samples,
-        "audio_seconds": samples / SAMPLE_RATE,
-        "hours": samples / SAMPLE_RATE / 3600,
-    }
-    prog.epochs.append(rec)
-    if live is not None:
-        _record(prog, live, {"step": prog.step, **{f"epochs/{k}": v for k, v in rec.items()
-                                                     if k not in ("epoch", "complete")}})
-    log.info("train: epoch %d: %d steps, %d of %d chunks, %.2f h of audio", prog.epoch, steps,
-             rec["chunks_used"], rec["chunks_available"], rec["hours"])
-    prog.epoch += 1
-    prog.steps_in_epoch = prog.epoch_chunks = prog.epoch_samples = 0
-
-
-# --- save, finish, export ---------------------------------------------------------------------
+    return valid_figures(dict(zip(SUM_NAMES, distributed.all_sum(r.d, sums).tolist(), strict=True)))
 
 
 def save(r: Run, prog: Progress, state_dir: Path) -> None:
@@ -788,77 +618,55 @@ def save(r: Run, prog: Progress, state_dir: Path) -> None:
             rng[f"cuda.rank{k}"] = s
     chunks, samples = distributed.host_sum(d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
     if d.is_main:
-        save_state(
-            state_dir,
-            prog.step,
-            model=r.model.state_dict(),
-            optimizer=r.optimizer.state_dict(),
-            rng=rng,
-            info={
-                "format": STATE_FORMAT,
-                "total_steps": prog.total_steps,
-                "epoch": prog.epoch,
-                "steps_in_epoch": prog.steps_in_epoch,
-                "global_batch": r.global_batch,
-                "warmup_steps": r.warmup_steps,
-                "empty_steps": prog.empty_steps,
-                "epoch_chunks": int(chunks),
-                "epoch_samples": int(samples),
-                "epochs": prog.epochs,
-                "bad_in_row": prog.bad_in_row,
-                "skipped_steps": prog.skipped_steps,
-                "scaler": r.scaler.state_dict() if r.scaler is not None else None,
-                "fingerprint": r.fingerprint,
-                "config": asdict(r.cfg),
-                "batch_size": r.batch_size,  # as resolved (train.batch_size may be auto)
-                "grad_accum": r.grad_accum,
-                "world_size": d.world_size,
-            },
-            history=prog.history,
-        )
+        info = {
+            **prog.info(int(chunks), int(samples)),
+            "global_batch": r.global_batch,
+            "warmup_steps": r.warmup_steps,
+            "scaler": r.scaler.state_dict() if r.scaler is not None else None,
+            "fingerprint": r.fingerprint,
+            "config": asdict(r.cfg),
+            "batch_size": r.batch_size,  # as resolved (train.batch_size may be auto)
+            "grad_accum": r.grad_accum,
+            "world_size": d.world_size,
+        }
+        save_state(state_dir, prog.step, model=r.model.state_dict(), optimizer=r.optimizer.state_dict(),
+                   rng=rng, info=info, history=prog.history)
         gone = drop_aside(state_dir)  # the new run has a state of its own now
         if gone:
             log.warning("train: removed the earlier states set aside: %s", ", ".join(gone))
     distributed.barrier(d)
 
 
-def _last_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last training log and the last validation, one dict (the validation's step wins)."""
-    last: dict[str, Any] = {}
-    for key in ("train/loss", "valid/loss"):
-        last.update(next((h for h in reversed(history) if key in h), {}))
-    return last
+def end_epoch(r: Run, prog: Progress, live: Live | None = None) -> None:
+    """Record what the epoch trained on (all ranks), then move on to the next epoch."""
+    chunks, samples = distributed.host_sum(r.d, [float(prog.epoch_chunks), float(prog.epoch_samples)])
+    rec = epoch_summary(prog.epoch, prog.steps_in_epoch, r.steps_per_epoch, chunks, samples,
+                        r.train_ds.n_samples)
+    prog.epochs.append(rec)
+    if live is not None:
+        record(prog.history, live, {"step": prog.step, **{f"epochs/{k}": v for k, v in rec.items()
+                                                           if k not in ("epoch", "complete")}})
+    log.info("train: epoch %d: %d steps, %d of %d chunks, %.2f h of audio", prog.epoch, rec["steps"],
+             rec["chunks_used"], rec["chunks_available"], rec["hours"])
+    prog.epoch += 1
+    prog.steps_in_epoch = prog.epoch_chunks = prog.epoch_samples = 0
+
+
+# --- finish: the last validation and state, the export ----------------------------------------
 
 
 def finish(
-    r: Run, prog: Progress, skips: Skips, live: _Live, model_dir: Path, state_dir: Path
+    r: Run, prog: Progress, skips: Skips, live: Live, model_dir: Path, state_dir: Path
 ) -> dict[str, Any]:
     """Final validation and state, the export (rank 0) and the summary."""
     if prog.step == 0:
         raise RuntimeError("train: no batch could be formed (too little data for train.batch_size?)")
     validated = [h["step"] for h in prog.history if "valid/loss" in h]
     if r.valid_loader is not None and (not validated or validated[-1] != prog.step):
-        _record(prog, live, {"step": prog.step, **validate(r)})
+        record(prog.history, live, {"step": prog.step, **validate(r)})
     save(r, prog, state_dir)
     skips.log_summary()
-    summary = {
-        "steps": prog.step,
-        "epoch": prog.epochs[-1]["epoch"] if prog.epochs else 0,  # the last epoch trained
-        "epochs": prog.epochs,
-        "hours_trained": sum(e["hours"] for e in prog.epochs),
-        "skipped_steps": prog.skipped_steps,
-        "world_size": r.d.world_size,
-        "batch_size": r.batch_size,
-        "grad_accum": r.grad_accum,
-        "batch_table_row": r.table_row,
-        "precision": r.precision,
-        "device": str(r.device),
-        "n_clusters": r.n_clusters,
-        "steps_per_epoch": r.steps_per_epoch,
-        "total_steps": prog.total_steps,
-        "last": _last_metrics(prog.history),
-        "flops_per_audio_second": r.flops,
-    }
+    summary = _summary(r, prog)
     if r.d.is_main:
         info = {
             **summary,
@@ -879,64 +687,28 @@ def finish(
     return summary
 
 
-# --- small helpers ----------------------------------------------------------------------------
-
-
-def _nan_injection(rank: int) -> int | None:
-    """Test hook: UPS_TEST_NAN_AT=<rank>:<k> makes that rank's loss NaN at its k-th data step
-    (0-based, counted from this process's start)."""
-    spec = os.environ.get("UPS_TEST_NAN_AT")
-    if not spec:
-        return None
-    r, s = spec.split(":")
-    return int(s) if int(r) == rank else None
-
-
-class _Trace:
-    """Test hook: UPS_TEST_TRACE_DIR=<dir> makes each rank append, per data step, the chunk ids
-    it trained on to `<dir>/rank<k>.jsonl` (flushed at once, so a killed run leaves its steps)."""
-
-    def __init__(self, rank: int) -> None:
-        where = os.environ.get("UPS_TEST_TRACE_DIR")
-        self.fh = open(Path(where) / f"rank{rank}.jsonl", "ab") if where else None  # noqa: SIM115
-
-    def write(self, prog: Progress, micro: list[dict[str, Any]]) -> None:
-        if self.fh is not None:
-            ids = [c for b in micro for c in b["chunk_ids"]]
-            self.fh.write(orjson.dumps({"epoch": prog.epoch, "step": prog.steps_in_epoch, "update": prog.step,
-                                        "ids": ids}) + b"\n")
-            self.fh.flush()
+def _summary(r: Run, prog: Progress) -> dict[str, Any]:
+    """What the run did, returned and exported beside the model (`training.json`)."""
+    return {
+        "steps": prog.step,
+        "epoch": prog.epochs[-1]["epoch"] if prog.epochs else 0,  # the last epoch trained
+        "epochs": prog.epochs,
+        "hours_trained": sum(e["hours"] for e in prog.epochs),
+        "skipped_steps": prog.skipped_steps,
+        "world_size": r.d.world_size,
+        "batch_size": r.batch_size,
+        "grad_accum": r.grad_accum,
+        "batch_table_row": r.table_row,
+        "precision": r.precision,
+        "device": str(r.device),
+        "n_clusters": r.n_clusters,
+        "steps_per_epoch": r.steps_per_epoch,
+        "total_steps": prog.total_steps,
+        "last": last_metrics(prog.history),
+        "flops_per_audio_second": r.flops,
+    }
 
 
 def _merge(skips: Skips, counts: dict[str, int]) -> None:
     for reason, n in counts.items():
         skips.add(reason, n=n)
-
-
-class _Live:
-    """dvclive on rank 0, fed from the history so a resumed run shows one continuous curve."""
-
-    def __init__(self, live_dir: Path, enabled: bool) -> None:
-        self.live = None
-        if enabled:
-            from dvclive import Live
-
-            if Path(live_dir).exists():
-                shutil.rmtree(live_dir)
-            self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=False)
-
-    def log(self, record: dict[str, Any]) -> None:
-        if self.live is None:
-            return
-        self.live.step = int(record["step"])
-        for k, v in record.items():
-            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
-                self.live.log_metric(k, float(v))
-
-    def flush(self) -> None:
-        if self.live is not None:
-            self.live.make_summary()
-
-    def end(self) -> None:
-        if self.live is not None:
-            self.live.end()
