@@ -29,7 +29,7 @@ def _sh(cmd: list[str], cwd: Path) -> str:
 
 
 def _repro(dvc: str, root: Path) -> dict[str, bool]:
-    """Run the stages one by one (-s: only these, not the later issues' stages)."""
+    """Run the stages one by one (-s: only these, not the stages after them)."""
     ran = {}
     for st in STAGES:
         log = _sh([dvc, "repro", "-s", st], root)
