@@ -256,7 +256,7 @@ def retrying(what: str, attempt_fn: Callable[[], T], *, max_retries: int, backof
             if _is_offline(exc):
                 raise DownloadError(f"{what}: HF_HUB_OFFLINE is set, so nothing can be fetched "
                                     "from the hub (unset it, or use files already cached)") from None
-            reason = _describe(exc)
+            reason = describe_error(exc)
             delay = policy.delay(reason, getattr(exc, "retry_after_s", 0.0))
             if delay is None:
                 raise DownloadError(f"{what}: giving up after {policy.failures} attempt(s): "
@@ -274,7 +274,7 @@ def _with_sha(meta: FileMeta, sha256: str) -> FileMeta:
     return FileMeta(meta.path, meta.size, sha256, meta.git_sha1)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A short reason for a log line or error: type and message, nothing from request headers."""
     if isinstance(exc, httpx2.ConnectError):
         return f"connection failed: {exc}"
@@ -411,7 +411,7 @@ def server_wait_s(headers: Mapping[str, str]) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def _base_headers() -> dict[str, str]:
+def base_headers() -> dict[str, str]:
     """huggingface_hub's request headers without a token (user agent: ups + hub library)."""
     from huggingface_hub.utils import build_hf_headers
 
@@ -447,7 +447,7 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
         origin = urllib.parse.urlsplit(url).netloc
         client = get_session()
         for _ in range(MAX_REDIRECTS + 2):
-            headers = {**_base_headers(), "Accept-Encoding": "identity"}
+            headers = {**base_headers(), "Accept-Encoding": "identity"}
             if offset or end is not None:
                 headers["Range"] = f"bytes={offset}-" + ("" if end is None else str(end - 1))
             tok = token()
@@ -460,17 +460,12 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
             with client.stream("GET", target, headers=headers, follow_redirects=False,
                                timeout=httpx2.Timeout(timeout_s)) as response:
                 status = response.status_code
-                if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                    target = urllib.parse.urljoin(target, response.headers["Location"])
+                nxt = follow(url, target, remembered, status, response.headers.get("Location"),
+                             locations)
+                if nxt is not None:
+                    target, remembered = nxt
                     continue
-                if remembered and target == remembered and 400 <= status < 500 and status != 416:
-                    assert locations is not None
-                    locations.pop(url, None)  # expired: resolve again, not counted as a failure
-                    remembered, target = None, url
-                    continue
-                if locations is not None and target != url and status in (200, 206):
-                    locations[url] = target
-                start = _check_answer(url, status, response.headers, offset, size)
+                start = check_answer(url, status, response.headers, offset, size)
                 # raw chunks as they arrive, so a dropped connection keeps its bytes
                 yield start, _counted(response.iter_raw(), stats)
                 return
@@ -479,7 +474,24 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
     return open_range
 
 
-def _check_answer(url: str, status: int, headers: Mapping[str, str], offset: int,
+def follow(url: str, target: str, remembered: str | None, status: int, location: str | None,
+           locations: dict[str, str] | None) -> tuple[str, str | None] | None:
+    """(next target, remembered location) when the answer of `target` for `url` is not final,
+    else None. A redirect goes to its Location. A remembered storage URL that answers 4xx (not
+    416 or 429) has expired: it is forgotten and `url` resolved again, not counted as a failure.
+    A storage URL that answers 200/206 is remembered in `locations`."""
+    if status in (301, 302, 303, 307, 308) and location:
+        return urllib.parse.urljoin(target, location), remembered
+    if remembered and target == remembered and 400 <= status < 500 and status not in (416, 429):
+        if locations is not None:
+            locations.pop(url, None)
+        return url, None
+    if locations is not None and target != url and status in (200, 206):
+        locations[url] = target
+    return None
+
+
+def check_answer(url: str, status: int, headers: Mapping[str, str], offset: int,
                   size: int | None) -> int:
     """The offset the body of a final answer starts at, or the error the answer means."""
     if status == 416:

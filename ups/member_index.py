@@ -232,11 +232,27 @@ class Walker:
                 self._step()
             except _Miss as miss:
                 asked = self._file.wanted(miss, self.window)
+                if self._tf is None and 0 < self._start == miss.offset:
+                    # a resumed walk reads from one byte earlier, as the walk it continues would
+                    # have (tarfile's end-of-data check): the same requests, so the same index
+                    asked = (self._start - 1, min(self.window, self._file.size - self._start + 1))
                 if asked == self._asked:  # fed and still missing: the reader returned too little
                     raise RuntimeError(f"tar {self.index.tar:06d}: bytes {asked} were fed short") from None
                 self._asked = asked
                 return asked
         return None
+
+    def checkpoint(self) -> MemberIndex | None:
+        """A copy of the walk so far that a later walk can resume from (None while a member is
+        half-read or the walk has not started or is over)."""
+        tf = self._tf
+        if self._done or tf is None or self._ending_at is not None:
+            return None
+        if getattr(tf, "firstmember", None) is not None:  # read by tarfile, not yet recorded
+            return None
+        i = self.index
+        return MemberIndex(i.tar, i.tar_size, list(i.entries), "ok", "", dict(i.source), i.requests,
+                           i.bytes_read, tf.offset, i.members_seen, dict(tf.pax_headers))
 
     def feed(self, offset: int, data: bytes) -> None:
         self._file.feed(offset, data)
