@@ -123,6 +123,10 @@ class Dataset(abc.ABC):
         """`tar_identity` of many tars (the hub answers them in batches of 50)."""
         return {n: self.tar_identity(n) for n in dict.fromkeys(tar_numbers)}
 
+    def tar_metas(self, tar_numbers: Iterable[int]) -> dict[int, tuple[FileMeta, ...]]:
+        """The metadata of many tars to hand to other processes (`remember`); none for a mirror."""
+        return {}
+
     def remember(self, metas: Iterable[FileMeta]) -> None:  # noqa: B027 (a mirror needs none)
         """Take file metadata another process already read (the hub: no request for them)."""
 
@@ -375,6 +379,11 @@ class HubDataset(Dataset):
         self.files_meta(tar_path(n) for n in numbers)  # 50 per request
         return {n: self.tar_identity(n) for n in numbers}
 
+    def tar_metas(self, tar_numbers: Iterable[int]) -> dict[int, tuple[FileMeta, ...]]:
+        rels = {n: tar_path(n) for n in tar_numbers}
+        meta = self.files_meta(rels.values())  # 50 per request
+        return {n: (meta[rel],) for n, rel in rels.items()}
+
     def remember(self, metas: Iterable[FileMeta]) -> None:
         self._meta.update((m.path, m) for m in metas)
 
@@ -455,7 +464,7 @@ def open_dataset(cfg: DatasetConfig, **kw: Any) -> Dataset:
     return HubDataset(cfg, **kw)
 
 
-_SHARED: dict[tuple[DatasetConfig, int], Dataset] = {}
+_SHARED: dict[tuple[DatasetConfig, int, str | None], Dataset] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -464,9 +473,9 @@ def shared_dataset(cfg: DatasetConfig, *, share: int = 1) -> Dataset:
     metadata it read, the storage URLs the hub redirected to and the rate limits (this process's
     `share` of the hub's budgets) serve them all, so each tar costs at most one metadata lookup
     and one `/resolve/` request per process."""
+    key = (cfg, share, os.environ.get("HF_ENDPOINT"))
     with _SHARED_LOCK:
-        ds = _SHARED.get((cfg, share))
+        ds = _SHARED.get(key)
         if ds is None:
-            kw = {"share": share} if cfg.source == "hub" else {}
-            ds = _SHARED[(cfg, share)] = open_dataset(cfg, **kw)
+            ds = _SHARED[key] = open_dataset(cfg, **({"share": share} if cfg.source == "hub" else {}))
         return ds

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from ups import failpoints
 from ups.atomic import atomic_write, locked, mark_done, read_done, writer_tag
 from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
+from ups.download import FileMeta
 from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
 from ups.progress import bar
 from ups.report import Skips, write_report
@@ -51,7 +52,9 @@ SPLITS = ("train", "valid", "eval")  # eval: held out for evaluate's probe, neve
 DONE_DIR = "_done"
 CHUNK_COLUMNS = ("chunk_id", "tar", "key", "start_s", "end_s", "language", "split")
 DURATION_COLUMN = "file_duration_s"  # the file's indexed duration (select writes it; optional)
-FORMAT_VERSION = 1  # bump when the bytes written for the same input change
+# bump when the bytes written for the same input change (2: a tar is read up to its last wanted
+# member, so damage and unsafe entries after it are no longer counted in its marker)
+FORMAT_VERSION = 2
 # A decode that ends more than this short of min(asked length, indexed duration) is a truncated
 # file: MP3 encoder delay and padding move the decoded length by tens of milliseconds (the
 # sample corpus: within 5 ms of its VAD durations), a cut-off member by seconds.
@@ -80,6 +83,8 @@ class TarJob:
     audio_dir: str
     features_dir: str
     members_dir: str | None = None  # index-members' output (dataset.fetch: members)
+    metas: tuple[FileMeta, ...] = ()  # the tar's hub metadata, read once by the main process
+    share: int = 1  # processes sharing the hub's budgets
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ def process_tar(job: TarJob) -> dict[str, Any]:
 def write_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
     from ups.audio import MARGIN_S, CorruptAudio, decode_mono_16k, from_int16, to_int16
-    from ups.dataset import open_dataset
+    from ups.dataset import shared_dataset
     from ups.member_fetch import open_members
     from ups.mfcc import hubert_mfcc
     from ups.shards import ShardWriter
@@ -246,7 +251,9 @@ def write_tar(job: TarJob) -> dict[str, Any]:
     lost_s: dict[str, float] = {}
     decoded_s = 0.0
     seen: set[str] = set()
-    ds = open_dataset(job.dataset)
+    ds = shared_dataset(job.dataset, share=job.share)  # one per process: metadata, URLs, budgets
+    ds.remember(job.metas)
+    requests0, bytes0 = ds.stats.requests, ds.stats.bytes
     member_bytes = 0
     try:
         with open_members(ds, job.tar, skips, set(by_key), fetch=job.dataset.fetch,
@@ -319,9 +326,9 @@ def write_tar(job: TarJob) -> dict[str, Any]:
             n_frames = 0
         splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
                      "hours": round(seconds[s] / 3600, 6)}
-    if ds.stats.requests:
+    if ds.stats.requests > requests0:
         log.info("%s: tar %s: %.1f MB in %d request(s) (dataset.fetch: %s)", STAGE, tag,
-                 ds.stats.bytes / 1e6, ds.stats.requests, job.dataset.fetch)
+                 (ds.stats.bytes - bytes0) / 1e6, ds.stats.requests - requests0, job.dataset.fetch)
     # bytes both ways (the same whichever way the tar was read, so markers do not depend on it)
     fetch_bytes = {"members": member_bytes, "tar": ds.tar_size(job.tar)}
     info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
@@ -432,31 +439,32 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
     log.info("%s: %d chunks in %d tars; %s takes %d tars, %d workers", STAGE,
              sum(len(r) for r in by_tar.values()), len(tars), share.describe(), len(mine), cfg.workers)
 
-    jobs: list[TarJob] = []
-    for t in mine:
-        fp = fingerprint(t, by_tar[t], cfg, mfcc, revision)
-        done = read_done(audio_dir / DONE_DIR, f"{t:06d}")
-        if done is not None and done.get("fingerprint") == fp:
-            continue
-        jobs.append(TarJob(t, by_tar[t], fp, cfg, mfcc, dataset, str(audio_dir), str(features_dir),
-                           str(members_dir) if members_dir else None))
-    log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(jobs), len(jobs))
+    todo = [t for t in mine if (d := read_done(audio_dir / DONE_DIR, f"{t:06d}")) is None
+            or d.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc, revision)]
+    log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(todo), len(todo))
+    n_procs = min(cfg.workers, len(todo)) if cfg.workers > 1 and len(todo) > 1 else 0
+    hub_share = (n_procs + 1) * share.world  # the processes that call the hub meanwhile
+    from ups.dataset import shared_dataset
+
+    ds = shared_dataset(dataset, share=hub_share)
+    metas = ds.tar_metas(todo)  # the hub: 50 tars per request, handed to the workers
+    jobs = [TarJob(t, by_tar[t], fingerprint(t, by_tar[t], cfg, mfcc, revision), cfg, mfcc, dataset,
+                   str(audio_dir), str(features_dir), str(members_dir) if members_dir else None,
+                   metas.get(t, ()), hub_share) for t in todo]
 
     if jobs:
-        from ups.dataset import open_dataset
-
         # whole tars are prefetched; member fetches happen in the workers, `ahead` members at a time
-        ahead = Prefetcher(open_dataset(dataset), [j.tar for j in jobs] if dataset.fetch == "tars"
-                           else [], dataset.download_workers + cfg.workers)
+        ahead = Prefetcher(ds, [j.tar for j in jobs] if dataset.fetch == "tars" else [],
+                           dataset.download_workers + cfg.workers)
         with ahead, bar(desc=STAGE, unit="tar", total=len(jobs)) as pbar:
-            if cfg.workers == 1 or len(jobs) == 1:
+            if not n_procs:
                 for job in jobs:
                     process_tar(job)
                     ahead.finished_one()
                     pbar.update(1)
             else:
                 ctx = mp.get_context("spawn")
-                with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
+                with ctx.Pool(n_procs) as pool:
                     for _ in pool.imap_unordered(process_tar, jobs):
                         ahead.finished_one()
                         pbar.update(1)
