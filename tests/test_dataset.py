@@ -91,7 +91,7 @@ def hub_ds(tmp_path, **over) -> HubDataset:
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_metadata_call_waits_the_hubs_retry_after(hub, tmp_path, status):
-    # The metadata calls backed off 0.5, 1, 2 ... s whatever the hub asked, then gave up.
+    # A metadata call waits as long as the hub asks, not the backoff.
     hub.fault("@paths-info", ("status", status, 7), ("status", status, 0))
     slept: list[float] = []
     ds = open_dataset(hub_cfg(tmp_path, retry_backoff_s=0.5), sleep=slept.append)
@@ -102,8 +102,8 @@ def test_a_metadata_call_waits_the_hubs_retry_after(hub, tmp_path, status):
 
 
 def test_rate_limit_waits_are_not_failed_attempts(hub, tmp_path):
-    # A 5-minute rate-limit window answers 429 for minutes: with the waits counted as failures a
-    # metadata call gave up after max_retries (~62 s with the defaults) while the hub said wait.
+    # A 5-minute rate-limit window answers 429 for minutes: counted as failures, its waits would
+    # end a metadata call after max_retries (~62 s with the defaults) while the hub says wait.
     hub.fault("@paths-info", *[("status", 429, 60)] * 6,
               ("status", 429, None, {"RateLimit": '"api";r=0;t=42'}))
     slept: list[float] = []

@@ -61,7 +61,7 @@ def test_corrupted_bytes_never_land_and_fail_after_max_retries(hub, tmp_path):
 
 def test_the_same_wrong_bytes_twice_are_not_fetched_again(hub, tmp_path):
     # A source that holds other bytes than its metadata describes sends them every time: each
-    # retry of a whole tar moved 4.5-15 GB for nothing.
+    # retry of a whole tar would move 4.5-15 GB for nothing.
     hub.fault(VAD, *[("corrupt", 7)] * 10)
     ds, sleeps = make(tmp_path, max_retries=5)
     with pytest.raises(DownloadError, match=r"same wrong bytes twice \(sha256 [0-9a-f]{64} != expected"):

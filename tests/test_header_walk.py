@@ -19,11 +19,11 @@ from ups.keys import tar_path
 TARS = (1, 2, 5001)
 
 
-def build(n: int, seed: int) -> bytes:
+def build(n: int, salt: int) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for k in range(n):
-            info = tarfile.TarInfo(f"item{seed}/{'long_' * (k % 3) * 30}file {k}.mp3")
+            info = tarfile.TarInfo(f"item{salt}/{'long_' * (k % 3) * 30}file {k}.mp3")
             data = bytes([k % 256]) * (1500 + 900 * k)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

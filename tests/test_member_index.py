@@ -280,3 +280,15 @@ def test_a_partial_index_round_trips_and_for_tar_continues_it(tmp_path):
     assert walked and index_view(grown) == index_view(full)[:11]
     assert grown.requests == first.requests + 8  # members 3..10, one read each
     assert member_index.read(idx, 7).members_seen == 11
+
+
+def test_walk_estimate_takes_the_slowest_bound():
+    n = member_index.walk_requests(1000)
+    assert n == 1001
+    # latency-bound: 400 tars of 1,001 reads at 150 ms, 256 at a time
+    est = member_index.walk_estimate_s
+    assert est(400 * n, n, 0.15, 256, 400, 0.0) == pytest.approx(400 * n * 0.15 / 256)
+    # one tar alone: its reads in sequence, however many walks may run
+    assert est(n, n, 0.05, 256, 1, 0.0) == pytest.approx(n * 0.05)
+    # CPU-bound: 0.35 ms a read beats 50 ms / 256 walks
+    assert est(400 * n, n, 0.05, 256, 400, 3.5e-4) == pytest.approx(400 * n * 3.5e-4)

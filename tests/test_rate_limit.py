@@ -32,9 +32,9 @@ def test_calls_beyond_the_budget_wait_for_the_window_to_move():
     assert limit.waited_s == 600  # call 4 waited 300 s, call 7 another 300 s
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_no_window_ever_holds_more_than_the_budget(seed):
-    rng = random.Random(seed)
+@pytest.mark.parametrize("case", range(5))
+def test_no_window_ever_holds_more_than_the_budget(case):
+    rng = random.Random(case)
     clock = Clock()
     limit = RateLimiter(10, 60.0, clock=clock, sleep=clock.sleep)
     times, asked = [], []

@@ -49,6 +49,12 @@ SCHEMA = pa.schema([("tar", pa.int32()), ("name", pa.string()), ("key", pa.strin
                     ("offset", pa.int64()), ("size", pa.int64()), ("skip", pa.string()),
                     ("header_offset", pa.int64())])
 
+# What a walk costs, for estimates (`make plan`): one ranged read per member header (its blocks
+# and tarfile's end-of-data check come in one window) plus the first; the async walk's client CPU
+# per read, measured (bench/results/header_walk.json, 2 cores, the server on the same machine).
+REQUESTS_PER_MEMBER = 1
+CPU_S_PER_REQUEST = 0.00034
+
 # `read(offset, size)` -> the bytes of [offset, offset + size), fewer only at the end of the file
 Reader = Callable[[int, int], bytes]
 
@@ -317,6 +323,21 @@ def walk(tar: int, read: Reader, size: int, *, wanted: Iterable[str] | None = No
     while (need := w.need()) is not None:
         w.feed(need[0], read(*need))
     return w.index
+
+
+def walk_requests(n_members: int) -> int:
+    """Ranged reads of a walk through `n_members` members (to the end of the tar: one more)."""
+    return REQUESTS_PER_MEMBER * n_members + 1
+
+
+def walk_estimate_s(n_requests: int, max_tar_requests: int, latency_s: float, walks: int,
+                    n_tars: int, cpu_s_per_request: float = CPU_S_PER_REQUEST) -> float:
+    """Wall seconds of index-members' walks: the longest of the requests shared by the walks in
+    flight (min(walks, n_tars)) at `latency_s` each, one tar's reads in sequence, and the
+    client's CPU (one core: the walks share one event loop)."""
+    in_flight = max(1, min(walks, n_tars))
+    return max(n_requests * latency_s / in_flight, max_tar_requests * latency_s,
+               n_requests * cpu_s_per_request)
 
 
 def _end_of_walk(f: _FedFile, offset: int, size: int) -> tuple[str, str]:

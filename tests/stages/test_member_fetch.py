@@ -190,7 +190,7 @@ def _repacked(data: bytes) -> bytes:
 
 def test_a_repacked_tar_behind_unchanged_metadata_is_an_error_naming_tar_and_revision(corpus, tmp_path, hub):
     # A mirror of the hub (HF_ENDPOINT) that serves a re-packed tar under the same path, size and
-    # sha256: the stored layout no longer matches; decoding what lies there lost chunks silently.
+    # sha256: the stored layout does not describe it; decoding what lies there loses chunks unseen.
     ds = _configs(corpus, tmp_path, "members")[2]
     members = tmp_path / "members"
     index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META, out_dir=members)
@@ -228,8 +228,8 @@ def test_a_flipped_header_byte_is_an_error_a_flipped_data_byte_reads_as_the_tar(
 
 
 def test_a_mirror_tar_rewritten_with_its_old_mtime_is_walked_again(corpus, tmp_path):
-    # A local mirror's tar re-packed in place with size and mtime kept: the stored index was
-    # trusted and 3 of the tar's 4 chunks were lost without a word.
+    # A local mirror's tar re-packed in place with size and mtime kept: trusting the stored index
+    # loses the tar's chunks without a word.
     import os
     import shutil
 
@@ -266,7 +266,7 @@ def test_a_server_that_ignores_range_stops_member_fetches(corpus, tmp_path, hub)
 
 @pytest.mark.parametrize("fetch", ["members", "tars"])
 def test_one_metadata_request_and_one_resolve_per_tar_in_a_run(corpus, tmp_path, hub, fetch):
-    # A fresh dataset object per tar asked the hub for the tar's metadata and resolved its URL in
+    # A dataset object per tar would ask the hub for the tar's metadata and resolve its URL in
     # every job (and whole tars once more in the prefetch): ~4,000 API calls for 100 h, against a
     # budget of 1,000 per 5 minutes.
     import os

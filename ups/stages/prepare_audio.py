@@ -53,7 +53,7 @@ DONE_DIR = "_done"
 CHUNK_COLUMNS = ("chunk_id", "tar", "key", "start_s", "end_s", "language", "split")
 DURATION_COLUMN = "file_duration_s"  # the file's indexed duration (select writes it; optional)
 # bump when the bytes written for the same input change (2: a tar is read up to its last wanted
-# member, so damage and unsafe entries after it are no longer counted in its marker)
+# member; damage and unsafe entries after it are not counted in its marker)
 FORMAT_VERSION = 2
 # A decode that ends more than this short of min(asked length, indexed duration) is a truncated
 # file: MP3 encoder delay and padding move the decoded length by tens of milliseconds (the
