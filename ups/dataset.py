@@ -468,14 +468,14 @@ _SHARED: dict[tuple[DatasetConfig, int, str | None], Dataset] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_dataset(cfg: DatasetConfig, *, share: int = 1) -> Dataset:
+def shared_dataset(cfg: DatasetConfig, *, share: int = 1, fresh: bool = False) -> Dataset:
     """One dataset object per configuration in this process, for all the tar jobs it runs: the
     metadata it read, the storage URLs the hub redirected to and the rate limits (this process's
     `share` of the hub's budgets) serve them all, so each tar costs at most one metadata lookup
-    and one `/resolve/` request per process."""
+    and one `/resolve/` request per process. `fresh`: a new one (a stage's run starts with one)."""
     key = (cfg, share, os.environ.get("HF_ENDPOINT"))
     with _SHARED_LOCK:
-        ds = _SHARED.get(key)
+        ds = None if fresh else _SHARED.get(key)
         if ds is None:
             ds = _SHARED[key] = open_dataset(cfg, **({"share": share} if cfg.source == "hub" else {}))
         return ds

@@ -77,8 +77,13 @@ def walk_tars(ds: Any, jobs: list[WalkJob], *, walks: int, save: Save, desc: str
         return {}, {}
     with bar(desc=desc, unit="tar", total=len(jobs)) as pbar:
         if isinstance(ds, HubDataset):
-            return asyncio.run(_walk_hub(ds, jobs, walks, save, checkpoint_s, pbar.update))
-        return _walk_local(ds, jobs, save, pbar.update)
+            out, errors = asyncio.run(_walk_hub(ds, jobs, walks, save, checkpoint_s, pbar.update))
+        else:
+            out, errors = _walk_local(ds, jobs, save, pbar.update)
+    log.info("%s: %d tar(s) walked (%d header reads), %d failed", desc, len(out),
+             sum(i.requests - (j.resume.requests if j.resume else 0) for j in jobs
+                 if (i := out.get(j.tar)) is not None), len(errors))
+    return out, errors
 
 
 def _walk_local(ds: Any, jobs: list[WalkJob], save: Save,

@@ -287,7 +287,7 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
     hub_share = (n_procs + 1) * share.world  # the processes that call the hub meanwhile
     from ups.dataset import shared_dataset
 
-    ds = shared_dataset(dataset, share=hub_share)
+    ds = shared_dataset(dataset, share=hub_share, fresh=True)  # the jobs run here share it
     metas = ds.tar_metas(todo)  # the hub: 50 tars per request, handed to the workers
     jobs = [TarJob(t, by_tar[t], fingerprint(t, by_tar[t], cfg, mfcc, revision), cfg, mfcc, dataset,
                    str(audio_dir), str(features_dir), str(members_dir) if members_dir else None,
