@@ -15,13 +15,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL: list[list[str]] = [
     ["index_vad"], ["select"], ["select", "--fetch", "members"], ["prepare_audio"], ["kmeans"],
-    ["labels"], ["train"], ["members"], ["hub_client"], ["data_order"],
+    ["labels"], ["train"], ["members"], ["header_walk"], ["hub_client"], ["data_order"],
 ]
 QUICK: list[list[str]] = [
     ["index_vad", "--files", "200000", "--repeats", "1", "--naive-mb", "50"],
     ["select", "--files", "200000", "--hours", "10"],
     ["select", "--files", "200000", "--hours", "10", "--fetch", "members"],
-    ["members"], ["hub_client", "--size-mb", "2"],
+    ["members"], ["header_walk", "--members", "30", "--walks", "64"], ["hub_client", "--size-mb", "2"],
     ["prepare_audio", "--hours", "0.5"],
     ["kmeans", "--frames", "1000000", "--baseline-frames", "200000"],
     ["labels", "--chunks", "4", "--frames", "100000", "--n-init", "3", "--assign-frames", "100000"],

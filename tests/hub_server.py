@@ -11,8 +11,11 @@ It answers the requests the dataset module and huggingface_hub's own download AP
 
 Faults are scripted per file path as a queue consumed one per GET: `("drop", n)` sends the
 headers of a full answer and then only n bytes before closing; `("stall", n, s)` sends n bytes
-and then hangs s seconds; `("status", code, retry_after)` answers an error; `("corrupt",)` flips
-one byte; `("redirect", url_prefix)` answers 302 to `url_prefix + path`. Every request is
+and then hangs s seconds; `("status", code, retry_after[, headers])` answers an error;
+`("corrupt"[, k])` flips byte k (default 0) of the body; `("redirect", url_prefix)` answers 302 to
+`url_prefix + path`. `state.ignore_range` answers every GET with the whole file (200), as a server
+without Range support does; `state.meta` describes files with other bytes than it serves (a mirror
+whose metadata is stale); `state.latency_s` delays every answer. Every request is
 recorded with its Range and Authorization headers. `state.cdn` makes every resolve answer a
 redirect to the storage URL, as the hub does for LFS and Xet files; faults keyed `@cdn/<path>`
 apply to the storage URL. Body bytes sent are counted per path and
@@ -53,6 +56,9 @@ class HubState:
     lfs: bool = True  # report files as LFS (sha256) or as plain git blobs (sha1 blob id)
     rate_bytes_per_s: float = 0.0  # > 0: file bodies trickle out at this rate (kill tests)
     cdn: str | None = None  # set: every /resolve/ GET answers 302 to `cdn + path` (storage URL)
+    ignore_range: bool = False
+    meta: dict[str, bytes] = field(default_factory=dict)  # path -> the bytes paths-info describes
+    latency_s: float = 0.0
     faults: dict[str, deque] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)  # body bytes per file path
@@ -123,11 +129,14 @@ def make_handler(state: HubState):
                                               self.headers.get("Range"),
                                               self.headers.get("Authorization")))
 
-        def _json(self, obj, status: int = 200, retry_after: float | None = None) -> None:
+        def _json(self, obj, status: int = 200, retry_after: float | None = None,
+                  headers: dict[str, str] | None = None) -> None:
             body = json.dumps(obj).encode()
             self.send_response(status)
             if retry_after is not None:
                 self.send_header("Retry-After", str(retry_after))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -184,10 +193,11 @@ def make_handler(state: HubState):
                 queue = state.faults.get("@paths-info")  # faults for the metadata call
                 action = queue.popleft() if queue else None
             if action and action[0] == "status":
-                self._json({"error": "scripted"}, action[1], action[2] if len(action) > 2 else None)
+                self._json({"error": "scripted"}, action[1], action[2] if len(action) > 2 else None,
+                           action[3] if len(action) > 3 else None)
                 return
-            self._json([_info(p, state.files[p], state.lfs) for p in form.get("paths", [])
-                        if p in state.files])
+            self._json([_info(p, state.meta.get(p, state.files[p]), state.lfs)
+                        for p in form.get("paths", []) if p in state.files])
 
         def _serve(self, rel: str, cdn: bool) -> None:
             if rel not in state.files:
@@ -199,10 +209,14 @@ def make_handler(state: HubState):
                 action = queue.popleft() if queue else None
             if action is None and not cdn and state.cdn:
                 action = ("redirect", state.cdn)
+            if state.latency_s:
+                time.sleep(state.latency_s)
             if action and action[0] == "status":
                 self.send_response(action[1])
                 if len(action) > 2 and action[2] is not None:
                     self.send_header("Retry-After", str(action[2]))
+                for k, v in (action[3] if len(action) > 3 else {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -213,7 +227,7 @@ def make_handler(state: HubState):
                 self.end_headers()
                 return
             start, end = 0, len(data) - 1
-            rng = self.headers.get("Range")
+            rng = None if state.ignore_range else self.headers.get("Range")
             if rng and rng.startswith("bytes="):
                 first, _, last = rng[len("bytes="):].partition("-")
                 start = int(first)
@@ -231,7 +245,8 @@ def make_handler(state: HubState):
                 self.send_response(200)
             body = data[start:end + 1]
             if action and action[0] == "corrupt" and body:
-                body = bytes([body[0] ^ 0xFF]) + body[1:]
+                k = action[1] if len(action) > 1 else 0
+                body = body[:k] + bytes([body[k] ^ 0xFF]) + body[k + 1:]
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()

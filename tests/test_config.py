@@ -80,3 +80,14 @@ def test_configs_are_frozen():
     cfg = from_dict(SelectConfig, {"hours": 1}, "select")
     with pytest.raises(AttributeError):
         cfg.hours = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("api_calls_per_5min", 0, "must be >= 1"), ("resolves_per_5min", -3, "must be >= 1"),
+    ("header_walks", 0, r"must be in \[1, 4096\]"), ("header_walks", 10_000, r"must be in \[1, 4096\]")])
+def test_hub_budgets_and_walks_are_checked(key, value, message):
+    base = load_params(REPO / "params.yaml")["dataset"] | {key: value}
+    with pytest.raises(ConfigError, match=rf"dataset\.{key} {message}, got {value}"):
+        from_dict(DatasetConfig, base, "dataset")
+    ok = from_dict(DatasetConfig, load_params(REPO / "params.yaml")["dataset"], "dataset")
+    assert (ok.api_calls_per_5min, ok.resolves_per_5min) == (500, 2500)  # half a free account's

@@ -16,6 +16,10 @@ from ups.config import DatasetConfig
 from ups.dataset import DatasetError, HubDataset, LocalDataset, open_dataset
 from ups.tar_cache import CacheFullError, TarCache
 
+
+def hub_url_as_localhost() -> str:
+    return os.environ["HF_ENDPOINT"].replace("127.0.0.1", "localhost")
+
 TARS = {1: "audio/000001.tar", 5000: "audio/005000.tar", 5001: "audio2/005001.tar",
         7: "audio/000007.tar"}
 
@@ -87,13 +91,55 @@ def hub_ds(tmp_path, **over) -> HubDataset:
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_metadata_call_waits_the_hubs_retry_after(hub, tmp_path, status):
-    # The metadata calls backed off 0.5, 1, 2 ... s whatever the hub asked, then gave up.
+    # A metadata call waits as long as the hub asks, not the backoff.
     hub.fault("@paths-info", ("status", status, 7), ("status", status, 0))
     slept: list[float] = []
     ds = open_dataset(hub_cfg(tmp_path, retry_backoff_s=0.5), sleep=slept.append)
     assert ds.tar_sizes([1]) == {1: 1000}
-    assert slept == [7.0, 1.0]  # Retry-After when longer than the backoff, else the backoff
+    # Retry-After when the hub names a wait (not a failed attempt), else the first backoff
+    assert slept == [7.0, 0.5]
     assert sum("/paths-info/" in r.path for r in hub.requests) == 3
+
+
+def test_rate_limit_waits_are_not_failed_attempts(hub, tmp_path):
+    # A 5-minute rate-limit window answers 429 for minutes: counted as failures, its waits would
+    # end a metadata call after max_retries (~62 s with the defaults) while the hub says wait.
+    hub.fault("@paths-info", *[("status", 429, 60)] * 6,
+              ("status", 429, None, {"RateLimit": '"api";r=0;t=42'}))
+    slept: list[float] = []
+    ds = open_dataset(hub_cfg(tmp_path, max_retries=3, retry_backoff_s=2.0), sleep=slept.append)
+    assert ds.tar_sizes([1, 7]) == {1: 1000, 7: 1000}
+    assert slept == [60.0] * 6 + [42.0]  # the hub's RateLimit reset when it sends no Retry-After
+
+
+def test_a_transfer_waits_the_hubs_retry_after(hub, tmp_path):
+    hub.fault(TARS[1], *[("status", 429, 30)] * 5, ("status", 503, 5))
+    slept: list[float] = []
+    ds = open_dataset(hub_cfg(tmp_path, max_retries=2), sleep=slept.append)
+    assert ds.read_tar_range(1, 100, 50) == hub.files[TARS[1]][100:150]
+    assert slept == [30.0] * 5 + [5.0]
+
+
+def test_metadata_and_resolves_keep_to_the_budgets(hub, tmp_path):
+    slept: list[float] = []
+    ds = open_dataset(hub_cfg(tmp_path, api_calls_per_5min=2, resolves_per_5min=3), sleep=slept.append,
+                      clock=lambda: 1000.0)  # time stands still: every wait is the limiter's
+    for n in TARS:
+        ds.tar_size(n)  # one metadata call per tar (a cached answer makes none)
+    ds.tar_size(1)
+    assert slept == [300.0, 300.0]  # calls 3 and 4 wait for the next windows
+    hub.cdn = hub_url_as_localhost() + "/cdn/"
+    slept.clear()
+    for n in TARS:
+        for k in range(3):
+            ds.read_tar_range(n, 10 * k, 10)  # the first read of a tar resolves, the others not
+    assert slept == [300.0]  # the 4th tar's resolve
+    assert sum("/resolve/" in r.path for r in hub.requests) == 4
+
+
+def test_the_processes_of_a_stage_share_the_budgets(hub, tmp_path):
+    ds = open_dataset(hub_cfg(tmp_path, api_calls_per_5min=500, resolves_per_5min=2500), share=4)
+    assert (ds.api_limit.calls, ds.resolve_limit.calls) == (125, 625)
 
 
 def test_hub_tar_is_downloaded_once_into_the_cache(hub, tmp_path):

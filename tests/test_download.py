@@ -47,8 +47,8 @@ def test_resume_after_drop_500_and_429(hub, tmp_path):
     assert sleeps == pytest.approx([0.01, 0.02, 1.0])
 
 
-def test_corrupted_byte_never_lands_and_fails_after_max_retries(hub, tmp_path):
-    hub.fault(VAD, *[("corrupt",)] * 10)
+def test_corrupted_bytes_never_land_and_fail_after_max_retries(hub, tmp_path):
+    hub.fault(VAD, *[("corrupt", k) for k in range(10)])  # another byte each time: in transit
     ds, sleeps = make(tmp_path, max_retries=2)
     dest = tmp_path / "out" / VAD
     with pytest.raises(DownloadError, match=r"giving up after 3 attempt\(s\).*sha256"):
@@ -57,6 +57,43 @@ def test_corrupted_byte_never_lands_and_fails_after_max_retries(hub, tmp_path):
     # Each failed check deletes the partial, so every attempt starts from byte 0.
     assert [r.range for r in hub.gets(VAD)] == [None] * 3
     assert len(sleeps) == 2
+
+
+def test_the_same_wrong_bytes_twice_are_not_fetched_again(hub, tmp_path):
+    # A source that holds other bytes than its metadata describes sends them every time: each
+    # retry of a whole tar would move 4.5-15 GB for nothing.
+    hub.fault(VAD, *[("corrupt", 7)] * 10)
+    ds, sleeps = make(tmp_path, max_retries=5)
+    with pytest.raises(DownloadError, match=r"same wrong bytes twice \(sha256 [0-9a-f]{64} != expected"):
+        ds.fetch_file(VAD, tmp_path / "out" / VAD)
+    assert len(hub.gets(VAD)) == 2 and len(sleeps) == 1
+
+
+def test_a_416_on_a_commit_is_not_retried(hub, tmp_path):
+    # The metadata says the file is longer than what the hub serves at this commit: a range past
+    # the served end can never be satisfied, however often it is asked for.
+    hub.meta[VAD] = hub.files[VAD] + b"more"
+    ds, sleeps = make(tmp_path, max_retries=5)
+    with pytest.raises(DownloadError, match="HTTP 416.*past the end"):
+        ds.read_file_range(VAD, len(hub.files[VAD]), 4)
+    assert len(hub.gets(VAD)) == 1 and sleeps == []
+
+
+def test_a_range_of_a_file_of_another_size_is_an_error(hub, tmp_path):
+    hub.meta[VAD] = hub.files[VAD] + b"more"  # stale metadata: another size than is served
+    ds, sleeps = make(tmp_path, max_retries=5)
+    size = len(hub.meta[VAD])
+    with pytest.raises(DownloadError, match=rf"is {size - 4} bytes \(Content-Range\), its metadata says"):
+        ds.read_file_range(VAD, 0, 100, file_size=size)
+    assert len(hub.gets(VAD)) == 1 and sleeps == []
+
+
+def test_a_server_that_ignores_range_stops_a_member_read(hub, tmp_path):
+    hub.ignore_range = True
+    ds, sleeps = make(tmp_path, max_retries=5)
+    with pytest.raises(DownloadError, match="ignores Range requests.*dataset.fetch: tars"):
+        ds.read_file_range(VAD, 1000, 100)
+    assert len(hub.gets(VAD)) == 1 and sleeps == []
 
 
 def test_one_corrupt_answer_is_retried_from_scratch(hub, tmp_path):

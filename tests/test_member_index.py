@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ups import member_index
+from ups.keys import normalize_key
 from ups.tar_reader import unsafe_reason
 
 SAMPLE_TARS = ["audio/000001.tar", "audio/000002.tar", "audio2/005001.tar"]
@@ -168,7 +169,7 @@ def test_parquet_round_trip_and_identity(tmp_path, sample_root):
         index.entries, "ok", index.source, len(data), index.requests)
     import pyarrow.parquet as pq
     table = pq.read_table(path)
-    assert table.column_names == ["tar", "name", "key", "offset", "size", "skip"]
+    assert table.column_names == ["tar", "name", "key", "offset", "size", "skip", "header_offset"]
     assert set(table.column("tar").to_pylist()) == {7}
     assert member_index.read(tmp_path, 8) is None
     (tmp_path / "000009.parquet").write_bytes(b"not parquet")
@@ -200,3 +201,94 @@ def test_index_file_is_written_atomically(tmp_path, sample_root):
     index, _ = walk_bytes(data)
     member_index.write(index, tmp_path)
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["000007.parquet"]
+
+
+# --- a walk stops after its last wanted member and a larger selection continues it -------------
+
+def _numbered(n: int, fmt: int = tarfile.PAX_FORMAT, **kw) -> bytes:
+    return build([(f"item{k:02d}/file {k}.mp3", bytes([k]) * (3000 + 700 * k)) for k in range(n)], fmt, **kw)
+
+
+def test_a_walk_stops_after_its_last_wanted_member_and_records_where():
+    data = _numbered(20)
+    full, full_reader = walk_bytes(data)
+    wanted = {full.entries[3].key, full.entries[7].key}
+    part, reader = walk_bytes(data, wanted=wanted)
+    assert part.status == "ok" and not part.complete
+    assert index_view(part) == index_view(full)[:8]  # through the last wanted member, no further
+    last = full.entries[7]
+    assert part.next_offset == last.offset + -(-last.size // 512) * 512  # the 9th member's header
+    assert part.members_seen == 8 and full.members_seen == 20 and full.complete
+    assert len(reader.calls) == 8 < len(full_reader.calls)
+    assert part.covers(wanted) and not part.covers({full.entries[12].key})
+    assert full.covers({full.entries[12].key, "not/in/the tar"})  # a complete walk covers any key
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_larger_selection_continues_the_walk_where_it_stopped(fmt, tmp_path):
+    members = [(f"i/{k}.mp3", bytes([k]) * 2500) for k in range(12)]
+    members.insert(5, (LONG, b"z" * 9000))  # a long name (GNU 'L' or pax record) after the stop
+    glob = {"pax_headers": {"comment": "global"}} if fmt == tarfile.PAX_FORMAT else {}
+    data = build(members, fmt, **glob)
+    full, _ = walk_bytes(data)
+    first, _ = walk_bytes(data, wanted={"i/2"})
+    assert first.members_seen == 3
+    more = {"i/2", normalize_key(LONG), "i/9"}
+    reader = Counting(data)
+    second = member_index.walk(7, reader, len(data), wanted=more, resume=first)
+    assert index_view(second) == index_view(full)[:11] and second.members_seen == 11
+    assert second.pax_globals == full.pax_globals
+    # only the headers after the stop are read again: none of the first three
+    assert min(off for off, _ in reader.calls) == first.next_offset - 1
+    assert second.requests == first.requests + len(reader.calls)
+    direct, _ = walk_bytes(data, wanted=more)  # one walk to the same stop: the same stored bytes
+    a, b = (member_index.write(x, tmp_path / name) for x, name in ((direct, "a"), (second, "b")))
+    assert a.read_bytes() == b.read_bytes()
+    rest = member_index.walk(7, Counting(data), len(data), resume=second)  # no selection: to the end
+    assert index_view(rest) == index_view(full) and rest.complete and rest.status == "ok"
+
+
+def test_a_wanted_key_that_is_no_usable_member_walks_the_whole_tar():
+    data = build([("a/x.mp3", b"1" * 600), ("a/link.mp3", ("sym", "x.mp3")), ("a/notes.txt", b"t"),
+                  ("a/y.mp3", b"2" * 700)], tarfile.PAX_FORMAT)
+    index, _ = walk_bytes(data, wanted={"a/link", "a/notes.txt"})  # a link, not audio
+    assert index.complete and len(index.entries) == 4
+
+
+def test_a_partial_index_round_trips_and_for_tar_continues_it(tmp_path):
+    from ups.config import DatasetConfig
+    from ups.dataset import open_dataset
+
+    data = _numbered(15)
+    tar = tmp_path / "m" / "audio" / "000007.tar"
+    tar.parent.mkdir(parents=True)
+    tar.write_bytes(data)
+    cfg = DatasetConfig(source="local", local_root=str(tmp_path / "m"), repo_id="a/b", revision="main",
+                        tar_cache_dir=str(tmp_path / "c"), cache_budget_gb=1.0, download_workers=1,
+                        max_retries=0, retry_backoff_s=0.0, timeout_s=1.0)
+    ds, idx = open_dataset(cfg), tmp_path / "idx"
+    full, _ = walk_bytes(data)
+    keys = [e.key for e in full.entries]
+    first, walked = member_index.for_tar(ds, 7, idx, wanted={keys[2]}, save=True)
+    assert walked and first.members_seen == 3
+    back = member_index.read(idx, 7)
+    assert (back.next_offset, back.members_seen, back.pax_globals, back.entries) == (
+        first.next_offset, 3, first.pax_globals, first.entries)
+    same, walked = member_index.for_tar(ds, 7, idx, wanted={keys[1]}, save=True)
+    assert not walked and same.members_seen == 3  # covered: nothing read
+    grown, walked = member_index.for_tar(ds, 7, idx, wanted={keys[10]}, save=True)
+    assert walked and index_view(grown) == index_view(full)[:11]
+    assert grown.requests == first.requests + 8  # members 3..10, one read each
+    assert member_index.read(idx, 7).members_seen == 11
+
+
+def test_walk_estimate_takes_the_slowest_bound():
+    n = member_index.walk_requests(1000)
+    assert n == 1001
+    # latency-bound: 400 tars of 1,001 reads at 150 ms, 256 at a time
+    est = member_index.walk_estimate_s
+    assert est(400 * n, n, 0.15, 256, 400, 0.0) == pytest.approx(400 * n * 0.15 / 256)
+    # one tar alone: its reads in sequence, however many walks may run
+    assert est(n, n, 0.05, 256, 1, 0.0) == pytest.approx(n * 0.05)
+    # CPU-bound: 0.35 ms a read beats 50 ms / 256 walks
+    assert est(400 * n, n, 0.05, 256, 400, 3.5e-4) == pytest.approx(400 * n * 3.5e-4)

@@ -155,9 +155,20 @@ class DatasetConfig:
     # members: prepare-audio fetches only the tar members holding selected chunks (ranged reads,
     # located by the member index); tars: whole tars (for mirrors that ignore Range requests)
     fetch: Literal["members", "tars"] = "members"
+    # the hub's budgets per account and 5 minutes (free: 1,000 API calls, 5,000 /resolve/
+    # requests): the kit keeps to these, shared by the processes of a stage
+    api_calls_per_5min: int = 500
+    resolves_per_5min: int = 2500
+    header_walks: int = 256  # tars whose headers index-members walks at once (a connection each)
 
     def __post_init__(self) -> None:
         require(self.cache_budget_gb > 0, "dataset.cache_budget_gb", "must be > 0", self.cache_budget_gb)
+        require(self.api_calls_per_5min >= 1, "dataset.api_calls_per_5min", "must be >= 1",
+                self.api_calls_per_5min)
+        require(self.resolves_per_5min >= 1, "dataset.resolves_per_5min", "must be >= 1",
+                self.resolves_per_5min)
+        require(1 <= self.header_walks <= 4096, "dataset.header_walks", "must be in [1, 4096]",
+                self.header_walks)
         require(self.download_workers >= 1, "dataset.download_workers", "must be >= 1",
                 self.download_workers)
         require(self.max_retries >= 0, "dataset.max_retries", "must be >= 0", self.max_retries)

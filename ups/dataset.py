@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -51,12 +52,13 @@ from ups.download import (
 )
 from ups.keys import tar_path
 from ups.progress import bar
+from ups.rate_limit import RateLimiter
 from ups.tar_cache import GB, CacheFullError, TarCache
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CacheFullError", "Dataset", "DatasetError", "DownloadError", "FileMeta", "HubDataset",
-           "LocalDataset", "open_dataset", "is_commit_sha", "pinned_config"]
+           "LocalDataset", "open_dataset", "is_commit_sha", "pinned_config", "shared_dataset"]
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 PATHS_INFO_BATCH = 50  # the hub answers at most 50 expanded paths per request
@@ -93,8 +95,9 @@ class Dataset(abc.ABC):
         """Size and sha256 of a file at the dataset root (e.g. `vad_results.jsonl`)."""
 
     @abc.abstractmethod
-    def _opener(self, path: str) -> Any:
-        """A range opener for a repo path (see `ups.download.RangeOpener`)."""
+    def _opener(self, path: str, size: int | None = None) -> Any:
+        """A range opener for a repo path (see `ups.download.RangeOpener`); with `size`, it fails
+        when the file has another size."""
 
     @abc.abstractmethod
     def tar_size(self, tar_number: int) -> int:
@@ -116,22 +119,39 @@ class Dataset(abc.ABC):
     def local_tar_path(self, tar_number: int) -> Path:
         """Where `tar()` puts (or finds) the tar; names it in reports whichever way it is read."""
 
+    def tar_identities(self, tar_numbers: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """`tar_identity` of many tars (the hub answers them in batches of 50)."""
+        return {n: self.tar_identity(n) for n in dict.fromkeys(tar_numbers)}
+
+    def tar_metas(self, tar_numbers: Iterable[int]) -> dict[int, tuple[FileMeta, ...]]:
+        """The metadata of many tars to hand to other processes (`remember`); none for a mirror."""
+        return {}
+
+    def remember(self, metas: Iterable[FileMeta]) -> None:  # noqa: B027 (a mirror needs none)
+        """Take file metadata another process already read (the hub: no request for them)."""
+
+    @abc.abstractmethod
+    def describe_tar(self, tar_number: int) -> str:
+        """The tar and the revision (or mirror) it is read at, for error messages."""
+
     def read_tar_range(self, tar_number: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of tar `tar_number` without fetching the tar: one ranged
-        request (a seek on a local mirror), resumed after a dropped connection, checked by length."""
-        return self.read_file_range(tar_path(tar_number), offset, size)
+        request (a seek on a local mirror), resumed after a dropped connection, checked by length
+        and by the tar's size (a source whose tar has another size fails)."""
+        return self.read_file_range(tar_path(tar_number), offset, size,
+                                    file_size=int(self.tar_identity(tar_number)["size"]))
 
-    def read_file_range(self, path: str, offset: int, size: int) -> bytes:
+    def read_file_range(self, path: str, offset: int, size: int, *, file_size: int | None = None) -> bytes:
         """Bytes [offset, offset + size) of any file of the dataset (a repo path), as above."""
-        return read_range(f"{path} [{offset}, {offset + size})", self._opener(path), offset, size,
-                          max_retries=self.cfg.max_retries, backoff_s=self.cfg.retry_backoff_s,
-                          sleep=self._sleep)
+        return read_range(f"{path} [{offset}, {offset + size})", self._opener(path, file_size),
+                          offset, size, max_retries=self.cfg.max_retries,
+                          backoff_s=self.cfg.retry_backoff_s, sleep=self._sleep)
 
     def fetch_file(self, name: str, dest: str | os.PathLike[str]) -> FileMeta:
         """Fetch root file `name` to `dest`: resumes `dest.partial`, verifies size and sha256,
         renames into place. Returns the verified FileMeta (sha256 filled in)."""
         meta = self.file_meta(_root_name(name))
-        return fetch(meta, Path(dest), self._opener(meta.path), max_retries=self.cfg.max_retries,
+        return fetch(meta, Path(dest), self._opener(meta.path, meta.size), max_retries=self.cfg.max_retries,
                      backoff_s=self.cfg.retry_backoff_s, sleep=self._sleep)
 
     def prefetch(self, tar_numbers: Iterable[int]) -> dict[int, Path]:
@@ -181,8 +201,8 @@ class LocalDataset(Dataset):
         p = self._local(_root_name(name))
         return FileMeta(name, p.stat().st_size, file_sha256(p))
 
-    def _opener(self, path: str) -> Any:
-        return local_range(self._local(path))
+    def _opener(self, path: str, size: int | None = None) -> Any:
+        return local_range(self._local(path), size)
 
     def tar_size(self, tar_number: int) -> int:
         return self._local(tar_path(tar_number)).stat().st_size
@@ -192,11 +212,15 @@ class LocalDataset(Dataset):
         yield self._local(tar_path(tar_number))
 
     def tar_identity(self, tar_number: int) -> dict[str, Any]:
+        # ctime: any write to the file, even one that puts its mtime back, moves it
         st = self._local(tar_path(tar_number)).stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
     def local_tar_path(self, tar_number: int) -> Path:
         return self.root / tar_path(tar_number)
+
+    def describe_tar(self, tar_number: int) -> str:
+        return f"tar {tar_number:06d} ({tar_path(tar_number)} in the local mirror {self.root})"
 
 
 class HubDataset(Dataset):
@@ -205,7 +229,8 @@ class HubDataset(Dataset):
     `endpoint` defaults to `HF_ENDPOINT` (read now), else huggingface_hub's default.
     """
 
-    def __init__(self, cfg: DatasetConfig, *, endpoint: str | None = None, **kw: Any) -> None:
+    def __init__(self, cfg: DatasetConfig, *, endpoint: str | None = None, share: int = 1,
+                 clock: Callable[[], float] = time.monotonic, **kw: Any) -> None:
         super().__init__(cfg, **kw)
         from huggingface_hub import constants
 
@@ -214,6 +239,10 @@ class HubDataset(Dataset):
         self._revision: str | None = None
         self._meta: dict[str, FileMeta] = {}
         self._locations: dict[str, str] = {}  # resolve URL -> storage URL it redirected to
+        # the hub's budgets, this process's `share` of them (the processes of a stage split them)
+        self.api_limit = RateLimiter(cfg.api_calls_per_5min, share=share, clock=clock, sleep=self._sleep)
+        self.resolve_limit = RateLimiter(cfg.resolves_per_5min, share=share, clock=clock,
+                                         sleep=self._sleep)
 
     # --- hub metadata --------------------------------------------------------------------------
 
@@ -229,15 +258,17 @@ class HubDataset(Dataset):
         return HfApi(endpoint=self.endpoint, token=self._token() or False)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """A hub API call with the same retry policy as downloads (exponential backoff, or the
-        server's `Retry-After` on 429/503 when longer); errors name `what` only."""
+        """A hub API call within the API budget (`api_limit`), retried as downloads are
+        (`ups.download.Attempts`: a 429/503 that says how long to wait is waited out and not
+        counted); errors name `what` only."""
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-        from ups.download import retry_after_s
+        from ups.download import Attempts, server_wait_s
 
-        attempt = 0
+        policy = Attempts(what, self.cfg.max_retries, self.cfg.retry_backoff_s)
         while True:
-            retry_after = 0.0
+            wait = 0.0
+            self.api_limit.acquire()
             try:
                 return fn()
             except OfflineModeIsEnabled:
@@ -248,22 +279,19 @@ class HubDataset(Dataset):
                 transient = status is None or status == 429 or status >= 500
                 reason = f"HTTP {status}" if status else type(exc).__name__
                 if exc.response is not None and status in (429, 503):
-                    retry_after = retry_after_s(exc.response.headers.get("Retry-After"))
+                    wait = server_wait_s(exc.response.headers)
             except OSError as exc:  # connection refused, timeouts
                 transient, reason = True, type(exc).__name__
             except Exception as exc:  # httpx2 transport errors are not OSErrors
                 if type(exc).__module__.split(".")[0] not in ("httpx2", "httpx", "httpcore2"):
                     raise
                 transient, reason = True, type(exc).__name__
-            attempt += 1
-            if not transient or attempt > self.cfg.max_retries:
+            delay = policy.delay(reason, wait, transient=transient)
+            if delay is None:
                 hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the dataset's "
                         "terms)") if reason in ("HTTP 401", "HTTP 403") else ""
-                raise DatasetError(f"{what} failed after {attempt} attempt(s): {reason}{hint}") \
+                raise DatasetError(f"{what} failed after {policy.failures} attempt(s): {reason}{hint}") \
                     from None
-            delay = max(self.cfg.retry_backoff_s * 2 ** (attempt - 1), retry_after)
-            log.warning("%s: %s; retrying in %.1f s%s", what, reason, delay,
-                        " (the server's Retry-After)" if retry_after >= delay else "")
             self._sleep(delay)
 
     @property
@@ -317,12 +345,16 @@ class HubDataset(Dataset):
     def file_meta(self, name: str) -> FileMeta:
         return self.files_meta([_root_name(name)])[name]
 
-    def _opener(self, path: str) -> Any:
+    def file_url(self, path: str) -> str:
+        """The `/resolve/` URL of a repo path at the run's commit."""
         from huggingface_hub import hf_hub_url
 
-        url = hf_hub_url(self.cfg.repo_id, path, repo_type="dataset", revision=self.revision,
-                         endpoint=self.endpoint)
-        return http_range(url, self._token, self.cfg.timeout_s, self.stats, self._locations)
+        return hf_hub_url(self.cfg.repo_id, path, repo_type="dataset", revision=self.revision,
+                          endpoint=self.endpoint)
+
+    def _opener(self, path: str, size: int | None = None) -> Any:
+        return http_range(self.file_url(path), self._token, self.cfg.timeout_s, self.stats,
+                          self._locations, size=size, before_resolve=self.resolve_limit.acquire)
 
     # --- tars ----------------------------------------------------------------------------------
 
@@ -342,6 +374,23 @@ class HubDataset(Dataset):
         meta = self.file_meta_tar(tar_number)
         return {"size": meta.size, "sha256": meta.sha256}
 
+    def tar_identities(self, tar_numbers: Iterable[int]) -> dict[int, dict[str, Any]]:
+        numbers = list(dict.fromkeys(tar_numbers))
+        self.files_meta(tar_path(n) for n in numbers)  # 50 per request
+        return {n: self.tar_identity(n) for n in numbers}
+
+    def tar_metas(self, tar_numbers: Iterable[int]) -> dict[int, tuple[FileMeta, ...]]:
+        rels = {n: tar_path(n) for n in tar_numbers}
+        meta = self.files_meta(rels.values())  # 50 per request
+        return {n: (meta[rel],) for n, rel in rels.items()}
+
+    def remember(self, metas: Iterable[FileMeta]) -> None:
+        self._meta.update((m.path, m) for m in metas)
+
+    def describe_tar(self, tar_number: int) -> str:
+        return (f"tar {tar_number:06d} ({tar_path(tar_number)} of {self.cfg.repo_id} at revision "
+                f"{self.revision})")
+
     def local_tar_path(self, tar_number: int) -> Path:
         return self.cache.path(tar_path(tar_number))
 
@@ -359,7 +408,8 @@ class HubDataset(Dataset):
                                      self.revision)
                             path.unlink(missing_ok=True)  # another commit's content
                         self.cache.make_room(rel, meta.size)
-                        got = fetch(meta, path, self._opener(rel), max_retries=self.cfg.max_retries,
+                        got = fetch(meta, path, self._opener(rel, meta.size),
+                                    max_retries=self.cfg.max_retries,
                                     backoff_s=self.cfg.retry_backoff_s, sleep=self._sleep)
                         self.cache.record(rel, got.sha256)
             self.cache.touch(rel)
@@ -412,3 +462,20 @@ def open_dataset(cfg: DatasetConfig, **kw: Any) -> Dataset:
     if cfg.source == "local":
         return LocalDataset(cfg, **kw)
     return HubDataset(cfg, **kw)
+
+
+_SHARED: dict[tuple[DatasetConfig, int, str | None], Dataset] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_dataset(cfg: DatasetConfig, *, share: int = 1, fresh: bool = False) -> Dataset:
+    """One dataset object per configuration in this process, for all the tar jobs it runs: the
+    metadata it read, the storage URLs the hub redirected to and the rate limits (this process's
+    `share` of the hub's budgets) serve them all, so each tar costs at most one metadata lookup
+    and one `/resolve/` request per process. `fresh`: a new one (a stage's run starts with one)."""
+    key = (cfg, share, os.environ.get("HF_ENDPOINT"))
+    with _SHARED_LOCK:
+        ds = None if fresh else _SHARED.get(key)
+        if ds is None:
+            ds = _SHARED[key] = open_dataset(cfg, **({"share": share} if cfg.source == "hub" else {}))
+        return ds

@@ -25,11 +25,12 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -57,6 +58,14 @@ class RetryableError(Exception):
     def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class MismatchError(RetryableError):
+    """The bytes received are not the file the source's metadata describes (`reason`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"downloaded file does not match the source: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -180,20 +189,66 @@ def fetch(
             return meta if meta.sha256 else _with_sha(meta, file_sha256(dest))
         log.warning("%s exists but does not match the source (%s): fetching again", dest, reason)
     partial = partial_path(dest)
-    sha = retrying(meta.path, functools.partial(_transfer, meta, partial, open_range),
-                   max_retries=max_retries, backoff_s=backoff_s, sleep=sleep)
+    seen: set[str] = set()
+
+    def attempt() -> str:
+        try:
+            return _transfer(meta, partial, open_range)
+        except MismatchError as exc:
+            if exc.reason in seen:  # the same wrong bytes again: the source holds another file
+                raise DownloadError(f"{meta.path}: the source sent the same wrong bytes twice "
+                                    f"({exc.reason}); it does not hold the file its metadata "
+                                    "describes, so fetching again cannot help") from None
+            seen.add(exc.reason)
+            raise
+
+    sha = retrying(meta.path, attempt, max_retries=max_retries, backoff_s=backoff_s, sleep=sleep)
     os.replace(partial, dest)
     _fsync_dir(dest.parent)
     log.info("%s: fetched %d bytes, verified", meta.path, meta.size)
     return meta if meta.sha256 else _with_sha(meta, sha)
 
 
+MAX_SERVER_WAIT_S = 1800.0  # waits a server asks for (429/503) that count as no failed attempt
+
+
+class Attempts:
+    """The project's one retry policy, for one request (or one file) and its retries.
+
+    A failure waits `backoff_s` doubling per failure, at most `max_retries` times. A 429 or 503
+    that says how long to wait (`Retry-After`, or the hub's `RateLimit: ...;t=<s>`) is a rate
+    limit, not a failure: it is waited out as asked and not counted, up to MAX_SERVER_WAIT_S in
+    all; past that such answers count like any other failure.
+    """
+
+    def __init__(self, what: str, max_retries: int, backoff_s: float) -> None:
+        self.what, self.max_retries, self.backoff_s = what, max_retries, backoff_s
+        self.failures = 0
+        self.server_waits_s = 0.0
+
+    def delay(self, reason: str, server_wait_s: float = 0.0, *, transient: bool = True) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up (after `failures`)."""
+        if not transient:
+            self.failures += 1
+            return None
+        if server_wait_s > 0 and self.server_waits_s + server_wait_s <= MAX_SERVER_WAIT_S:
+            self.server_waits_s += server_wait_s
+            log.warning("%s: %s; the server asks to wait %.1f s", self.what, reason, server_wait_s)
+            return server_wait_s
+        self.failures += 1
+        if self.failures > self.max_retries:
+            return None
+        delay = max(self.backoff_s * 2 ** (self.failures - 1), server_wait_s)
+        log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", self.what, self.failures,
+                    self.max_retries + 1, reason, delay)
+        return delay
+
+
 def retrying(what: str, attempt_fn: Callable[[], T], *, max_retries: int, backoff_s: float,
              sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run `attempt_fn` until it succeeds; transient failures wait `backoff_s` doubling (or the
-    server's Retry-After if longer), at most `max_retries` times, then a DownloadError names
-    `what`. The project's one retry policy: the HTTP client underneath never retries itself."""
-    attempt = 0
+    """Run `attempt_fn` until it succeeds; transient failures are retried as `Attempts` says,
+    then a DownloadError names `what`. The HTTP client underneath never retries itself."""
+    policy = Attempts(what, max_retries, backoff_s)
     while True:
         try:
             return attempt_fn()
@@ -201,14 +256,11 @@ def retrying(what: str, attempt_fn: Callable[[], T], *, max_retries: int, backof
             if _is_offline(exc):
                 raise DownloadError(f"{what}: HF_HUB_OFFLINE is set, so nothing can be fetched "
                                     "from the hub (unset it, or use files already cached)") from None
-            attempt += 1
-            reason = _describe(exc)
-            if attempt > max_retries:
-                raise DownloadError(f"{what}: giving up after {attempt} attempt(s): {reason}") \
-                    from None
-            delay = max(backoff_s * 2 ** (attempt - 1), getattr(exc, "retry_after_s", 0.0))
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", what, attempt,
-                        max_retries + 1, reason, delay)
+            reason = describe_error(exc)
+            delay = policy.delay(reason, getattr(exc, "retry_after_s", 0.0))
+            if delay is None:
+                raise DownloadError(f"{what}: giving up after {policy.failures} attempt(s): "
+                                    f"{reason}") from None
             sleep(delay)
 
 
@@ -222,7 +274,7 @@ def _with_sha(meta: FileMeta, sha256: str) -> FileMeta:
     return FileMeta(meta.path, meta.size, sha256, meta.git_sha1)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A short reason for a log line or error: type and message, nothing from request headers."""
     if isinstance(exc, httpx2.ConnectError):
         return f"connection failed: {exc}"
@@ -269,7 +321,7 @@ def _transfer(meta: FileMeta, partial: Path, open_range: RangeOpener) -> str:
     reason = _mismatch(meta, size, hasher)
     if reason is not None:
         partial.unlink(missing_ok=True)
-        raise RetryableError(f"downloaded file does not match the source: {reason}")
+        raise MismatchError(reason)
     return hasher.sha256.hexdigest()
 
 
@@ -307,12 +359,16 @@ def read_range(what: str, open_range: RangeOpener, offset: int, size: int, *, ma
 # Range openers: a local file, an HTTP URL
 # ---------------------------------------------------------------------------------------------
 
-def local_range(src: Path) -> RangeOpener:
-    """Read `src` from an offset (a local mirror: resumable copy through the same checks)."""
+def local_range(src: Path, size: int | None = None) -> RangeOpener:
+    """Read `src` from an offset (a local mirror: resumable copy through the same checks); with
+    `size`, a file of another size is a DownloadError (it changed since it was described)."""
 
     @contextlib.contextmanager
     def open_range(offset: int, end: int | None) -> Iterator[tuple[int, Iterator[bytes]]]:
         with open(src, "rb") as fh:
+            if size is not None and (now := os.fstat(fh.fileno()).st_size) != size:
+                raise DownloadError(f"{src} is {now} bytes, it was {size} when it was described: "
+                                    "it changed meanwhile")
             fh.seek(offset)
             if end is None:
                 yield offset, iter(lambda: fh.read(CHUNK_BYTES), b"")
@@ -342,8 +398,20 @@ def retry_after_s(value: str | None) -> float:
         return 0.0
 
 
+_RATELIMIT_RESET = re.compile(r";\s*t=(\d+(?:\.\d+)?)")
+
+
+def server_wait_s(headers: Mapping[str, str]) -> float:
+    """How long a 429/503 asks to wait: `Retry-After`, else the reset time of the hub's
+    `RateLimit: "<bucket>";r=<left>;t=<seconds>` header; 0 when it says nothing."""
+    wait = retry_after_s(headers.get("Retry-After"))
+    if wait == 0 and (m := _RATELIMIT_RESET.search(headers.get("RateLimit") or "")):
+        wait = float(m.group(1))
+    return wait
+
+
 @functools.lru_cache(maxsize=1)
-def _base_headers() -> dict[str, str]:
+def base_headers() -> dict[str, str]:
     """huggingface_hub's request headers without a token (user agent: ups + hub library)."""
     from huggingface_hub.utils import build_hf_headers
 
@@ -354,16 +422,20 @@ def _base_headers() -> dict[str, str]:
 
 def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
                stats: TransferStats | None = None,
-               locations: dict[str, str] | None = None) -> RangeOpener:
+               locations: dict[str, str] | None = None, *, size: int | None = None,
+               before_resolve: Callable[[], None] | None = None) -> RangeOpener:
     """GET `url` with `Range: bytes=<offset>-[<end - 1>]` through huggingface_hub's HTTP client;
     `token()` is called per request, sent as a header, dropped when a redirect leaves the host.
 
     `locations` (shared by the caller across requests) remembers where `url` redirected to, so the
     next ranged read of the same file goes straight to the storage URL: one hub `/resolve/`
-    request per file instead of one per member or header (the hub rate-limits resolve requests).
-    A remembered location that answers 4xx (a signed URL that expired) is forgotten and `url`
-    resolved again. 429 and 5xx raise `RetryableError` (with Retry-After); other 4xx raise
-    `DownloadError`.
+    request per file instead of one per member or header (the hub rate-limits resolve requests);
+    `before_resolve()` runs before each request to `url` itself (a rate limiter). A remembered
+    location that answers 4xx (a signed URL that expired) is forgotten and `url` resolved again.
+    429 and 5xx raise `RetryableError` (with the wait the server asks for); other 4xx raise
+    `DownloadError`, 416 too: the URL names a commit, so a range past its end stays so. With
+    `size`, an answer whose Content-Range gives another total is a DownloadError (the source
+    does not hold the file its metadata describes).
     """
 
     @contextlib.contextmanager
@@ -375,52 +447,73 @@ def http_range(url: str, token: Callable[[], str | None], timeout_s: float,
         origin = urllib.parse.urlsplit(url).netloc
         client = get_session()
         for _ in range(MAX_REDIRECTS + 2):
-            headers = {**_base_headers(), "Accept-Encoding": "identity"}
+            headers = {**base_headers(), "Accept-Encoding": "identity"}
             if offset or end is not None:
                 headers["Range"] = f"bytes={offset}-" + ("" if end is None else str(end - 1))
             tok = token()
             if tok and urllib.parse.urlsplit(target).netloc == origin:
                 headers["Authorization"] = f"Bearer {tok}"
+            if target == url and before_resolve is not None:
+                before_resolve()
             if stats is not None:
                 stats.add(requests=1)
             with client.stream("GET", target, headers=headers, follow_redirects=False,
                                timeout=httpx2.Timeout(timeout_s)) as response:
                 status = response.status_code
-                if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                    target = urllib.parse.urljoin(target, response.headers["Location"])
+                nxt = follow(url, target, remembered, status, response.headers.get("Location"),
+                             locations)
+                if nxt is not None:
+                    target, remembered = nxt
                     continue
-                if remembered and target == remembered and 400 <= status < 500 and status != 416:
-                    assert locations is not None
-                    locations.pop(url, None)  # expired: resolve again, not counted as a failure
-                    remembered, target = None, url
-                    continue
-                if locations is not None and target != url and status in (200, 206):
-                    locations[url] = target
-                if status == 416:
-                    # Our partial is no prefix of the file (or already complete): start over.
-                    raise RetryableError("HTTP 416 (range not satisfiable)")
-                if status == 429 or status >= 500:
-                    raise RetryableError(f"HTTP {status}",
-                                         retry_after_s(response.headers.get("Retry-After")))
-                if status >= 400:
-                    hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the "
-                            "dataset's terms on the hub)") if status in (401, 403) else ""
-                    raise DownloadError(f"HTTP {status} for {url}{hint}")
-                if status == 206:
-                    start = _content_range_start(response.headers.get("Content-Range"))
-                    if start != offset:
-                        raise RetryableError(f"server answered range from byte {start}, "
-                                             f"asked for {offset}")
-                elif status == 200:
-                    start = 0  # Range ignored: the whole file follows
-                else:
-                    raise RetryableError(f"unexpected HTTP {status}")
+                start = check_answer(url, status, response.headers, offset, size)
                 # raw chunks as they arrive, so a dropped connection keeps its bytes
                 yield start, _counted(response.iter_raw(), stats)
                 return
         raise DownloadError(f"too many redirects for {url}")
 
     return open_range
+
+
+def follow(url: str, target: str, remembered: str | None, status: int, location: str | None,
+           locations: dict[str, str] | None) -> tuple[str, str | None] | None:
+    """(next target, remembered location) when the answer of `target` for `url` is not final,
+    else None. A redirect goes to its Location. A remembered storage URL that answers 4xx (not
+    416 or 429) has expired: it is forgotten and `url` resolved again, not counted as a failure.
+    A storage URL that answers 200/206 is remembered in `locations`."""
+    if status in (301, 302, 303, 307, 308) and location:
+        return urllib.parse.urljoin(target, location), remembered
+    if remembered and target == remembered and 400 <= status < 500 and status not in (416, 429):
+        if locations is not None:
+            locations.pop(url, None)
+        return url, None
+    if locations is not None and target != url and status in (200, 206):
+        locations[url] = target
+    return None
+
+
+def check_answer(url: str, status: int, headers: Mapping[str, str], offset: int,
+                  size: int | None) -> int:
+    """The offset the body of a final answer starts at, or the error the answer means."""
+    if status == 416:
+        raise DownloadError(f"HTTP 416 for {url}: the range starting at byte {offset} is past the "
+                            "end of the file at this revision (its metadata says it is longer)")
+    if status == 429 or status >= 500:
+        raise RetryableError(f"HTTP {status}", server_wait_s(headers))
+    if status >= 400:
+        hint = (" (check HF_TOKEN or `hf auth login`, and that you accepted the "
+                "dataset's terms on the hub)") if status in (401, 403) else ""
+        raise DownloadError(f"HTTP {status} for {url}{hint}")
+    if status == 200:
+        return 0  # Range ignored: the whole file follows
+    if status != 206:
+        raise RetryableError(f"unexpected HTTP {status}")
+    start, total = content_range(headers.get("Content-Range"))
+    if size is not None and total is not None and total != size:
+        raise DownloadError(f"{url} is {total} bytes (Content-Range), its metadata says {size}: "
+                            "the source does not hold the file its metadata describes")
+    if start != offset:
+        raise RetryableError(f"server answered range from byte {start}, asked for {offset}")
+    return start
 
 
 def _counted(chunks: Iterator[bytes], stats: TransferStats | None) -> Iterator[bytes]:
@@ -430,12 +523,13 @@ def _counted(chunks: Iterator[bytes], stats: TransferStats | None) -> Iterator[b
         yield chunk
 
 
-def _content_range_start(value: str | None) -> int:
-    # "bytes 100-199/200"
+def content_range(value: str | None) -> tuple[int, int | None]:
+    """(first byte, total size or None for `*`) of a `Content-Range: bytes 100-199/200` header."""
     try:
         unit, _, rest = (value or "").partition(" ")
-        if unit != "bytes":
+        span, _, total = rest.partition("/")
+        if unit != "bytes" or not total:
             raise ValueError
-        return int(rest.split("-", 1)[0])
+        return int(span.split("-", 1)[0]), None if total == "*" else int(total)
     except ValueError:
         raise RetryableError(f"bad Content-Range header {value!r}") from None

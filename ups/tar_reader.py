@@ -54,9 +54,12 @@ def iter_members(
     """Yield the audio members of one tar, in tar order.
 
     `wanted` (normalised keys) limits what is read into memory: other members are skipped
-    without reading their bytes. Directories are ignored; unsafe members counted in `skips`.
+    without reading their bytes, and the read ends after the first occurrence of the last wanted
+    key (what a member index walked for them covers: `ups.member_index.needed_entries`).
+    Directories are ignored; unsafe members counted in `skips`.
     """
     label = str(source) if isinstance(source, str | Path) else getattr(source, "name", "<stream>")
+    left = None if wanted is None else set(wanted)
     try:
         tf = (
             tarfile.open(source, mode="r|*")
@@ -97,5 +100,9 @@ def iter_members(
                     skips.add("truncated_tar", f"{label}: {info.name}: short member")
                     return
                 yield Member(name=info.name, key=key, data=data)
+                if left is not None:
+                    left.discard(key)
+                    if not left:
+                        return
     except (tarfile.TarError, OSError, EOFError) as exc:
         skips.add("truncated_tar", f"{label}: {exc}")

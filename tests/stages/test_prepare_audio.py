@@ -181,7 +181,7 @@ def test_feature_sink_writes_the_bytes_of_np_save_and_leaves_no_temporary(tmp_pa
 
     import numpy as np
 
-    from ups.stages.prepare_audio import FeatureSink
+    from ups.tar_output import FeatureSink
 
     a = np.random.default_rng(0).standard_normal((1234, 39)).astype(np.float32)
     sink = FeatureSink(tmp_path / "f" / "000001.feats.npy", 39)
@@ -249,7 +249,7 @@ def test_a_member_cut_mid_frame_is_a_truncated_mp3_and_its_lost_chunks_are_count
 
 def test_truncation_rule_tolerates_encoder_delay():
     # decoded vs asked/indexed lengths, in seconds: short of both by more than 0.5 s = truncated
-    f = prepare_audio.truncated
+    from ups.tar_output import truncated as f
     assert not f(decoded_s=63.69, asked_s=70.0, indexed_s=63.7)
     assert not f(decoded_s=63.25, asked_s=70.0, indexed_s=63.7)  # within the 0.5 s tolerance
     assert f(decoded_s=63.1, asked_s=70.0, indexed_s=63.7)
@@ -309,7 +309,7 @@ def test_two_writers_of_one_shard_or_feature_file_never_share_a_temporary(tmp_pa
     import numpy as np
 
     from ups.shards import ShardWriter
-    from ups.stages.prepare_audio import FeatureSink
+    from ups.tar_output import FeatureSink
 
     pcm = np.zeros(160, np.int16)
     a, b = ShardWriter(tmp_path / "s", 1, 10), ShardWriter(tmp_path / "s", 1, 10)

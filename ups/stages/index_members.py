@@ -1,12 +1,15 @@
-"""index-members: where every member of each selected tar lies, from the tar headers alone.
+"""index-members: where the selected members of each selected tar lie, from the tar headers alone.
 
 For each tar that `chunks.parquet` names, the tar's headers are walked over ranged reads
-(`ups/member_index.py`: one small request per member, no member data) and the layout is written to
-`<out_dir>/<tar:06d>.parquet` (tar, member name, key, data offset, size, skip reason). An index is
-read once: a rerun, or a later selection that names the same tar, keeps a stored index while it
-describes the same tar (size and sha256 at the run's commit on the hub; size and mtime on a
-mirror); the directory is a persistent DVC output, so `dvc push` shares it. A tar whose walk ends
-at damage (truncated, a header that does not parse, not a tar) is stored with that status and
+(`ups/member_index.py`: one small request per member, no member data) up to the last selected
+member, and the layout is written to `<out_dir>/<tar:06d>.parquet` (tar, member name, key, data
+and header offsets, size, skip reason; where the walk stopped). `dataset.header_walks` tars are
+walked at once (`ups/header_walk.py`: one async client on the hub). An index is read once: a
+rerun, or a later selection that names the same tar, keeps a stored index while it describes the
+same tar (size and sha256 at the run's commit on the hub; size, mtime and ctime on a mirror), and
+continues it from where it stopped when the new selection wants members beyond; the directory is
+a persistent DVC output, so `dvc push` / `dvc pull` share it between machines. A tar whose walk
+ends at damage (truncated, a header that does not parse, not a tar) is stored with that status and
 counted; prepare-audio then fetches that tar whole. `report.json` gives, for the selection, the
 bytes to fetch member by member and tar by tar, and what the header walks cost.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,14 @@ import pyarrow.parquet as pq
 from ups import member_index
 from ups.atomic import clear_stale_tmp
 from ups.config import DatasetConfig
-from ups.progress import bar
 from ups.report import Skips, write_report
 
 log = logging.getLogger(__name__)
 
 STAGE = "index-members"
-WALKS_PER_WORKER = 4  # tars walked at once per dataset.download_workers (16 by default)
+# walks at once per dataset.download_workers, as `make plan` estimates them (64 x 4 = the default
+# dataset.header_walks, 256); member_index.walk_estimate_s models the walk's time
+WALKS_PER_WORKER = 64
 
 
 def selected_keys(chunks: Path) -> dict[int, set[str]]:
@@ -44,7 +47,8 @@ def selected_keys(chunks: Path) -> dict[int, set[str]]:
 
 
 def run(dataset: DatasetConfig, *, chunks: Path, fetch_meta: Path, out_dir: Path) -> dict[str, Any]:
-    from ups.dataset import DatasetError, DownloadError, open_dataset, pinned_config
+    from ups.dataset import DatasetError, open_dataset, pinned_config
+    from ups.header_walk import WalkJob, walk_tars
 
     dataset = pinned_config(dataset, fetch_meta)
     wanted = selected_keys(chunks)
@@ -52,25 +56,26 @@ def run(dataset: DatasetConfig, *, chunks: Path, fetch_meta: Path, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_stale_tmp(out_dir)
     ds = open_dataset(dataset)
-    ds.tar_sizes(wanted)  # the hub answers 50 tars per metadata request
+    idents = ds.tar_identities(wanted)  # the hub answers 50 tars per metadata request
     indices: dict[int, member_index.MemberIndex] = {}
-    errors: dict[int, str] = {}
-    walked = 0
-    # header reads are small and latency-bound: WALKS_PER_WORKER walks per download worker
-    with ThreadPoolExecutor(max_workers=WALKS_PER_WORKER * dataset.download_workers) as pool:
-        futures = {pool.submit(member_index.for_tar, ds, t, out_dir, save=True): t for t in wanted}
-        for fut in bar(as_completed(futures), desc=STAGE, unit="tar", total=len(futures)):
-            t = futures[fut]
-            try:
-                indices[t], now = fut.result()
-            except (DatasetError, DownloadError, OSError) as exc:
-                errors[t] = str(exc)
-                continue
-            walked += now
+    jobs: list[WalkJob] = []
+    for t, keys in wanted.items():
+        stored = member_index.stored_for(out_dir, t, idents[t])
+        if stored is not None and stored.covers(keys):
+            indices[t] = stored
+        else:
+            jobs.append(WalkJob(t, idents[t], frozenset(keys), stored))
+    log.info("%s: %d tars, %d indexed already, %d to walk (%d continued), %d at a time", STAGE,
+             len(wanted), len(indices), len(jobs), sum(j.resume is not None for j in jobs),
+             dataset.header_walks)
+    walked, errors = walk_tars(ds, jobs, walks=dataset.header_walks, desc=STAGE,
+                               save=lambda index: member_index.write(index, out_dir))
+    indices.update(walked)
     if errors:
         first = min(errors)
         raise DatasetError(f"{STAGE}: {len(errors)} of {len(wanted)} tar(s) could not be indexed "
-                           f"(rerun to continue; indexed tars are kept); tar {first}: {errors[first]}")
+                           f"(rerun to continue: indexed tars and walks in progress are kept); "
+                           f"{ds.describe_tar(first)}: {errors[first]}")
     summary = summarize(indices, wanted)
     skips = Skips(STAGE)
     for t, idx in sorted(indices.items()):
@@ -82,9 +87,9 @@ def run(dataset: DatasetConfig, *, chunks: Path, fetch_meta: Path, out_dir: Path
                  chunks_sha256=hashlib.sha256(Path(chunks).read_bytes()).hexdigest(), **summary)
     skips.log_summary()
     log.info("%s: %d tars (%d walked now, %d kept); fetch %.3f GB member by member vs %.3f GB "
-             "tar by tar", STAGE, len(indices), walked, len(indices) - walked,
+             "tar by tar", STAGE, len(indices), len(walked), len(indices) - len(walked),
              summary["download"]["members"]["bytes"] / 1e9, summary["download"]["tars"]["bytes"] / 1e9)
-    return {**summary, "walked_now": walked}
+    return {**summary, "walked_now": len(walked)}
 
 
 def summarize(indices: dict[int, member_index.MemberIndex], wanted: dict[int, set[str]]) -> dict[str, Any]:
@@ -112,5 +117,7 @@ def summarize(indices: dict[int, member_index.MemberIndex], wanted: dict[int, se
         },
         "selected_files_not_in_their_tar": missing,
         "header_walk": {"requests": sum(indices[t].requests for t in wanted),
-                        "bytes": sum(indices[t].bytes_read for t in wanted)},
+                        "bytes": sum(indices[t].bytes_read for t in wanted),
+                        "members_seen": sum(indices[t].members_seen for t in wanted),
+                        "tars_walked_to_the_end": sum(indices[t].complete for t in wanted)},
     }

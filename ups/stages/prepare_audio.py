@@ -2,8 +2,9 @@
 
 Unit of work: one source tar. For each tar (only the tars `chunks.parquet` names) the stage reads
 the wanted members (`dataset.fetch: members`: only those, by ranged reads located by the member
-index, `ups/member_fetch.py`; `tars`: the whole tar through the tar cache), decodes every file
-once (`ups.audio`), cuts its chunks, writes int16 PCM samples to
+index, `ups/member_fetch.py`; `tars`: the whole tar through the tar cache) and hands each to
+`ups.tar_output.write_member`, which decodes it once (`ups.audio`), cuts its chunks and writes,
+through the tar's `TarOutput`, int16 PCM samples to
 `<audio_dir>/<split>/<tar:06d>-<k:03d>.tar` and the chunks' 50 Hz MFCC (`ups.mfcc`, computed from
 the stored int16 PCM, so features match the training input exactly) to
 `<features_dir>/<split>/<tar:06d>.{feats,chunk_ids,offsets}.npy`, then records the tar in
@@ -16,8 +17,11 @@ a marker written under another commit is not trusted, and no process resolves a 
 
 Parallelism: tars are split over torchrun ranks and Slurm array tasks (`ups.work_share`: gloo
 barrier at the end for torchrun) and, within a rank, over `prepare_audio.workers` spawned processes.
-Outputs do not depend on either. Rank 0 then deletes files no marker accounts for and writes the
-report from the markers; array tasks leave that to the command run once after the array.
+Outputs do not depend on either. The main process reads the tars' hub metadata in batches and
+hands each job its tar's; each process keeps one dataset object for all its tars
+(`ups.dataset.shared_dataset`), with its share of the hub's budgets. Rank 0 then deletes files
+no marker accounts for and writes the report from the markers; array tasks leave that to the
+command run once after the array.
 """
 
 from __future__ import annotations
@@ -32,41 +36,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from ups import failpoints
-from ups.atomic import atomic_write, locked, mark_done, read_done, writer_tag
+from ups.atomic import locked, mark_done, read_done
 from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
-from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
+from ups.download import FileMeta
 from ups.progress import bar
 from ups.report import Skips, write_report
+from ups.tar_output import SPLITS, ChunkRow, TarOutput, write_member
 from ups.work_share import join_gloo, work_share
 
 log = logging.getLogger(__name__)
 
 STAGE = "prepare-audio"
-SPLITS = ("train", "valid", "eval")  # eval: held out for evaluate's probe, never trained on
 DONE_DIR = "_done"
 CHUNK_COLUMNS = ("chunk_id", "tar", "key", "start_s", "end_s", "language", "split")
 DURATION_COLUMN = "file_duration_s"  # the file's indexed duration (select writes it; optional)
-FORMAT_VERSION = 1  # bump when the bytes written for the same input change
-# A decode that ends more than this short of min(asked length, indexed duration) is a truncated
-# file: MP3 encoder delay and padding move the decoded length by tens of milliseconds (the
-# sample corpus: within 5 ms of its VAD durations), a cut-off member by seconds.
-TRUNCATION_TOLERANCE_S = 0.5
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    chunk_id: int
-    key: str
-    start_s: float
-    end_s: float
-    language: str
-    split: str
-    file_duration_s: float | None = None  # indexed duration of the file, when the selection has it
+# bump when the bytes written for the same input change (2: a tar is read up to its last wanted
+# member; damage and unsafe entries after it are not counted in its marker)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,6 +69,8 @@ class TarJob:
     audio_dir: str
     features_dir: str
     members_dir: str | None = None  # index-members' output (dataset.fetch: members)
+    metas: tuple[FileMeta, ...] = ()  # the tar's hub metadata, read once by the main process
+    share: int = 1  # processes sharing the hub's budgets
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,84 +120,6 @@ def dataset_revision(dataset: DatasetConfig) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _write_npy(path: Path, a: np.ndarray) -> None:
-    with atomic_write(path) as fh:
-        np.save(fh, a, allow_pickle=False)
-
-
-class FeatureSink:
-    """Streams one split's float32 feature rows to disk, then writes `<tag>.feats.npy` atomically.
-
-    Rows go to a hidden temporary file as they are computed, so a worker holds one chunk's
-    features at a time instead of the whole tar's selection (which grows with the hours selected
-    per tar: ~56 MB per selected 2 h, then twice that while concatenating). `finish` writes the
-    .npy header and copies the rows in 16 MB blocks.
-    """
-
-    BLOCK = 16 << 20
-
-    def __init__(self, path: Path, dim: int) -> None:
-        self.path, self.dim, self.n_rows = path, dim, 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = path.with_name(f".{path.name}.rows.{writer_tag()}.tmp")  # one per writer
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in finish/abort)
-
-    def write(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise ValueError(f"feature rows of shape {rows.shape}, expected (n, {self.dim})")
-        self._fh.write(rows.tobytes())
-        self.n_rows += len(rows)
-
-    def finish(self) -> None:
-        self._fh.close()
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                  "shape": (self.n_rows, self.dim)}
-        with atomic_write(self.path) as out, open(self._tmp, "rb") as src:
-            np.lib.format.write_array_header_1_0(out, header)
-            while block := src.read(self.BLOCK):
-                out.write(block)
-        self._tmp.unlink()
-
-    def abort(self) -> None:
-        try:
-            self._fh.close()
-        except OSError:
-            pass  # a full disk fails the final flush; the rows are discarded either way
-        finally:
-            self._tmp.unlink(missing_ok=True)
-
-
-def truncated(decoded_s: float, asked_s: float, indexed_s: float | None) -> bool:
-    """True when decoding ended more than TRUNCATION_TOLERANCE_S before both the length asked
-    for and the file's indexed duration: libsndfile decodes a cut-off MP3 without an error."""
-    if indexed_s is None:
-        return False
-    return decoded_s < min(asked_s, indexed_s) - TRUNCATION_TOLERANCE_S
-
-
-def lose(skips: Any, lost_s: dict[str, float], reason: str, rows: list[ChunkRow], example: str = "") -> None:
-    """Count chunks the selection holds that this stage cannot write, and their seconds (the
-    report's `hours_not_written`, so selected = written + not written by reason)."""
-    skips.add(reason, example, n=len(rows))
-    lost_s[reason] = lost_s.get(reason, 0.0) + sum(r.end_s - r.start_s for r in rows)
-
-
-def _drop_truncated(rows: list[ChunkRow], spans: list[tuple[int, int]], n_decoded: int, asked_s: float,
-                    skips: Any, lost_s: dict[str, float], where: str
-                    ) -> tuple[list[ChunkRow], list[tuple[int, int]]]:
-    """Keep the chunks of a file that lie inside its decoded samples; if the file is truncated,
-    count it (`truncated_mp3`) and its lost chunks (`chunk_in_corrupt_mp3`)."""
-    indexed = rows[0].file_duration_s
-    if not truncated(n_decoded / SAMPLE_RATE, asked_s, indexed):
-        return rows, spans
-    keep = [i for i, (start, n) in enumerate(spans) if start + n <= n_decoded]
-    skips.add("truncated_mp3", f"{where}: decoded {n_decoded / SAMPLE_RATE:.2f} s of {indexed:.2f} s indexed")
-    lost = set(range(len(rows))) - set(keep)
-    lose(skips, lost_s, "chunk_in_corrupt_mp3", [rows[i] for i in sorted(lost)])
-    return [rows[i] for i in keep], [spans[i] for i in keep]
-
-
 def lock_path(audio_dir: Path, tar: int) -> Path:
     """The tar's lock file: beside the outputs, never in them (DVC hashes the output directory)."""
     return audio_dir.parent / f".{audio_dir.name}.locks" / f"{tar:06d}.lock"
@@ -225,110 +138,45 @@ def process_tar(job: TarJob) -> dict[str, Any]:
 
 def write_tar(job: TarJob) -> dict[str, Any]:
     """Decode, cut, shard and featurise one tar's chunks; write its marker last. Returns the marker."""
-    from ups.audio import MARGIN_S, CorruptAudio, decode_mono_16k, from_int16, to_int16
-    from ups.dataset import open_dataset
+    from ups.dataset import shared_dataset
     from ups.member_fetch import open_members
-    from ups.mfcc import hubert_mfcc
-    from ups.shards import ShardWriter
 
     skips = Skips(STAGE)
-    tag = f"{job.tar:06d}"
     by_key: dict[str, list[ChunkRow]] = defaultdict(list)
     for row in job.rows:
         by_key[row.key].append(row)
-    audio_dir, features_dir = Path(job.audio_dir), Path(job.features_dir)
-    writers = {s: ShardWriter(audio_dir / s, job.tar, job.cfg.shard_max_chunks) for s in SPLITS}
-    sinks = {s: FeatureSink(features_dir / s / f"{tag}.feats.npy", 3 * job.mfcc.num_ceps)
-             for s in SPLITS}
-    lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
-    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
-    seconds = {s: 0.0 for s in SPLITS}
-    lost_s: dict[str, float] = {}
-    decoded_s = 0.0
+    ds = shared_dataset(job.dataset, share=job.share)  # one per process: metadata, URLs, budgets
+    ds.remember(job.metas)
+    requests0, bytes0 = ds.stats.requests, ds.stats.bytes
     seen: set[str] = set()
-    ds = open_dataset(job.dataset)
     member_bytes = 0
-    try:
+    with TarOutput(job.tar, Path(job.audio_dir), Path(job.features_dir), job.cfg.shard_max_chunks,
+                   3 * job.mfcc.num_ceps, skips) as out:
         with open_members(ds, job.tar, skips, set(by_key), fetch=job.dataset.fetch,
                           members_dir=Path(job.members_dir) if job.members_dir else None,
                           ahead=job.dataset.download_workers) as members:
             for member in members:
                 member_bytes += len(member.data)
                 if member.key in seen:
-                    skips.add("duplicate_member", f"{tag}/{member.name}")
+                    skips.add("duplicate_member", f"{out.tag}/{member.name}")
                     continue
                 seen.add(member.key)
-                rows = sorted(by_key[member.key], key=lambda r: (r.start_s, r.chunk_id))
-                spans = [chunk_samples(r.start_s, r.end_s) for r in rows]
-                need = max(s + n for s, n in spans)
-                try:
-                    audio = decode_mono_16k(member.data, need, job.cfg.resample_quality)
-                except CorruptAudio as exc:
-                    skips.add("corrupt_mp3", f"{tag}/{member.key}: {exc}")
-                    lose(skips, lost_s, "chunk_in_corrupt_mp3", rows)
-                    continue
-                decoded_s += len(audio) / SAMPLE_RATE
-                rows, spans = _drop_truncated(rows, spans, len(audio), need / SAMPLE_RATE + MARGIN_S,
-                                              skips, lost_s, f"{tag}/{member.key}")
-                for row, (start, n) in zip(rows, spans, strict=True):
-                    if start < 0 or start + n > len(audio):
-                        lose(skips, lost_s, "chunk_past_end", [row], f"{tag}/{row.key} [{row.start_s}, "
-                             f"{row.end_s}) file {len(audio) / SAMPLE_RATE:.2f} s")
-                        continue
-                    if n_cnn_frames(n) == 0:
-                        lose(skips, lost_s, "chunk_too_short", [row], f"{tag}/{row.key} {n} samples")
-                        continue
-                    pcm = to_int16(audio[start:start + n])
-                    meta = {"chunk_id": row.chunk_id, "tar": job.tar, "key": row.key,
-                            "start_s": row.start_s, "end_s": row.end_s, "language": row.language,
-                            "split": row.split, "n_samples": n}
-                    writers[row.split].write(f"{row.chunk_id:09d}", pcm, meta)
-                    f = hubert_mfcc(from_int16(pcm), job.mfcc)
-                    sinks[row.split].write(f)
-                    lengths[row.split].append(len(f))
-                    ids[row.split].append(row.chunk_id)
-                    seconds[row.split] += n / SAMPLE_RATE
-                    failpoints.hit("UPS_FAIL_AFTER_CHUNKS")
-        for w in writers.values():
-            w.close()
-        for s in SPLITS:
-            if ids[s]:
-                sinks[s].finish()
-            else:
-                sinks[s].abort()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        for sink in sinks.values():
-            sink.abort()
-        raise
+                write_member(out, member.key, member.data, by_key[member.key], job.mfcc,
+                             job.cfg.resample_quality)
+        splits = out.close()
     for key in sorted(set(by_key) - seen):
-        skips.add("missing_member", f"{tag}/{key}")
-        lose(skips, lost_s, "chunk_in_missing_member", by_key[key])
-
-    splits: dict[str, Any] = {}
-    for s in SPLITS:
-        n_chunks = len(ids[s])
-        if n_chunks:
-            offsets = np.concatenate([[0], np.cumsum(np.array(lengths[s], dtype=np.int64))]).astype(np.int64)
-            out = features_dir / s
-            _write_npy(out / f"{tag}.chunk_ids.npy", np.array(ids[s], dtype=np.int64))
-            _write_npy(out / f"{tag}.offsets.npy", offsets)
-            n_frames = int(offsets[-1])
-        else:
-            n_frames = 0
-        splits[s] = {"n_chunks": n_chunks, "n_shards": writers[s].n_shards, "n_frames": n_frames,
-                     "hours": round(seconds[s] / 3600, 6)}
-    if ds.stats.requests:
-        log.info("%s: tar %s: %.1f MB in %d request(s) (dataset.fetch: %s)", STAGE, tag,
-                 ds.stats.bytes / 1e6, ds.stats.requests, job.dataset.fetch)
+        skips.add("missing_member", f"{out.tag}/{key}")
+        out.lose("chunk_in_missing_member", by_key[key])
+    if ds.stats.requests > requests0:
+        log.info("%s: tar %s: %.1f MB in %d request(s) (dataset.fetch: %s)", STAGE, out.tag,
+                 (ds.stats.bytes - bytes0) / 1e6, ds.stats.requests - requests0, job.dataset.fetch)
     # bytes both ways (the same whichever way the tar was read, so markers do not depend on it)
-    fetch_bytes = {"members": member_bytes, "tar": ds.tar_size(job.tar)}
     info = {"tar": job.tar, "fingerprint": job.fingerprint, "splits": splits,
-            "revision": dataset_revision(job.dataset), "bytes": fetch_bytes,
-            "decoded_hours": round(decoded_s / 3600, 6), "skipped": skips.to_dict(),
-            "lost_hours": {k: round(v / 3600, 9) for k, v in sorted(lost_s.items())}}
-    mark_done(audio_dir / DONE_DIR, tag, info)
+            "revision": dataset_revision(job.dataset),
+            "bytes": {"members": member_bytes, "tar": ds.tar_size(job.tar)},
+            "decoded_hours": round(out.decoded_s / 3600, 6), "skipped": skips.to_dict(),
+            "lost_hours": {k: round(v / 3600, 9) for k, v in sorted(out.lost_s.items())}}
+    mark_done(Path(job.audio_dir) / DONE_DIR, out.tag, info)
     return info
 
 
@@ -432,31 +280,32 @@ def run(cfg: PrepareAudioConfig, mfcc: MfccParams, dataset: DatasetConfig, *, ch
     log.info("%s: %d chunks in %d tars; %s takes %d tars, %d workers", STAGE,
              sum(len(r) for r in by_tar.values()), len(tars), share.describe(), len(mine), cfg.workers)
 
-    jobs: list[TarJob] = []
-    for t in mine:
-        fp = fingerprint(t, by_tar[t], cfg, mfcc, revision)
-        done = read_done(audio_dir / DONE_DIR, f"{t:06d}")
-        if done is not None and done.get("fingerprint") == fp:
-            continue
-        jobs.append(TarJob(t, by_tar[t], fp, cfg, mfcc, dataset, str(audio_dir), str(features_dir),
-                           str(members_dir) if members_dir else None))
-    log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(jobs), len(jobs))
+    todo = [t for t in mine if (d := read_done(audio_dir / DONE_DIR, f"{t:06d}")) is None
+            or d.get("fingerprint") != fingerprint(t, by_tar[t], cfg, mfcc, revision)]
+    log.info("%s: %d tar(s) already done, %d to do", STAGE, len(mine) - len(todo), len(todo))
+    n_procs = min(cfg.workers, len(todo)) if cfg.workers > 1 and len(todo) > 1 else 0
+    hub_share = (n_procs + 1) * share.world  # the processes that call the hub meanwhile
+    from ups.dataset import shared_dataset
+
+    ds = shared_dataset(dataset, share=hub_share, fresh=True)  # the jobs run here share it
+    metas = ds.tar_metas(todo)  # the hub: 50 tars per request, handed to the workers
+    jobs = [TarJob(t, by_tar[t], fingerprint(t, by_tar[t], cfg, mfcc, revision), cfg, mfcc, dataset,
+                   str(audio_dir), str(features_dir), str(members_dir) if members_dir else None,
+                   metas.get(t, ()), hub_share) for t in todo]
 
     if jobs:
-        from ups.dataset import open_dataset
-
         # whole tars are prefetched; member fetches happen in the workers, `ahead` members at a time
-        ahead = Prefetcher(open_dataset(dataset), [j.tar for j in jobs] if dataset.fetch == "tars"
-                           else [], dataset.download_workers + cfg.workers)
+        ahead = Prefetcher(ds, [j.tar for j in jobs] if dataset.fetch == "tars" else [],
+                           dataset.download_workers + cfg.workers)
         with ahead, bar(desc=STAGE, unit="tar", total=len(jobs)) as pbar:
-            if cfg.workers == 1 or len(jobs) == 1:
+            if not n_procs:
                 for job in jobs:
                     process_tar(job)
                     ahead.finished_one()
                     pbar.update(1)
             else:
                 ctx = mp.get_context("spawn")
-                with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
+                with ctx.Pool(n_procs) as pool:
                     for _ in pool.imap_unordered(process_tar, jobs):
                         ahead.finished_one()
                         pbar.update(1)
