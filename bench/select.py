@@ -66,13 +66,12 @@ TAR_GB = (4.5, 15.0)  # real UPS tar sizes (the synthetic tars are smaller)
 
 
 def costs(run: dict, *, mb_per_s: float = 100.0, latency_ms: float = 50.0, download_workers: int = 4,
-          prepare_workers: int = 2) -> dict:
+          prepare_workers: int = 2, header_walks: int = 256) -> dict:
     """What fetching a run's selection costs on the hub, by ups.plan's model: header reads,
     hub requests against a free account's budget and transfer time; member runs at the
     synthetic tars' files per tar and at MEMBERS_PER_TAR, whole tars at TAR_GB a tar."""
     from ups.plan import HUB_PER_5MIN, hub_requests, transfer_times
     from ups.select_report import HEADER_READ_BYTES
-    from ups.stages.index_members import WALKS_PER_WORKER
 
     d = run["download"]
     n_tars = d[run["fetch"]]["n_tars"]
@@ -84,13 +83,15 @@ def costs(run: dict, *, mb_per_s: float = 100.0, latency_ms: float = 50.0, downl
             for gb in TAR_GB}}
     walk = d["members"]["header_walk"]
     out = {"n_tars": n_tars, "hub": hub_out, "latency_ms": latency_ms, "mb_per_s": mb_per_s}
-    shapes = {"synthetic": walk["requests_estimate"],
-              **{str(m): n_tars * (m + 1) for m in MEMBERS_PER_TAR}}
-    for name, requests in shapes.items():
-        download = {"header_walk": {"requests": requests}, "bytes": d["members"]["bytes_estimate"]
-                    + requests * HEADER_READ_BYTES, "members": {"n_members": d["members"]["n_files"]}}
-        t = transfer_times(download, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3,
-                           walks=WALKS_PER_WORKER * download_workers,
+    # results written before select reported the longest tar: the synthetic tars' mean
+    longest = walk.get("max_tar_requests", round(walk["members_per_tar"]) + 1)
+    shapes = {"synthetic": (walk["requests_estimate"], longest),
+              **{str(m): (n_tars * (m + 1), m + 1) for m in MEMBERS_PER_TAR}}
+    for name, (requests, longest) in shapes.items():
+        download = {"header_walk": {"requests": requests, "max_tar_requests": longest}, "n_tars": n_tars,
+                    "bytes": d["members"]["bytes_estimate"] + requests * HEADER_READ_BYTES,
+                    "members": {"n_members": d["members"]["n_files"]}}
+        t = transfer_times(download, mb_per_s=mb_per_s, latency_s=latency_ms / 1e3, walks=header_walks,
                            member_streams=download_workers * prepare_workers)
         out[f"members_per_tar_{name}"] = {
             "header_requests": requests, "header_bytes": requests * HEADER_READ_BYTES,

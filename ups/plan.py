@@ -153,15 +153,20 @@ def rate_floor_s(calls: int, per_5min: int) -> float:
 
 def transfer_times(download: dict[str, Any], *, mb_per_s: float, latency_s: float, walks: int,
                    member_streams: int) -> dict[str, dict[str, Any]]:
-    """Seconds of the header walk (latency-bound: `walks` tars at a time) and of the transfer
-    (bandwidth, plus one request latency per member over `member_streams` in flight)."""
+    """Seconds of the header walk (`member_index.walk_estimate_s`: latency-bound, `walks` tars at
+    a time, one tar's reads in sequence, one core of client CPU) and of the transfer (bandwidth,
+    plus one request latency per member over `member_streams` in flight)."""
+    from ups.member_index import walk_estimate_s
+
     out: dict[str, dict[str, Any]] = {}
     if "header_walk" in download:
-        reads = download["header_walk"]["requests"]
+        walk = download["header_walk"]
+        reads, longest = walk["requests"], walk.get("max_tar_requests", 0)
         out["index-members"] = {
-            "s": reads * latency_s / walks,
-            "how": f"{reads} header reads (one per member of each tar touched), "
-                   f"{latency_s * 1e3:g} ms each (--latency-ms), {walks} tars at a time"}
+            "s": walk_estimate_s(reads, longest, latency_s, walks, download.get("n_tars", 1)),
+            "how": f"{reads} header reads (one per member of each tar touched, at most), "
+                   f"{latency_s * 1e3:g} ms each (--latency-ms), {walks} tars at a time "
+                   f"(dataset.header_walks), the longest tar's {longest} one after another"}
     fetched = download["bytes"]
     seconds = fetched / (mb_per_s * 1e6) if mb_per_s > 0 else None
     how = f"{fetched / GB:.1f} GB at {mb_per_s:g} MB/s (--mb-per-s)"
@@ -184,6 +189,7 @@ def _members_download(project: Path, report: dict[str, Any]) -> dict[str, Any]:
     header: dict[str, Any] = {"requests": int(walk["requests_estimate"]),
                               "bytes": int(walk["bytes_estimate"]),
                               "members_per_tar": float(walk["members_per_tar"]),
+                              "max_tar_requests": int(walk.get("max_tar_requests", 0)),
                               "how": "estimate (files per tar of the VAD index)"}
     members: dict[str, Any] = {"n_members": int(est["n_files"]), "bytes": int(est["bytes_estimate"]),
                                "how": "estimate (select.mp3_bytes_per_second)"}
@@ -273,7 +279,6 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float, latency_s: 
     """The plan as numbers, from the outputs of the stages up to select (already run)."""
     from ups.config import DatasetConfig, from_dict
     from ups.dataset import pinned_config
-    from ups.stages.index_members import WALKS_PER_WORKER
 
     meta_dir, select_dir = project / "data" / "meta", project / "data" / "select"
     report = _read(select_dir / "report.json")
@@ -291,7 +296,7 @@ def build(project: Path, params: dict[str, Any], *, mb_per_s: float, latency_s: 
     hub = (hub_requests(fetch, download["n_tars"], hub_per_5min or HUB_PER_5MIN)
            if ds_cfg.source == "hub" else None)
     time_s = transfer_times(download, mb_per_s=mb_per_s, latency_s=latency_s,
-                            walks=WALKS_PER_WORKER * ds_cfg.download_workers,
+                            walks=ds_cfg.header_walks,
                             member_streams=ds_cfg.download_workers * int(params["prepare_audio"]["workers"]))
     time_s.update(_compute_times(project, params, hours, decoded_s))
     return {

@@ -72,11 +72,13 @@ def language_figures(languages: list[str], table_hours: np.ndarray, shares: np.n
 
 
 def header_walk(files_per_tar: np.ndarray) -> dict[str, Any]:
-    """What index-members' header walk of tars holding these many members costs: one ranged
-    read per member header and one for the end-of-archive blocks, HEADER_READ_BYTES each."""
+    """What index-members' header walk of tars holding these many members costs at most (a walk
+    stops after its last selected member): one ranged read per member header and one for the
+    end-of-archive blocks, HEADER_READ_BYTES each; the longest tar's reads come one after another."""
     requests = int(np.sum(files_per_tar)) + len(files_per_tar)
     return {"requests_estimate": requests, "bytes_estimate": requests * HEADER_READ_BYTES,
             "members_per_tar": float(np.mean(files_per_tar)) if len(files_per_tar) else 0.0,
+            "max_tar_requests": int(np.max(files_per_tar)) + 1 if len(files_per_tar) else 0,
             "how": "one ranged read per file of each tar (files per tar from tars.parquet) "
                    "plus one for the end of the archive"}
 

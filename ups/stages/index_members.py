@@ -32,9 +32,6 @@ from ups.report import Skips, write_report
 log = logging.getLogger(__name__)
 
 STAGE = "index-members"
-# walks at once per dataset.download_workers, as `make plan` estimates them (64 x 4 = the default
-# dataset.header_walks, 256); member_index.walk_estimate_s models the walk's time
-WALKS_PER_WORKER = 64
 
 
 def selected_keys(chunks: Path) -> dict[int, set[str]]:
