@@ -42,8 +42,13 @@ def _project(tmp_path: Path) -> Path:
         shutil.copy2(REPO / name, proj / name)  # copy2: the venv stamp stays newer
     shutil.copytree(REPO / "ups", proj / "ups", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "bench" / "results", proj / "bench" / "results")
-    (proj / ".venv").symlink_to(Path(sys.executable).resolve().parents[1]
-                                if not (REPO / ".venv").exists() else REPO / ".venv")
+    venv = Path(sys.executable).resolve().parents[1] if not (REPO / ".venv").exists() else REPO / ".venv"
+    (proj / ".venv").symlink_to(venv)
+    stamp = venv / ".installed"
+    if stamp.exists():  # never a rebuild of the shared venv from this copy (a pip install -e of it)
+        for name in ("requirements.txt", "requirements-dev.txt", "pyproject.toml"):
+            t = min((proj / name).stat().st_mtime, stamp.stat().st_mtime - 1)
+            os.utime(proj / name, (t, t))
     params = proj / "params.yaml"
     for section, key, value in [("dataset", "source", "local"),
                                 ("dataset", "local_root", str(REPO / "sample")),
