@@ -6,7 +6,7 @@ import numpy as np
 
 from tests.train_fixtures import write_corpus
 from ups.eval_chunks import iter_batches, pick, scan_shards, to_input
-from ups.report import Skips
+from ups.skips import Skips
 
 
 def test_pick_draws_without_replacement_seeded_in_input_order():

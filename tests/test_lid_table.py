@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ups.lid_table import build_index, parse_lines, stratified_split
-from ups.report import Skips
+from ups.skips import Skips
 
 
 def _line(tar, path, pred) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 from tests.train_fixtures import write_corpus
 from ups.config import TrainConfig
 from ups.masked_scoring import chunk_mask, masked_figures, trained_head, trainer_losses
-from ups.report import Skips
+from ups.skips import Skips
 
 
 def test_a_chunks_mask_depends_on_the_chunk_and_the_seed_only():

@@ -21,7 +21,7 @@ from ups.probe import (
     probe_split,
     score_probe,
 )
-from ups.report import Skips
+from ups.skips import Skips
 
 CHUNK = 5 * 16000
 

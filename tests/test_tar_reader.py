@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ups.report import Skips
+from ups.skips import Skips
 from ups.tar_reader import iter_members
 
 

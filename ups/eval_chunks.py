@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ups.report import Skips
+from ups.skips import Skips
 from ups.train_data import list_shards, read_shard
 
 MODELS = ("init", "continued")  # the two encoders every measurement compares, in report order

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ups.key_batch import normalize_keys
 from ups.keys import parse_tar_number
-from ups.report import Skips
+from ups.skips import Skips
 
 LID_SCHEMA = pa.schema([("tar", pa.int32()), ("key", pa.string()), ("raw_path", pa.string()),
                         ("language", pa.string()), ("lid_split", pa.string())])

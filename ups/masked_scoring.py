@@ -29,7 +29,7 @@ from ups.eval_chunks import MODELS, iter_batches, pick, to_input
 from ups.frames import n_cnn_frames
 from ups.masking import compute_mask
 from ups.progress import bar
-from ups.report import Skips
+from ups.skips import Skips
 from ups.train_data import LabelIndex, count_clusters
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ups import member_index
-from ups.report import Skips
+from ups.skips import Skips
 from ups.tar_reader import Member, iter_members
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from ups.config import MfccParams
 from ups.eval_chunks import MODELS, to_input
 from ups.languages import is_language
 from ups.mfcc import hubert_mfcc
-from ups.report import Skips
+from ups.skips import Skips
 
 
 def mean_pool(hidden: np.ndarray) -> np.ndarray:

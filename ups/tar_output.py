@@ -21,7 +21,7 @@ from ups import failpoints
 from ups.atomic import atomic_write, writer_tag
 from ups.config import MfccParams
 from ups.frames import SAMPLE_RATE, chunk_samples, n_cnn_frames
-from ups.report import Skips
+from ups.skips import Skips
 
 SPLITS = ("train", "valid", "eval")  # eval: held out for evaluate's probe, never trained on
 # A decode that ends more than this short of min(asked length, indexed duration) is a truncated

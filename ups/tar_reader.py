@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ups.keys import normalize_key
-from ups.report import Skips
+from ups.skips import Skips
 
 log = logging.getLogger(__name__)
 

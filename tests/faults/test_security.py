@@ -15,8 +15,8 @@ import pytest
 from hub_server import REPO_ID, SHA, HubServer, HubState
 
 from tests.faults.harness import REPO, SAMPLE, run_stage, write_params
-from ups.report import Skips
 from ups.shards import iter_shard
+from ups.skips import Skips
 from ups.tar_reader import iter_members
 
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "joblib", "dill", "cloudpickle", "shelve", "marshal"}

@@ -19,7 +19,7 @@ from tests.conftest import SAMPLE
 from ups.atomic import read_json
 from ups.config import IndexLangConfig, IndexVadConfig, SelectConfig
 from ups.keys import normalize_key, tar_path
-from ups.report import Skips
+from ups.skips import Skips
 from ups.stages import index_lang, index_vad, select
 from ups.tar_reader import iter_members
 

@@ -480,7 +480,7 @@ def test_one_host_sync_per_optimizer_step_in_a_profiler_trace(tmp_path, corpus):
     from torch.profiler import ProfilerActivity, profile
 
     from ups import distributed
-    from ups.report import Skips
+    from ups.skips import Skips
     from ups.train_log import StepSums
 
     cfg = _cfg("tiny", batch_size=2, grad_accum=4, max_steps=4, valid_every_steps=100)

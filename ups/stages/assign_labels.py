@@ -47,7 +47,7 @@ from ups.kmeans import (
     usage_figures,
 )
 from ups.progress import bar
-from ups.report import write_report
+from ups.stage_report import write_report
 from ups.work_share import WorkShare, join_gloo, work_share
 
 log = logging.getLogger(__name__)

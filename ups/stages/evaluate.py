@@ -37,7 +37,7 @@ from ups.label_quality import label_quality, label_set_summary
 from ups.masked_scoring import masked_prediction, trainer_losses
 from ups.probe import probe_candidates, probe_features, probe_metrics, probe_rows, probe_split, score_probe
 from ups.progress import bar
-from ups.report import Skips
+from ups.skips import Skips
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"

@@ -17,7 +17,7 @@ from typing import Any
 from ups.config import DatasetConfig, FetchMetaConfig
 from ups.dataset import Dataset, open_dataset
 from ups.progress import bar
-from ups.report import write_report
+from ups.stage_report import write_report
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from ups.config import FeaturesConfig, KmeansConfig, TrainConfig
 from ups.feature_store import iter_layer_features, list_tars
 from ups.kmeans import Normaliser, assign, fit_kmeans, sample_frames, usage, usage_figures
 from ups.progress import bar
-from ups.report import write_report
+from ups.stage_report import write_report
 
 log = logging.getLogger(__name__)
 

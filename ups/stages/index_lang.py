@@ -24,7 +24,8 @@ from ups.atomic import atomic_dir
 from ups.config import IndexLangConfig
 from ups.lid_table import LID_SCHEMA, build_index, parse_lines, stratified_split
 from ups.progress import bar
-from ups.report import Skips, write_report
+from ups.skips import Skips
+from ups.stage_report import write_report
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from ups import member_index
 from ups.atomic import clear_stale_tmp
 from ups.config import DatasetConfig
-from ups.report import Skips, write_report
+from ups.skips import Skips
+from ups.stage_report import write_report
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from ups.atomic import atomic_dir
 from ups.config import IndexVadConfig
 from ups.progress import bar
-from ups.report import Skips, write_report
+from ups.skips import Skips
+from ups.stage_report import write_report
 from ups.vad_table import (
     DROP_REASONS,
     FILES_SCHEMA,

@@ -43,7 +43,8 @@ from ups.atomic import locked, mark_done, read_done
 from ups.config import DatasetConfig, MfccParams, PrepareAudioConfig
 from ups.download import FileMeta
 from ups.progress import bar
-from ups.report import Skips, write_report
+from ups.skips import Skips
+from ups.stage_report import write_report
 from ups.tar_output import SPLITS, ChunkRow, TarOutput, write_member
 from ups.work_share import join_gloo, work_share
 

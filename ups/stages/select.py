@@ -39,7 +39,8 @@ from ups.atomic import atomic_dir
 from ups.config import SelectConfig
 from ups.lang_hours import compute_hours, fill_unlisted, load_shipped
 from ups.languages import NOSPEECH, is_language
-from ups.report import Skips, write_report
+from ups.skips import Skips
+from ups.stage_report import write_report
 
 log = logging.getLogger(__name__)
 

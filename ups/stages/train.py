@@ -47,8 +47,8 @@ from ups.frames import SAMPLE_RATE
 from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_second, load_hubert
 from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, scored_weight
 from ups.progress import bar
-from ups.report import Skips
 from ups.schedule import check_same_schedule, check_warmup, lr_at, planned_steps, warmup_steps_for
+from ups.skips import Skips
 from ups.train_data import (
     EMPTY,
     BatchSpec,
