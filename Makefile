@@ -104,7 +104,7 @@ train: $(STAMP) ## Real run: make train HOURS=100 GPUS=1 [ARGS="-S key=value ...
 ifeq ($(NODES),1)
 	$(GIT_ID_ENV) $(DVC) exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) -S train.nodes=1 $(ARGS)
 else
-	@$(PY) -m ups.cluster plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
+	@$(PY) -m ups.slurm plan --nodes $(NODES) --gpus $(GPUS) --rdzv $(RDZV) select.hours=$(HOURS)
 endif
 
 exps: $(STAMP) ## Compare runs: dvc exp show, hours/clusters/features and key metrics only
@@ -160,7 +160,7 @@ docker-train: ## Train in the image (HOURS, GPUS; NODES=N: this node's share), m
 	  -v "$(DVC_CACHE):$(DVC_CACHE)" \
 	  -v "$(HF_CACHE):/cache/huggingface" \
 	  $(DOCKER_ARGS) $(IMAGE) \
-	  $(if $(filter-out 1,$(NODES)),python -m ups.cluster run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) -S train.nodes=1 $(ARGS))
+	  $(if $(filter-out 1,$(NODES)),python -m ups.slurm run-stage train,dvc exp run -S select.hours=$(HOURS) -S train.gpus=$(GPUS) -S train.nodes=1 $(ARGS))
 
 clean: ## Remove caches of Python tools and the demo run (not data, not the DVC cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis runs/demo bench/tmp

@@ -251,7 +251,7 @@ def test_docker_train_on_several_nodes_runs_this_nodes_share(tmp_path: Path) -> 
     assert "--network=host" in cmd  # the rendezvous and NCCL reach the other nodes
     assert cmd[cmd.index("--gpus") + 1] == "8"
     i = cmd.index("ups:latest")
-    assert cmd[i + 1:] == ["python", "-m", "ups.cluster", "run-stage", "train"]  # not DVC: no lock
+    assert cmd[i + 1:] == ["python", "-m", "ups.slurm", "run-stage", "train"]  # not DVC: no lock
 
 
 def test_docker_train_defaults_mount_the_repo_data_and_cache() -> None:

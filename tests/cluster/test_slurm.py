@@ -25,7 +25,7 @@ from tests.slurm_cluster import LocalSlurm, wait_for_jobs
 from tests.stages.conftest import tree_bytes
 from tests.train_fixtures import assert_same_training
 from ups import demo
-from ups.cluster import set_params
+from ups.slurm import set_params
 from ups.tiny_model import write_tiny_hubert
 from ups.train_state import latest_state
 

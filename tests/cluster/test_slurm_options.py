@@ -1,6 +1,6 @@
 """What scripts/slurm/*.sbatch ask of Slurm and read from it, on a real local Slurm (tests/slurm_cluster.py).
 
-No pipeline runs here: UPS_EXEC points at a wrapper that runs `python -m ups.cluster gpus` for
+No pipeline runs here: UPS_EXEC points at a wrapper that runs `python -m ups.slurm gpus` for
 real and stops the script at its first `set-params`, logging what it was given. So each way of
 asking for GPUs, and each site option, is checked in seconds against what Slurm itself sets.
 """
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
 WRAPPER = """#!/bin/bash
-if [[ "$*" == *"ups.cluster set-params"* ]]; then
+if [[ "$*" == *"ups.slurm set-params"* ]]; then
   echo "device=${UPS_TRAIN_DEVICE:-} | $*" >> "$UPS_TEST_LOG"
   exit 3
 fi
@@ -70,7 +70,7 @@ def test_train_gets_one_process_per_gpu_however_the_job_asked(slurm, tmp_path, a
     assert res.returncode == 3 and len(log) == 1, (res.stderr, log)  # stopped at set-params
     dev, _, cmd = log[0].partition(" | ")
     assert dev == f"device={device}"
-    assert cmd.endswith(f"python -m ups.cluster set-params {shape} train.epochs=1"), cmd
+    assert cmd.endswith(f"python -m ups.slurm set-params {shape} train.epochs=1"), cmd
 
 
 PREPARE_WRAPPER = """#!/bin/bash
@@ -79,8 +79,8 @@ record() {
     grep -E '^(Account|TimeLimit|MinMemoryNode|ArrayTaskThrottle|NumCPUs)=' | sort -u | paste -sd' '
 }
 case "$*" in
-  *"ups.cluster slurm-options"*) exec "$@" ;;
-  *"ups.cluster run-stage"*)
+  *"ups.slurm slurm-options"*) exec "$@" ;;
+  *"ups.slurm run-stage"*)
     stage="${*: -1}"
     echo "$stage task=${SLURM_ARRAY_TASK_ID:-} $(record)" >> "$UPS_TEST_LOG"
     [[ "$stage/${SLURM_ARRAY_TASK_ID:-}" != "${UPS_TEST_FAIL:-}" ]] || exit 7
@@ -157,7 +157,7 @@ def test_a_failed_array_task_is_named_and_rerun_alone(slurm, tmp_path):
 
 TRAIN_WRAPPER = """#!/bin/bash
 case "$*" in
-  *"ups.cluster gpus"*) exec "$@" ;;
+  *"ups.slurm gpus"*) exec "$@" ;;
   *"run-stage train"*)  # a trainer that runs until asked to stop, then saves and exits 75
     echo "train run=${SLURM_RESTART_COUNT:-0}" >> "$UPS_TEST_LOG"
     if [[ "${SLURM_RESTART_COUNT:-0}" == 0 ]]; then

@@ -6,14 +6,14 @@ the stage that runs everywhere (train on every node, prepare-audio or assign-lab
 array task) runs its own command from dvc.yaml, without DVC, and one process records the result
 once at the end with `dvc commit -f <stage>`:
 
-    python -m ups.cluster run-stage NAME        exec NAME's cmd from dvc.yaml, as `dvc repro` would
-    python -m ups.cluster set-params K=V ...    set params.yaml values in place, like `dvc exp run -S`
-    python -m ups.cluster plan --nodes N --gpus G [--rdzv HOST:PORT] [K=V ...]
-                                                the per-node commands, for machines without Slurm
-    python -m ups.cluster gpus                  the GPUs this Slurm job has on each node (0: none)
-    python -m ups.cluster slurm-options [--job RECORD]
-                                                sbatch options from conf/slurm.env (UPS_SLURM_*),
-                                                the job's own (`scontrol show job -o`) winning
+    python -m ups.slurm run-stage NAME      exec NAME's cmd from dvc.yaml, as `dvc repro` would
+    python -m ups.slurm set-params K=V ...  set params.yaml values in place, like `dvc exp run -S`
+    python -m ups.slurm plan --nodes N --gpus G [--rdzv HOST:PORT] [K=V ...]
+                                            the per-node commands, for machines without Slurm
+    python -m ups.slurm gpus                the GPUs this Slurm job has on each node (0: none)
+    python -m ups.slurm slurm-options [--job RECORD]
+                                            sbatch options from conf/slurm.env (UPS_SLURM_*),
+                                            the job's own (`scontrol show job -o`) winning
 
 `set-params` parses each value as YAML (as `-S` does), keeps the file's comments, refuses a key
 params.yaml does not have, and checks every section with its typed config before anything runs:
@@ -193,13 +193,13 @@ def set_params(path: Path, assignments: list[str]) -> None:
 def plan(nodes: int, gpus: int, rdzv: str, assignments: list[str]) -> list[str]:
     """The commands, one per line, of a `nodes` x `gpus` run without a scheduler."""
     sets = " ".join(shlex.quote(a) for a in [*assignments, f"train.nodes={nodes}", f"train.gpus={gpus}"])
-    node_cmd = f"UPS_RDZV_ENDPOINT={shlex.quote(rdzv)} python -m ups.cluster run-stage train"
+    node_cmd = f"UPS_RDZV_ENDPOINT={shlex.quote(rdzv)} python -m ups.slurm run-stage train"
     return [
         f"# {nodes} nodes x {gpus} processes: run these yourself, or submit scripts/slurm/train.sbatch.",
         "# Every node needs this repository, data/ and the DVC cache at the same path (a shared file",
         "# system), and its venv first on PATH (source .venv/bin/activate).",
         "# 1. once, on the first node: the parameters, then the data stages (DVC's lock, one node):",
-        f"python -m ups.cluster set-params {sets} && dvc repro assign-labels",
+        f"python -m ups.slurm set-params {sets} && dvc repro assign-labels",
         f"# 2. on every node at the same time; {rdzv} (the first node) hosts the rendezvous:",
         *(f"{node_cmd}   # node {i}" for i in range(nodes)),
         "# 3. once, on the first node, after every node has finished: record the model in dvc.lock:",
@@ -208,7 +208,7 @@ def plan(nodes: int, gpus: int, rdzv: str, assignments: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ups.cluster", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ups.slurm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run-stage", help="exec a stage's cmd from dvc.yaml, without DVC")
     p.add_argument("stage")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run-stage":
             cmd, wdir = stage_command(Path(args.dvc_yaml), args.stage)
-            print(f"ups.cluster: {args.stage}: {cmd}", file=sys.stderr, flush=True)
+            print(f"ups.slurm: {args.stage}: {cmd}", file=sys.stderr, flush=True)
             os.chdir(wdir)
             os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
         elif args.command == "gpus":

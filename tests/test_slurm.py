@@ -1,4 +1,4 @@
-"""ups.cluster: a stage's own command, parameters set in place, and `make train NODES=N`."""
+"""ups.slurm: a stage's own command, parameters set in place, and `make train NODES=N`."""
 
 import os
 import shlex
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ups.cluster import gpus_on_node, set_params, site_options, stage_command
 from ups.config import ConfigError
+from ups.slurm import gpus_on_node, set_params, site_options, stage_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_run_stage_execs_the_command_in_the_stage_directory(tmp_path):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {
         "cmd": ["echo one > out.txt", "pwd >> out.txt"], "wdir": "sub"}}}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-m", "ups.cluster", "run-stage", "s"], cwd=tmp_path, env=env,
+    res = subprocess.run([sys.executable, "-m", "ups.slurm", "run-stage", "s"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "sub" / "out.txt").read_text().split() == ["one", str(tmp_path / "sub")]
@@ -67,9 +67,9 @@ def test_make_train_with_nodes_prints_one_command_per_node_and_runs_nothing():
                           "RDZV=n0:29500"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = [shlex.split(x) for x in res.stdout.splitlines() if x and not x.startswith("#")]
-    assert lines[0] == ["python", "-m", "ups.cluster", "set-params", "select.hours=7", "train.nodes=3",
+    assert lines[0] == ["python", "-m", "ups.slurm", "set-params", "select.hours=7", "train.nodes=3",
                         "train.gpus=8", "&&", "dvc", "repro", "assign-labels"]
-    node = ["UPS_RDZV_ENDPOINT=n0:29500", "python", "-m", "ups.cluster", "run-stage", "train"]
+    node = ["UPS_RDZV_ENDPOINT=n0:29500", "python", "-m", "ups.slurm", "run-stage", "train"]
     assert [x[:6] for x in lines[1:4]] == [node] * 3 and [x[-1] for x in lines[1:4]] == ["0", "1", "2"]
     assert lines[4:] == [["dvc", "commit", "-f", "train"]]
     assert "dvc" not in res.stderr and "exp run" not in res.stdout
@@ -105,7 +105,7 @@ def test_gpus_that_do_not_split_over_the_nodes_are_refused():
 def test_the_gpus_command_prints_the_count():
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "PYTHONPATH": str(REPO),
            "SLURM_GRES": "gpu:2", "SLURM_JOB_GPUS": "0,1"}
-    res = subprocess.run([sys.executable, "-m", "ups.cluster", "gpus"], env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "ups.slurm", "gpus"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and res.stdout == "2\n", res.stderr
 
