@@ -118,9 +118,9 @@ def plain_rate(init: Path, corpus: dict, batch_size: int, steps: int, n_clusters
     from collections import Counter
 
     from ups.frames import n_cnn_frames
-    from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
+    from ups.hubert_model import ModelSetup, load_hubert
     from ups.masking import compute_mask, frame_valid
-    from ups.pretraining import PretrainingHead, masked_prediction_sums
+    from ups.pretraining import PretrainingHead, PretrainModel, masked_prediction_sums
     from ups.train_data import LabelIndex, list_shards, read_shard
 
     labels = LabelIndex(corpus["labels"] / "train")

@@ -1,93 +1,18 @@
-"""Masking really reaches the encoder, through the model's mask embedding; export round-trips."""
+"""The HuBERT a run starts from and the one it exports: export round-trips, FLOPs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_second, load_head, load_hubert
-from ups.pretraining import PretrainingHead
-from ups.tiny_model import write_tiny_hubert
-
-
-def _model(tmp_path: Path, **kw) -> tuple[PretrainModel, dict]:
-    init = write_tiny_hubert(tmp_path / "init", seed=0, **kw)
-    hubert, original = load_hubert(ModelSetup(str(init), 0.8, 10, 2, None, "sdpa"))
-    torch.manual_seed(0)
-    head = PretrainingHead(hubert.config.hidden_size, 7, final_dim=8)
-    return PretrainModel(hubert, head, feature_grad_scale=0.1), original
-
-
-def _encoder_inputs(model: PretrainModel, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    seen = {}
-
-    def grab(module, args, kwargs):
-        seen["x"] = args[0].detach().clone()
-
-    h = model.hubert.encoder.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(x, mask_time_indices=mask)
-    finally:
-        h.remove()
-    return seen["x"]
-
-
-def test_masked_positions_reach_encoder_as_mask_embedding(tmp_path):
-    # With apply_spec_augment=False transformers ignores mask_time_indices: nothing is masked.
-    model, original = _model(tmp_path, apply_spec_augment=False)
-    assert original["apply_spec_augment"] is False
-    assert model.hubert.config.apply_spec_augment is True
-    assert model.hubert.config.mask_feature_prob == 0.0
-    model.train()
-    x = torch.randn(2, 16000)
-    mask = torch.zeros(2, 49, dtype=torch.bool)
-    mask[0, 5:15] = True
-    mask[1, 30:40] = True
-    enc = _encoder_inputs(model, x, mask)
-    emb = model.hubert.masked_spec_embed.detach()
-    assert torch.equal(enc[mask], emb.expand(int(mask.sum()), -1))
-    # unmasked frames are the projected features, not the embedding, and the model adds no masks
-    plain = _encoder_inputs(model, x, torch.zeros_like(mask))
-    assert torch.equal(enc[~mask], plain[~mask])
-    assert not torch.isclose(plain, emb).all(-1).any()
-
-
-def test_eval_without_mask_masks_nothing(tmp_path):
-    model, _ = _model(tmp_path)
-    model.eval()
-    x = torch.randn(1, 16000)
-    enc = _encoder_inputs(model, x, None)
-    feats = model.hubert.feature_projection(model.hubert.feature_extractor(x).transpose(1, 2))
-    torch.testing.assert_close(enc, feats)
-
-
-def test_feature_grad_scale_scales_cnn_gradients(tmp_path):
-    model, _ = _model(tmp_path)
-    model.train()
-    x = torch.randn(1, 8000)
-    grads = []
-    for scale in (1.0, 0.1):
-        model.feature_grad_scale = scale
-        model.zero_grad()
-        logits, _ = model(x, mask_time_indices=torch.zeros(1, 24, dtype=torch.bool))
-        logits.sum().backward()
-        grads.append(model.hubert.feature_extractor.conv_layers[0].conv.weight.grad.clone())
-    # the same backward pass but for the scale: equal up to float32 summation order
-    torch.testing.assert_close(grads[1], grads[0] * 0.1, rtol=1e-3, atol=1e-5)
-
-
-def test_frozen_feature_encoder(tmp_path):
-    init = write_tiny_hubert(tmp_path / "init")
-    hubert, _ = load_hubert(ModelSetup(str(init), 0.8, 10, 2, None, "sdpa"))
-    model = PretrainModel(hubert, PretrainingHead(32, 3), feature_grad_scale=0.0)
-    assert not any(p.requires_grad for p in model.hubert.feature_extractor.parameters())
+from tests.train_fixtures import tiny_pretrain_model
+from ups.hubert_model import ModelSetup, export, flops_per_audio_second, load_head, load_hubert
 
 
 def test_export_loads_with_from_pretrained_and_gives_same_features(tmp_path):
     from transformers import HubertModel
 
-    model, original = _model(tmp_path)
+    model, original = tiny_pretrain_model(tmp_path)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # "trained" weights differ from the init
@@ -115,7 +40,7 @@ def test_export_reproduces_the_masked_forward_as_evaluate_loads_it(tmp_path, ini
     # passes mask_time_indices: logits must equal the in-training model's. With an init whose
     # mask_time_prob is 0 the export used to drop the trained masked_spec_embed, so masked frames
     # got a fresh random embedding on load.
-    model, original = _model(tmp_path, mask_time_prob=init_mask_prob)
+    model, original = tiny_pretrain_model(tmp_path, mask_time_prob=init_mask_prob)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

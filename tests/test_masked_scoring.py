@@ -41,8 +41,8 @@ def test_trainer_losses_are_the_first_and_last_logged(tmp_path):
 
 
 def test_trained_head_on_other_labels_is_refused(tmp_path):
-    from ups.hubert_model import ModelSetup, PretrainModel, export, load_hubert
-    from ups.pretraining import PretrainingHead
+    from ups.hubert_model import ModelSetup, export, load_hubert
+    from ups.pretraining import PretrainingHead, PretrainModel
     from ups.tiny_model import write_tiny_hubert
     from ups.train_data import labels_digest
 

@@ -1,8 +1,13 @@
+"""The masked-prediction objective: the head, its loss and accuracy, and the model that masks."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ups.pretraining import PretrainingHead, masked_prediction_sums, scored_weight
+from tests.train_fixtures import tiny_pretrain_model
+from ups.hubert_model import ModelSetup, load_hubert
+from ups.pretraining import PretrainingHead, PretrainModel, masked_prediction_sums, scored_weight
+from ups.tiny_model import write_tiny_hubert
 
 
 def test_cosine_head_logits_are_scaled_cosines():
@@ -71,3 +76,68 @@ def test_head_logits_are_fp32_under_bf16_autocast(kind):
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, head(hidden.to(torch.bfloat16).float()), rtol=1e-5, atol=1e-5)
     assert (got - ref).abs().max() < 0.05  # only the bf16 input's own rounding remains
+
+
+def _encoder_inputs(model: PretrainModel, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["x"] = args[0].detach().clone()
+
+    h = model.hubert.encoder.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(x, mask_time_indices=mask)
+    finally:
+        h.remove()
+    return seen["x"]
+
+
+def test_masked_positions_reach_encoder_as_mask_embedding(tmp_path):
+    # With apply_spec_augment=False transformers ignores mask_time_indices: nothing is masked.
+    model, original = tiny_pretrain_model(tmp_path, apply_spec_augment=False)
+    assert original["apply_spec_augment"] is False
+    assert model.hubert.config.apply_spec_augment is True
+    assert model.hubert.config.mask_feature_prob == 0.0
+    model.train()
+    x = torch.randn(2, 16000)
+    mask = torch.zeros(2, 49, dtype=torch.bool)
+    mask[0, 5:15] = True
+    mask[1, 30:40] = True
+    enc = _encoder_inputs(model, x, mask)
+    emb = model.hubert.masked_spec_embed.detach()
+    assert torch.equal(enc[mask], emb.expand(int(mask.sum()), -1))
+    # unmasked frames are the projected features, not the embedding, and the model adds no masks
+    plain = _encoder_inputs(model, x, torch.zeros_like(mask))
+    assert torch.equal(enc[~mask], plain[~mask])
+    assert not torch.isclose(plain, emb).all(-1).any()
+
+
+def test_eval_without_mask_masks_nothing(tmp_path):
+    model, _ = tiny_pretrain_model(tmp_path)
+    model.eval()
+    x = torch.randn(1, 16000)
+    enc = _encoder_inputs(model, x, None)
+    feats = model.hubert.feature_projection(model.hubert.feature_extractor(x).transpose(1, 2))
+    torch.testing.assert_close(enc, feats)
+
+
+def test_feature_grad_scale_scales_cnn_gradients(tmp_path):
+    model, _ = tiny_pretrain_model(tmp_path)
+    model.train()
+    x = torch.randn(1, 8000)
+    grads = []
+    for scale in (1.0, 0.1):
+        model.feature_grad_scale = scale
+        model.zero_grad()
+        logits, _ = model(x, mask_time_indices=torch.zeros(1, 24, dtype=torch.bool))
+        logits.sum().backward()
+        grads.append(model.hubert.feature_extractor.conv_layers[0].conv.weight.grad.clone())
+    # the same backward pass but for the scale: equal up to float32 summation order
+    torch.testing.assert_close(grads[1], grads[0] * 0.1, rtol=1e-3, atol=1e-5)
+
+
+def test_frozen_feature_encoder(tmp_path):
+    init = write_tiny_hubert(tmp_path / "init")
+    hubert, _ = load_hubert(ModelSetup(str(init), 0.8, 10, 2, None, "sdpa"))
+    model = PretrainModel(hubert, PretrainingHead(32, 3), feature_grad_scale=0.0)
+    assert not any(p.requires_grad for p in model.hubert.feature_extractor.parameters())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -120,3 +121,19 @@ def assert_same_training(h1: list[dict], h2: list[dict], model1: Path, model2: P
     w2 = load_file(str(model2 / "model.safetensors"))
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)
+
+
+def tiny_pretrain_model(tmp_path: Path, **kw: Any) -> tuple[Any, dict]:
+    """A tiny random HuBERT as training loads it, with a 7-cluster head: (PretrainModel, the
+    initial SpecAugment settings)."""
+    import torch
+
+    from ups.hubert_model import ModelSetup, load_hubert
+    from ups.pretraining import PretrainingHead, PretrainModel
+    from ups.tiny_model import write_tiny_hubert
+
+    init = write_tiny_hubert(tmp_path / "init", seed=0, **kw)
+    hubert, original = load_hubert(ModelSetup(str(init), 0.8, 10, 2, None, "sdpa"))
+    torch.manual_seed(0)
+    head = PretrainingHead(hubert.config.hidden_size, 7, final_dim=8)
+    return PretrainModel(hubert, head, feature_grad_scale=0.1), original

@@ -1,14 +1,12 @@
-"""transformers' HubertModel set up for masked pre-training, its head, export and FLOP count.
+"""transformers' HubertModel loaded for masked pre-training, its export and its FLOP count.
 
 Masking goes through the model's own mask embedding (`masked_spec_embed`): transformers applies
 `mask_time_indices` only when `config.apply_spec_augment` is True, and creates the embedding only
-when `mask_time_prob > 0`. So training sets `apply_spec_augment=True`, `mask_time_prob` to
-`train.mask_prob` (which also documents it) and `mask_feature_prob=0`, and always passes
-`mask_time_indices` while training, so the model never draws masks of its own. The mask is
-applied here with `torch.where` (`PretrainModel._apply_mask`), not by transformers' boolean
-index put, which reads the mask's count back from the device (one `nonzero` forward, two
-backward) and breaks `torch.compile` graphs. Evaluation
-passes no mask and runs in eval mode: nothing is masked. The export restores the initial
+when `mask_time_prob > 0`. So `load_hubert` sets `apply_spec_augment=True`, `mask_time_prob` to
+`train.mask_prob` (which also documents it) and `mask_feature_prob=0`, and training always passes
+`mask_time_indices`, so the model never draws masks of its own (the mask itself is applied by
+`ups.pretraining.PretrainModel`). Evaluation passes no mask and runs in eval mode: nothing is
+masked. The export restores the initial
 model's SpecAugment settings so that downstream fine-tuning behaves as with the original, but
 always keeps the trained `masked_spec_embed`. `head.json` records the sha256 of the labels the
 head was trained on (`ups.train_data.labels_digest`), so a head is never scored on other labels.
@@ -21,10 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from ups.pretraining import PretrainingHead
+from ups.pretraining import PretrainingHead, PretrainModel
 
 AUGMENT_KEYS = (
     "apply_spec_augment",
@@ -34,62 +29,6 @@ AUGMENT_KEYS = (
     "mask_feature_prob",
     "mask_feature_length",
 )
-
-
-class _GradScale(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
-class PretrainModel(nn.Module):
-    """HubertModel + pretraining head; forward gives frame logits and the feature penalty."""
-
-    def __init__(self, hubert: Any, head: PretrainingHead, feature_grad_scale: float = 1.0) -> None:
-        super().__init__()
-        self.hubert: Any = hubert
-        self.head = head
-        self.feature_grad_scale = feature_grad_scale
-        self._features: torch.Tensor | None = None
-        if feature_grad_scale == 0.0:
-            hubert.feature_extractor._freeze_parameters()
-        hubert.feature_extractor.register_forward_hook(self._on_features)
-        hubert._mask_hidden_states = self._apply_mask  # an instance attribute: this model only
-
-    def _apply_mask(
-        self, hidden_states: torch.Tensor, mask_time_indices: torch.Tensor | None = None,
-        attention_mask: Any = None,
-    ) -> torch.Tensor:
-        """The mask embedding at the masked frames, without a host sync; no mask: unchanged
-        (transformers would draw masks of its own in training mode)."""
-        if mask_time_indices is None:
-            return hidden_states
-        embed = self.hubert.masked_spec_embed.to(hidden_states.dtype)
-        return torch.where(mask_time_indices[..., None], embed, hidden_states)
-
-    def _on_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        if self.training and 0.0 < self.feature_grad_scale < 1.0:
-            output = _GradScale.apply(output, self.feature_grad_scale)
-        self._features = output
-        return output
-
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_time_indices: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.hubert(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices)
-        logits = self.head(out.last_hidden_state)
-        assert self._features is not None
-        penalty = self._features.float().pow(2).mean()
-        self._features = None
-        return logits, penalty
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""HuBERT's masked-prediction objective: a pretraining head over cluster labels, its loss, its accuracy.
+"""HuBERT's masked-prediction objective: the encoder with a pretraining head over cluster labels
+(`PretrainModel`), the head, its loss, its accuracy.
 
 The cosine head follows the HuBERT paper (and fairseq's `HubertModel`): project the encoder
 output to `final_dim`, then logits are the cosine similarity with one learned embedding per
@@ -10,11 +11,17 @@ The loss is cross-entropy summed over the scored frames: masked frames, plus unm
 weighted by `unmasked_weight` when that is > 0; padding is never scored. Sums (not means) are
 returned so that a caller can normalise by the number of scored frames across micro-batches
 and ranks, which makes gradient accumulation and DDP give the same update as one big batch.
+
+`PretrainModel` puts the mask embedding at the masked frames with `torch.where`
+(`_apply_mask`), not with transformers' boolean index put, which reads the mask's count back from
+the device (one `nonzero` forward, two backward) and breaks `torch.compile` graphs. It also scales
+the CNN's gradient (`feature_grad_scale`, fairseq's 0.1) and returns fairseq's feature penalty.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,3 +127,59 @@ def scored_weight(n_masked: int, n_unmasked: int, unmasked_weight: float) -> flo
     """The normaliser of one micro-batch: masked frames + unmasked_weight * unmasked frames
     (host counts, known from the batch's masks before any GPU work)."""
     return n_masked + unmasked_weight * n_unmasked
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class PretrainModel(nn.Module):
+    """HubertModel + pretraining head; forward gives frame logits and the feature penalty."""
+
+    def __init__(self, hubert: Any, head: PretrainingHead, feature_grad_scale: float = 1.0) -> None:
+        super().__init__()
+        self.hubert: Any = hubert
+        self.head = head
+        self.feature_grad_scale = feature_grad_scale
+        self._features: torch.Tensor | None = None
+        if feature_grad_scale == 0.0:
+            hubert.feature_extractor._freeze_parameters()
+        hubert.feature_extractor.register_forward_hook(self._on_features)
+        hubert._mask_hidden_states = self._apply_mask  # an instance attribute: this model only
+
+    def _apply_mask(
+        self, hidden_states: torch.Tensor, mask_time_indices: torch.Tensor | None = None,
+        attention_mask: Any = None,
+    ) -> torch.Tensor:
+        """The mask embedding at the masked frames, without a host sync; no mask: unchanged
+        (transformers would draw masks of its own in training mode)."""
+        if mask_time_indices is None:
+            return hidden_states
+        embed = self.hubert.masked_spec_embed.to(hidden_states.dtype)
+        return torch.where(mask_time_indices[..., None], embed, hidden_states)
+
+    def _on_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if self.training and 0.0 < self.feature_grad_scale < 1.0:
+            output = _GradScale.apply(output, self.feature_grad_scale)
+        self._features = output
+        return output
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.hubert(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices)
+        logits = self.head(out.last_hidden_state)
+        assert self._features is not None
+        penalty = self._features.float().pow(2).mean()
+        self._features = None
+        return logits, penalty

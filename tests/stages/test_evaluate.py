@@ -174,9 +174,9 @@ def test_trained_head_loss_is_the_trainers_model_on_the_same_masks(tmp_path):
     import torch
 
     from ups.eval_chunks import iter_batches, scan_shards
-    from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
+    from ups.hubert_model import ModelSetup, load_hubert
     from ups.masked_scoring import labelled, masked_batch
-    from ups.pretraining import PretrainingHead, masked_prediction_sums
+    from ups.pretraining import PretrainingHead, PretrainModel, masked_prediction_sums
     from ups.skips import Skips
     from ups.tiny_model import write_tiny_hubert
     from ups.train_data import LabelIndex

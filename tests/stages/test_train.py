@@ -216,8 +216,8 @@ def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
 
 def test_weight_decay_reaches_weight_matrices_only(tmp_path):
     # The positional conv's weight-norm gain and the label embeddings are not weight matrices.
-    from ups.hubert_model import ModelSetup, PretrainModel, load_hubert
-    from ups.pretraining import PretrainingHead
+    from ups.hubert_model import ModelSetup, load_hubert
+    from ups.pretraining import PretrainingHead, PretrainModel
 
     hubert, _ = load_hubert(ModelSetup(str(write_tiny_hubert(tmp_path / "i")), 0.8, 10, 2, None, "sdpa"))
     model = PretrainModel(hubert, PretrainingHead(32, 5, final_dim=16))

@@ -44,8 +44,8 @@ from ups.config import TrainConfig
 from ups.data_order import elastic_accum
 from ups.devices import resolve_device, resolve_precision
 from ups.frames import SAMPLE_RATE
-from ups.hubert_model import ModelSetup, PretrainModel, export, flops_per_audio_second, load_hubert
-from ups.pretraining import SUM_NAMES, PretrainingHead, masked_prediction_sums, scored_weight
+from ups.hubert_model import ModelSetup, export, flops_per_audio_second, load_hubert
+from ups.pretraining import SUM_NAMES, PretrainingHead, PretrainModel, masked_prediction_sums, scored_weight
 from ups.progress import bar
 from ups.schedule import check_same_schedule, check_warmup, lr_at, planned_steps, warmup_steps_for
 from ups.skips import Skips
