@@ -15,6 +15,17 @@ import soundfile as sf
 import yaml
 
 from tests.conftest import make_tar
+from ups.config import (
+    AssignLabelsConfig,
+    DatasetConfig,
+    FeaturesConfig,
+    KmeansConfig,
+    PrepareAudioConfig,
+    load_section,
+)
+from ups.frames import n_cnn_frames
+from ups.shards import iter_shard
+from ups.stages import assign_labels, fit_kmeans, prepare_audio
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,3 +119,75 @@ def ups(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def slurm_array_task(monkeypatch, task: int | None, count: int = 2, lo: int = 3) -> None:
+    """Set (or, with task None, clear) the variables Slurm gives an array task."""
+    for name in ("ID", "COUNT", "MIN", "MAX"):
+        monkeypatch.delenv(f"SLURM_ARRAY_TASK_{name}", raising=False)
+    if task is not None:
+        for name, value in (("ID", lo + task), ("COUNT", count), ("MIN", lo), ("MAX", lo + count - 1)):
+            monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", str(value))
+
+
+# --- fit-kmeans and assign-labels: the corpus prepared once, labelled per test ---------------
+
+
+@pytest.fixture(scope="session")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("km")
+    params = write_params(out / "params.yaml", corpus / "sample")
+    prepare_audio.run(load_section(PrepareAudioConfig, "prepare_audio", params),
+                      load_section(FeaturesConfig, "features", params).mfcc,
+                      load_section(DatasetConfig, "dataset", params),
+                      chunks=corpus / "chunks.parquet", audio_dir=out / "audio",
+                      features_dir=out / "features", report=out / "audio" / "report.json")
+    return out, params
+
+
+def fit_and_label(out, params, corpus, tag, **features_overrides):
+    feats = load_section(FeaturesConfig, "features", params)
+    if features_overrides:
+        import dataclasses
+        feats = dataclasses.replace(feats, **features_overrides)
+    km = load_section(KmeansConfig, "kmeans", params)
+    fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
+                   out_dir=out / tag / "kmeans")
+    report = assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params), feats,
+                               model=out / tag / "kmeans" / "model.npz", features_dir=out / "features",
+                               audio_dir=out / "audio", chunks=corpus / "chunks.parquet",
+                               out_dir=out / tag / "labels")
+    return report
+
+
+def n_samples_by_chunk(out):
+    return {meta["chunk_id"]: meta["n_samples"]
+            for shard in (out / "audio").glob("*/*.tar") for _, _, meta in iter_shard(shard)}
+
+
+def check_labels(out, tag, k):
+    lengths = n_samples_by_chunk(out)
+    seen = []
+    for split in ("train", "valid"):
+        d = out / tag / "labels" / split
+        ids, offsets, labels = (np.load(d / f"{n}.npy") for n in ("chunk_ids", "offsets", "labels"))
+        assert ids.dtype == np.int64 and offsets.dtype == np.int64 and labels.dtype == np.int16
+        assert list(ids) == sorted(ids) and offsets[-1] == len(labels)
+        for i, cid in enumerate(ids):
+            assert offsets[i + 1] - offsets[i] == n_cnn_frames(lengths[int(cid)])
+        assert labels.min() >= 0 and labels.max() < k
+        seen.extend(ids.tolist())
+    assert sorted(seen) == sorted(lengths)  # every chunk, train and valid, labelled once
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert(tmp_path_factory):
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    path = tmp_path_factory.mktemp("hubert")
+    HubertModel(cfg).save_pretrained(path)
+    return path

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.stages.conftest import CHUNKS, tree_bytes, ups, write_params
+from tests.stages.conftest import CHUNKS, slurm_array_task, tree_bytes, ups, write_params
 from ups.atomic import read_json
 from ups.audio import from_int16
 from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig, load_section
@@ -134,15 +134,6 @@ def test_torchrun_two_gloo_ranks_give_the_same_shards(done, corpus, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_bytes(tmp_path / "audio") == tree_bytes(out / "audio")
     assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
-
-
-def slurm_array_task(monkeypatch, task: int | None, count: int = 2, lo: int = 3) -> None:
-    """Set (or, with task None, clear) the variables Slurm gives an array task."""
-    for name in ("ID", "COUNT", "MIN", "MAX"):
-        monkeypatch.delenv(f"SLURM_ARRAY_TASK_{name}", raising=False)
-    if task is not None:
-        for name, value in (("ID", lo + task), ("COUNT", count), ("MIN", lo), ("MAX", lo + count - 1)):
-            monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", str(value))
 
 
 def test_slurm_array_tasks_then_one_final_run_give_the_same_bytes(done, corpus, tmp_path, monkeypatch,

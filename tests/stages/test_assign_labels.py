@@ -1,68 +1,22 @@
+"""assign-labels: every chunk labelled per CNN frame by the one final model, resumable per tar,
+the same bytes for array tasks and ranks, centroids of another kind, waveform or precision refused."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 
-from tests.stages.conftest import write_params
+from tests.stages.conftest import check_labels, fit_and_label
 from ups.atomic import read_json
 from ups.config import (
     AssignLabelsConfig,
-    DatasetConfig,
     FeaturesConfig,
     KmeansConfig,
-    PrepareAudioConfig,
     load_section,
 )
 from ups.frames import n_cnn_frames
 from ups.shards import iter_shard
-from ups.stages import assign_labels, fit_kmeans, prepare_audio
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("km")
-    params = write_params(out / "params.yaml", corpus / "sample")
-    prepare_audio.run(load_section(PrepareAudioConfig, "prepare_audio", params),
-                      load_section(FeaturesConfig, "features", params).mfcc,
-                      load_section(DatasetConfig, "dataset", params),
-                      chunks=corpus / "chunks.parquet", audio_dir=out / "audio",
-                      features_dir=out / "features", report=out / "audio" / "report.json")
-    return out, params
-
-
-def fit_and_label(out, params, corpus, tag, **features_overrides):
-    feats = load_section(FeaturesConfig, "features", params)
-    if features_overrides:
-        import dataclasses
-        feats = dataclasses.replace(feats, **features_overrides)
-    km = load_section(KmeansConfig, "kmeans", params)
-    fit_kmeans.run(km, feats, features_dir=out / "features", audio_dir=out / "audio",
-                   out_dir=out / tag / "kmeans")
-    report = assign_labels.run(load_section(AssignLabelsConfig, "assign_labels", params), feats,
-                               model=out / tag / "kmeans" / "model.npz", features_dir=out / "features",
-                               audio_dir=out / "audio", chunks=corpus / "chunks.parquet",
-                               out_dir=out / tag / "labels")
-    return report
-
-
-def n_samples_by_chunk(out):
-    return {meta["chunk_id"]: meta["n_samples"]
-            for shard in (out / "audio").glob("*/*.tar") for _, _, meta in iter_shard(shard)}
-
-
-def check_labels(out, tag, k):
-    lengths = n_samples_by_chunk(out)
-    seen = []
-    for split in ("train", "valid"):
-        d = out / tag / "labels" / split
-        ids, offsets, labels = (np.load(d / f"{n}.npy") for n in ("chunk_ids", "offsets", "labels"))
-        assert ids.dtype == np.int64 and offsets.dtype == np.int64 and labels.dtype == np.int16
-        assert list(ids) == sorted(ids) and offsets[-1] == len(labels)
-        for i, cid in enumerate(ids):
-            assert offsets[i + 1] - offsets[i] == n_cnn_frames(lengths[int(cid)])
-        assert labels.min() >= 0 and labels.max() < k
-        seen.extend(ids.tolist())
-    assert sorted(seen) == sorted(lengths)  # every chunk, train and valid, labelled once
+from ups.stages import assign_labels, fit_kmeans
 
 
 def test_mfcc_kmeans_labels_every_chunk_per_cnn_frame(prepared, corpus):
@@ -82,42 +36,6 @@ def test_mfcc_kmeans_labels_every_chunk_per_cnn_frame(prepared, corpus):
     assert report["nearest_centroid"] == "numpy on the CPU"
 
 
-def test_default_fit_and_assign_cluster_the_raw_features(prepared, corpus):
-    """fairseq's learn_kmeans.py / dump_km_label.py cluster the features as they are: the
-    centroids live in the raw MFCC space and each label is the nearest raw centroid."""
-    out, params = prepared
-    fit_and_label(out, params, corpus, "raw")
-    with np.load(out / "raw" / "kmeans" / "model.npz", allow_pickle=False) as z:
-        centroids, mean, std = z["centroids"], z["mean"], z["std"]
-    np.testing.assert_array_equal(mean, np.zeros(39, np.float32))
-    np.testing.assert_array_equal(std, np.ones(39, np.float32))
-    from ups.feature_store import list_tars
-    from ups.kmeans import assign
-
-    tars = list_tars(out / "features", "train")
-    raw = np.concatenate([np.asarray(t.mfcc()) for t in tars])
-    # the centroids are means of raw frames: inside the raw data's range, per dimension
-    assert np.all(centroids >= raw.min(axis=0) - 1e-3) and np.all(centroids <= raw.max(axis=0) + 1e-3)
-    assert abs(float(raw[:, 0].mean())) > 1.0  # c0 is far from 0: z-scored centroids would not fit it
-    assert np.allclose(centroids[:, 0].mean(), raw[:, 0].mean(), rtol=0.5)
-    want = np.concatenate([assign(np.asarray(t.mfcc()), centroids)[0] for t in tars])
-    ids = np.load(out / "raw/labels/train/chunk_ids.npy")
-    labels = np.load(out / "raw/labels/train/labels.npy")
-    by_tar = np.concatenate([t.chunk_ids for t in tars])
-    starts = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(t.offsets) for t in tars]))])
-    pos = {int(c): i for i, c in enumerate(by_tar)}
-    got = np.concatenate([want[starts[pos[int(c)]]:starts[pos[int(c)] + 1]] for c in ids])
-    np.testing.assert_array_equal(labels, got)
-
-
-def test_fit_is_deterministic(prepared, corpus):
-    out, params = prepared
-    fit_and_label(out, params, corpus, "a")
-    fit_and_label(out, params, corpus, "b")
-    for rel in ("kmeans/model.npz", "labels/train/labels.npy", "labels/valid/labels.npy"):
-        assert (out / "a" / rel).read_bytes() == (out / "b" / rel).read_bytes()
-
-
 def test_model_of_another_feature_kind_is_refused(prepared, corpus, tmp_path):
     out, params = prepared
     fit_and_label(out, params, corpus, "m2")
@@ -127,19 +45,6 @@ def test_model_of_another_feature_kind_is_refused(prepared, corpus, tmp_path):
         assign_labels.run(AssignLabelsConfig(), dataclasses.replace(feats, kind="hubert"),
                           model=out / "m2" / "kmeans" / "model.npz", features_dir=out / "features",
                           audio_dir=out / "audio", chunks=corpus / "chunks.parquet", out_dir=tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny_hubert(tmp_path_factory):
-    import torch
-    from transformers import HubertConfig, HubertModel
-
-    torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    path = tmp_path_factory.mktemp("hubert")
-    HubertModel(cfg).save_pretrained(path)
-    return path
 
 
 def test_hubert_layer_features_label_every_chunk(prepared, corpus, tiny_hubert):
@@ -153,66 +58,6 @@ def test_hubert_layer_features_label_every_chunk(prepared, corpus, tiny_hubert):
     # which search ran is in the reports (on a GPU: "torch on cuda...", tests/test_cuda.py)
     assert report["nearest_centroid"] == "numpy on the CPU"
     assert read_json(out / "hub" / "kmeans" / "report.json")["fit"].endswith("numpy on the CPU")
-
-
-def test_hubert_layer_out_of_range_fails_naming_the_parameter(tiny_hubert):
-    from ups.hubert_features import FeatureModel, LayerFeatures
-
-    with pytest.raises(ValueError, match="features.layer"):
-        LayerFeatures(FeatureModel(str(tiny_hubert)), 3, "cpu")
-
-
-@pytest.mark.parametrize("layer", [1, 2])
-def test_layer_features_are_transformers_hidden_states_of_that_layer(tiny_hubert, layer):
-    """The truncated forward (layers above `layer` dropped, output read by a hook) gives exactly
-    hidden_states[layer] of the whole model, on the trainer's input scaling (int16 / 32768)."""
-    import torch
-    from transformers import HubertModel
-
-    from ups.hubert_features import FeatureModel, LayerFeatures
-
-    rng = np.random.default_rng(0)
-    pcms = [rng.integers(-8000, 8000, n).astype(np.int16) for n in (16000, 16000, 9000, 16000)]
-    lf = LayerFeatures(FeatureModel(str(tiny_hubert)), layer, "cpu", batch_chunks=2)
-    assert len(lf.model.encoder.layers) == layer
-    got = lf(pcms)
-    full = HubertModel.from_pretrained(tiny_hubert).eval()
-    for pcm, g in zip(pcms, got, strict=True):
-        x = torch.from_numpy(pcm.astype(np.float32)[None] / 32768.0)
-        with torch.inference_mode():
-            want = full(x, output_hidden_states=True).hidden_states[layer][0].numpy()
-        assert g.shape == (n_cnn_frames(len(pcm)), 32)
-        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
-    # the GPU's bf16 autocast path, run on the CPU: same frames, bf16 rounding only
-    bf = LayerFeatures(FeatureModel(str(tiny_hubert)), layer, "cpu", batch_chunks=2, precision="bf16")
-    for a, b in zip(got, bf(pcms), strict=True):
-        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        assert cos.min() > 0.98
-
-
-def test_hubert_model_init_follows_the_trainers_initial_model_and_revision(monkeypatch, tmp_path):
-    import transformers
-
-    from ups.config import TrainConfig
-    from ups.hubert_features import FeatureModel, feature_model, load_feature_model
-
-    feats = FeaturesConfig()
-    assert (feats.kind, feats.layer, feats.hubert_model) == ("hubert", 9, "init")
-    train = TrainConfig(init="org/model", init_revision="abc123", seed=5)
-    assert feature_model(feats, train) == FeatureModel("org/model", "abc123", 5)
-    import dataclasses
-    other = dataclasses.replace(feats, hubert_model="org/other", revision="def456")
-    assert feature_model(other, train) == FeatureModel("org/other", "def456", 0)
-    calls = []
-    monkeypatch.setattr(transformers.HubertModel, "from_pretrained",
-                        classmethod(lambda cls, name, **kw: calls.append((str(name), kw)) or
-                                    transformers.HubertModel(transformers.HubertConfig(
-                                        hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=8, conv_dim=(4,) * 7,
-                                        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2))))
-    load_feature_model(FeatureModel("org/model", "abc123"))
-    load_feature_model(FeatureModel(str(tmp_path), "abc123"))  # a local directory: no revision
-    assert calls == [("org/model", {"revision": "abc123"}), (str(tmp_path), {})]
 
 
 def test_tiny_init_labels_every_chunk_with_the_trainers_tiny_model(prepared, corpus):
@@ -330,8 +175,7 @@ def test_layer_features_stream_a_few_chunks_at_a_time(prepared):
 @pytest.mark.parametrize("tasks", [(2, 0, 1), (0,)])
 def test_slurm_array_tasks_then_one_final_run_give_the_same_labels(prepared, corpus, tmp_path, monkeypatch,
                                                                   caplog, tasks):
-    from tests.stages.conftest import tree_bytes
-    from tests.stages.test_prepare_audio import slurm_array_task
+    from tests.stages.conftest import slurm_array_task, tree_bytes
 
     out, params = prepared
     fit_and_label(out, params, corpus, "array-ref")
@@ -382,22 +226,6 @@ def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path
     assert "rank 0/2 labelled 3 of its 3 tar(s)" in res.stderr
     assert "train: reused 3 of 3" in res.stderr and "valid: reused 2 of 2" in res.stderr
     assert tree_bytes(tmp_path / "labels") == tree_bytes(out / "ddp-ref" / "labels")
-
-
-def test_with_normalize_audio_the_feature_model_sees_the_trainers_normalised_waveform():
-    from ups.hubert_features import FeatureModel, LayerFeatures
-
-    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000 + 700).astype(np.int16)
-    seen = {}
-    for normalize in (False, True):
-        lf = LayerFeatures(FeatureModel("tiny"), 1, "cpu", normalize_audio=normalize)
-        lf.model.register_forward_pre_hook(lambda _m, args, n=normalize: seen.__setitem__(n, args[0].numpy()))
-        lf([pcm])
-    x = pcm.astype(np.float32) / 32768.0
-    np.testing.assert_array_equal(seen[False][0], x)
-    got = seen[True][0]
-    assert abs(float(got.mean())) < 1e-5 and float(got.std()) == pytest.approx(1.0, abs=1e-4)
-    np.testing.assert_allclose(got, (x - x.mean()) / np.sqrt(x.var() + 1e-7), atol=1e-5)  # train_data's
 
 
 def test_normalize_audio_is_recorded_and_centroids_of_the_other_waveform_are_refused(prepared, corpus):
