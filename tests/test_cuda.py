@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.stages.test_train import _cfg, _history, _run
-from tests.train_fixtures import write_corpus
+from tests.train_fixtures import run_train, train_config, train_history, write_corpus
 from ups.masking import compute_mask, frame_valid
 from ups.pretraining import PretrainingHead, masked_prediction_sums
 from ups.stages import train
@@ -53,27 +52,27 @@ def test_masking_and_loss_on_the_device_match_the_cpu():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_a_training_step_on_the_gpu(tmp_path, corpus, precision):
-    summary = _run(_cfg("tiny", **CUDA, precision=precision, max_steps=4), corpus, tmp_path)
+    summary = run_train(train_config("tiny", **CUDA, precision=precision, max_steps=4), corpus, tmp_path)
     assert summary["steps"] == 4 and summary["skipped_steps"] == 0
     assert summary["device"].startswith("cuda") and summary["precision"] == precision
-    losses = [r["train/loss"] for r in _history(tmp_path) if "train/loss" in r]
+    losses = [r["train/loss"] for r in train_history(tmp_path) if "train/loss" in r]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     info = json.loads((latest_state(tmp_path / "state") / "state.json").read_text())
     assert (info["scaler"] is not None) == (precision == "fp16")
 
 
 def test_resume_on_the_gpu(tmp_path, corpus):
-    cfg = _cfg("tiny", **CUDA, precision="bf16", epochs=3, save_every_steps=4)
+    cfg = train_config("tiny", **CUDA, precision="bf16", epochs=3, save_every_steps=4)
     with pytest.raises(train.StopRequested):
-        _run(cfg, corpus, tmp_path, stop_after_steps=6)
+        run_train(cfg, corpus, tmp_path, stop_after_steps=6)
     state = latest_state(tmp_path / "state")
     assert state.name == "step-000000004"
     assert "cuda.rank0" in load_file(str(state / "rng.safetensors"))
-    summary = _run(cfg, corpus, tmp_path)
+    summary = run_train(cfg, corpus, tmp_path)
     assert summary["steps"] == summary["total_steps"] > 6
-    steps = [r["step"] for r in _history(tmp_path) if "train/loss" in r]
+    steps = [r["step"] for r in train_history(tmp_path) if "train/loss" in r]
     assert steps == sorted(set(steps))  # one continuous history, nothing trained twice
-    fresh = _run(replace(cfg, resume=False), corpus, tmp_path / "fresh")
+    fresh = run_train(replace(cfg, resume=False), corpus, tmp_path / "fresh")
     assert fresh["steps"] == summary["steps"]
 
 

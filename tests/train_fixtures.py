@@ -137,3 +137,49 @@ def tiny_pretrain_model(tmp_path: Path, **kw: Any) -> tuple[Any, dict]:
     torch.manual_seed(0)
     head = PretrainingHead(hubert.config.hidden_size, 7, final_dim=8)
     return PretrainModel(hubert, head, feature_grad_scale=0.1), original
+
+
+BASE = {
+    "device": "cpu",
+    "batch_size": 4,
+    "grad_accum": 1,
+    "num_workers": 0,
+    "learning_rate": 5e-3,
+    "warmup_steps": 2,
+    "final_dim": 16,
+    "min_sample_seconds": 0.5,
+    "log_every_steps": 2,
+    "valid_every_steps": 4,
+    "save_every_steps": 4,
+}
+
+
+def train_config(init: str, **kw: Any) -> Any:
+    """A TrainConfig for the tiny test corpora (BASE, then `kw`)."""
+    from ups.config import TrainConfig, from_dict
+
+    return from_dict(TrainConfig, {**BASE, "init": init, **kw}, "train")
+
+
+def run_train(cfg: Any, corpus: dict[str, Path], out: Path, **kw: Any) -> dict:
+    """The train stage on a corpus of `write_corpus`, its outputs under `out`."""
+    from ups.stages import train
+
+    return train.run(
+        cfg,
+        audio_dir=corpus["audio"],
+        labels_dir=corpus["labels"],
+        model_dir=out / "model",
+        state_dir=out / "state",
+        live_dir=out / "live",
+        **kw,
+    )
+
+
+def train_history(out: Path) -> list[dict]:
+    """The logged history of the run under `out` (its latest state's)."""
+    import json
+
+    from ups.train_state import latest_state
+
+    return json.loads((latest_state(out / "state") / "history.json").read_text())

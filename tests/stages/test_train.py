@@ -14,50 +14,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.train_fixtures import assert_same_training, write_corpus
+from tests.train_fixtures import (
+    BASE,
+    assert_same_training,
+    run_train,
+    train_config,
+    train_history,
+    write_corpus,
+)
 from ups.config import ConfigError, TrainConfig, from_dict
 from ups.stages import train
 from ups.tiny_model import write_tiny_hubert
 from ups.train_state import latest_state
 
 REPO = Path(__file__).resolve().parents[2]
-
-BASE = {
-    "device": "cpu",
-    "batch_size": 4,
-    "grad_accum": 1,
-    "num_workers": 0,
-    "learning_rate": 5e-3,
-    "warmup_steps": 2,
-    "final_dim": 16,
-    "min_sample_seconds": 0.5,
-    "log_every_steps": 2,
-    "valid_every_steps": 4,
-    "save_every_steps": 4,
-}
-
-
-def _cfg(init: str, **kw) -> TrainConfig:
-    return from_dict(TrainConfig, {**BASE, "init": init, **kw}, "train")
-
-
-def _run(cfg: TrainConfig, corpus: dict[str, Path], out: Path, **kw) -> dict:
-    return train.run(
-        cfg,
-        audio_dir=corpus["audio"],
-        labels_dir=corpus["labels"],
-        model_dir=out / "model",
-        state_dir=out / "state",
-        live_dir=out / "live",
-        **kw,
-    )
-
-
-def _history(out: Path) -> list[dict]:
-    import json
-
-    return json.loads((latest_state(out / "state") / "history.json").read_text())
-
 
 def _untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("train/audio_s_per_s", "train/tflops")} for r in history]
@@ -70,15 +40,15 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_loss_falls_and_outputs_land(tmp_path, corpus):
-    summary = _run(_cfg("tiny", epochs=6), corpus, tmp_path)
-    hist = [r for r in _history(tmp_path) if "train/loss" in r]
+    summary = run_train(train_config("tiny", epochs=6), corpus, tmp_path)
+    hist = [r for r in train_history(tmp_path) if "train/loss" in r]
     # means of three logs each (one log is 2 steps of batch 4: noisy)
     first = sum(r["train/loss"] for r in hist[:3]) / 3
     last = sum(r["train/loss"] for r in hist[-3:]) / 3
     assert last < first - 0.3, (first, last)
     assert hist[-1]["train/acc_masked"] > hist[0]["train/acc_masked"]
     assert 0.4 < hist[-1]["train/masked_fraction"] < 0.7  # masking really happens
-    valid = [r["valid/loss"] for r in _history(tmp_path) if "valid/loss" in r]
+    valid = [r["valid/loss"] for r in train_history(tmp_path) if "valid/loss" in r]
     assert summary["last"]["valid/loss"] == valid[-1] < valid[0] - 0.3  # 6 valid chunks: noisy
     # outputs: export, state, dvclive metrics and plots
     for name in ("config.json", "model.safetensors", "head.safetensors", "head.json", "training.json"):
@@ -98,12 +68,12 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, corpus):
     init = write_tiny_hubert(
         tmp_path / "init", seed=1, hidden_dropout=0.1, attention_dropout=0.1, layerdrop=0.3
     )
-    cfg = _cfg(str(init), epochs=3, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=4)
-    _run(cfg, corpus, tmp_path / "whole")
+    cfg = train_config(str(init), epochs=3, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=4)
+    run_train(cfg, corpus, tmp_path / "whole")
     with pytest.raises(train.StopRequested):
-        _run(cfg, corpus, tmp_path / "killed", stop_after_steps=7)  # last state: step 4
+        run_train(cfg, corpus, tmp_path / "killed", stop_after_steps=7)  # last state: step 4
     assert latest_state(tmp_path / "killed" / "state").name == "step-000000004"
-    summary = _run(cfg, corpus, tmp_path / "killed")
+    summary = run_train(cfg, corpus, tmp_path / "killed")
     assert summary["steps"] > 8
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
@@ -111,13 +81,13 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, corpus):
     sa = latest_state(tmp_path / "whole" / "state")
     sb = latest_state(tmp_path / "killed" / "state")
     assert (sa / "optimizer.safetensors").read_bytes() == (sb / "optimizer.safetensors").read_bytes()
-    assert _untimed(_history(tmp_path / "whole")) == _untimed(_history(tmp_path / "killed"))
+    assert _untimed(train_history(tmp_path / "whole")) == _untimed(train_history(tmp_path / "killed"))
 
 
 def test_state_from_other_config_is_not_resumed(tmp_path, corpus, caplog):
-    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
-    _run(cfg, corpus, tmp_path)
-    _run(replace(cfg, learning_rate=1e-3, max_steps=3), corpus, tmp_path)
+    cfg = train_config("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
+    run_train(cfg, corpus, tmp_path)
+    run_train(replace(cfg, learning_rate=1e-3, max_steps=3), corpus, tmp_path)
     assert "starting afresh" in caplog.text
 
 
@@ -170,7 +140,7 @@ def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path, corpus
     common = {"epochs": 2, "batch_size": 2, "valid_every_steps": 3}
     one, _ = _launch(tmp_path, corpus, "one", gpus=1, num_workers=2, grad_accum=2, **common)
     two, _ = _launch(tmp_path, corpus, "two", gpus=2, num_workers=1, grad_accum=1, **common)
-    assert_same_training(_history(one), _history(two), one / "model", two / "model")
+    assert_same_training(train_history(one), train_history(two), one / "model", two / "model")
     assert (two / "state" / "catalog" / "train.npz").is_file()  # walked by rank 0, loaded by rank 1
 
 
@@ -198,17 +168,17 @@ def test_state_trained_on_other_labels_is_not_resumed(tmp_path, caplog):
     from ups.train_data import labels_digest
 
     corpus = write_corpus(tmp_path / "corpus", n_train=12, n_valid=4, seconds=(1.0, 1.5))
-    cfg = _cfg("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
-    _run(cfg, corpus, tmp_path)
+    cfg = train_config("tiny", max_steps=2, warmup_steps=1, save_every_steps=2, valid_every_steps=100)
+    run_train(cfg, corpus, tmp_path)
     for split in ("train", "valid"):
         p = corpus["labels"] / split / "labels.npy"
         np.save(p, ((np.load(p) + 1) % 5).astype(np.int16))  # same files, renumbered clusters
-    _run(cfg, corpus, tmp_path)
+    run_train(cfg, corpus, tmp_path)
     assert "starting afresh" in caplog.text
     head = json.loads((tmp_path / "model" / "head.json").read_text())
     assert head["labels_sha256"] == labels_digest(corpus["labels"])
     # one run's history: one final validation, none left over from the first labels
-    assert [r["step"] for r in _history(tmp_path) if "valid/loss" in r] == [2]
+    assert [r["step"] for r in train_history(tmp_path) if "valid/loss" in r] == [2]
 
 
 # --- at real scale: every stream, every chunk, resumes that keep their work ---------------------
@@ -258,7 +228,7 @@ def test_an_epoch_is_every_chunk_across_2_ranks_x_2_workers(tmp_path):
         assert e["steps"] * 2 * 2 == e["chunks_used"]  # 2 ranks x batch 2 per step
         assert e["hours"] == pytest.approx(e["audio_seconds"] / 3600)
     assert report["steps"] == report["total_steps"] == sum(e["steps"] for e in epochs)
-    lrs = [r["lr"] for r in _history(out) if "lr" in r]
+    lrs = [r["lr"] for r in train_history(out) if "lr" in r]
     assert len(lrs) == report["steps"]
     end = lr_at(report["steps"] - 1, peak=5e-3, warmup_steps=2, total_steps=report["total_steps"])
     assert lrs[-1] == pytest.approx(end)
@@ -272,17 +242,17 @@ def test_a_changed_config_after_a_finished_run_resumes_its_own_state(tmp_path, c
     import logging
 
     caplog.set_level(logging.INFO)
-    cfg = _cfg("tiny", max_steps=6, save_every_steps=2, valid_every_steps=100)
-    _run(cfg, corpus, tmp_path)
+    cfg = train_config("tiny", max_steps=6, save_every_steps=2, valid_every_steps=100)
+    run_train(cfg, corpus, tmp_path)
     new = replace(cfg, learning_rate=1e-3)
     with pytest.raises(train.StopRequested):
-        _run(new, corpus, tmp_path, stop_after_steps=3)
+        run_train(new, corpus, tmp_path, stop_after_steps=3)
     latest = json.loads((tmp_path / "state" / "latest.json").read_text())
     assert latest["step"] == 2 and (tmp_path / "state" / latest["dir"] / "done.json").is_file()
     assert [p.name for p in (tmp_path / "state").glob("step-*")] == ["step-000000002"]  # old run's removed
     assert "step-000000006" in caplog.text  # ... with a line naming them
     caplog.clear()
-    _run(new, corpus, tmp_path)
+    run_train(new, corpus, tmp_path)
     assert "resumed from" in caplog.text and "step 2," in caplog.text
 
 
@@ -290,42 +260,42 @@ def test_max_steps_runs_exactly_that_many_steps_past_epochs(tmp_path, corpus):
     from ups.schedule import lr_at
 
     # 24 chunks / batch 4 = 6 steps per epoch; 1 epoch requested, 10 steps
-    cfg = _cfg("tiny", epochs=1, max_steps=10, log_every_steps=1, valid_every_steps=100)
-    summary = _run(cfg, corpus, tmp_path)
+    cfg = train_config("tiny", epochs=1, max_steps=10, log_every_steps=1, valid_every_steps=100)
+    summary = run_train(cfg, corpus, tmp_path)
     assert summary["steps"] == 10 and summary["epoch"] >= 1
-    lrs = [r["lr"] for r in _history(tmp_path) if "lr" in r]
+    lrs = [r["lr"] for r in train_history(tmp_path) if "lr" in r]
     assert lrs[-1] == pytest.approx(lr_at(9, peak=5e-3, warmup_steps=2, total_steps=10))
 
 
 @pytest.mark.parametrize("key,value", [("epochs", 5), ("max_steps", 12)])
 def test_a_schedule_change_on_resume_is_refused_naming_the_key(tmp_path, corpus, key, value):
-    cfg = _cfg("tiny", epochs=2, save_every_steps=2, valid_every_steps=100)
+    cfg = train_config("tiny", epochs=2, save_every_steps=2, valid_every_steps=100)
     with pytest.raises(train.StopRequested):
-        _run(cfg, corpus, tmp_path, stop_after_steps=3)
+        run_train(cfg, corpus, tmp_path, stop_after_steps=3)
     with pytest.raises(ConfigError, match=f"train.{key}"):
-        _run(replace(cfg, **{key: value}), corpus, tmp_path)
-    _run(replace(cfg, **{key: value}, resume=False), corpus, tmp_path / "fresh")  # the way out works
+        run_train(replace(cfg, **{key: value}), corpus, tmp_path)
+    run_train(replace(cfg, **{key: value}, resume=False), corpus, tmp_path / "fresh")  # the way out works
 
 
 def test_crop_pad_is_refused_for_a_group_norm_cnn(tmp_path, corpus):
     # Group norm normalises over time: padding changes the real frames' features.
     with pytest.raises(ConfigError, match="train.crop"):
-        _run(_cfg("tiny", crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path)
+        run_train(train_config("tiny", crop="pad", max_steps=2, warmup_steps=1), corpus, tmp_path)
     assert not (tmp_path / "state").exists()
     init = write_tiny_hubert(tmp_path / "ln", feat_extract_norm="layer", do_stable_layer_norm=True)
-    ln_cfg = _cfg(str(init), crop="pad", max_steps=2, warmup_steps=1)
-    assert _run(ln_cfg, corpus, tmp_path / "ln-run")["steps"] == 2
+    ln_cfg = train_config(str(init), crop="pad", max_steps=2, warmup_steps=1)
+    assert run_train(ln_cfg, corpus, tmp_path / "ln-run")["steps"] == 2
 
 
 def test_a_gpu_expected_but_absent_is_an_error(tmp_path, corpus, monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="train.device is cuda") as err:
-        _run(_cfg("tiny", device="cuda", max_steps=1), corpus, tmp_path)
+        run_train(train_config("tiny", device="cuda", max_steps=1), corpus, tmp_path)
     assert "CUDA" in str(err.value)  # the reason torch gives
     with pytest.raises(RuntimeError, match="train.gpus"):
-        _run(_cfg("tiny", device="auto", gpus=2, max_steps=1), corpus, tmp_path)
+        run_train(train_config("tiny", device="auto", gpus=2, max_steps=1), corpus, tmp_path)
     assert not (tmp_path / "state").exists()
-    _run(_cfg("tiny", device="auto", max_steps=1), corpus, tmp_path)
+    run_train(train_config("tiny", device="auto", max_steps=1), corpus, tmp_path)
     assert any(r.levelname == "WARNING" and "CPU" in r.getMessage() for r in caplog.records)
 
 
@@ -351,7 +321,7 @@ def test_the_step_makes_at_most_one_host_sync(tmp_path, corpus, monkeypatch):
     counts = []
     for steps in (3, 9):
         calls["n"] = 0
-        _run(_cfg("tiny", max_steps=steps, **quiet), corpus, tmp_path / str(steps))
+        run_train(train_config("tiny", max_steps=steps, **quiet), corpus, tmp_path / str(steps))
         counts.append(calls["n"])
     per_step = (counts[1] - counts[0]) / 6
     assert per_step <= 1.0, counts
@@ -360,9 +330,9 @@ def test_the_step_makes_at_most_one_host_sync(tmp_path, corpus, monkeypatch):
 def test_the_last_step_is_validated_once(tmp_path, corpus):
     # finish() compared the final validation with the last history record, which is always the
     # epoch record by then: a run ending on a validation step validated twice and logged it twice.
-    cfg = _cfg("tiny", max_steps=6, valid_every_steps=3, save_every_steps=100)
-    _run(cfg, corpus, tmp_path)
-    valid_steps = [h["step"] for h in _history(tmp_path) if "valid/loss" in h]
+    cfg = train_config("tiny", max_steps=6, valid_every_steps=3, save_every_steps=100)
+    run_train(cfg, corpus, tmp_path)
+    valid_steps = [h["step"] for h in train_history(tmp_path) if "valid/loss" in h]
     assert valid_steps == [3, 6]
 
 
@@ -391,7 +361,7 @@ def test_an_epoch_without_one_readable_sample_stops_the_run(tmp_path):
     signal.alarm(60)
     try:
         with pytest.raises(RuntimeError, match="no readable sample"):
-            _run(_cfg("tiny", max_steps=4, num_workers=0), corpus, tmp_path / "out")
+            run_train(train_config("tiny", max_steps=4, num_workers=0), corpus, tmp_path / "out")
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -403,10 +373,10 @@ def test_another_batch_split_resumes_at_the_states_global_batch(tmp_path, corpus
     import logging
 
     caplog.set_level(logging.INFO)
-    cfg = _cfg("tiny", batch_size=4, grad_accum=1, max_steps=6, save_every_steps=2, warmup_steps=1)
+    cfg = train_config("tiny", batch_size=4, grad_accum=1, max_steps=6, save_every_steps=2, warmup_steps=1)
     with pytest.raises(train.StopRequested):
-        _run(cfg, corpus, tmp_path, stop_after_steps=3)
-    summary = _run(replace(cfg, batch_size=2), corpus, tmp_path)
+        run_train(cfg, corpus, tmp_path, stop_after_steps=3)
+    summary = run_train(replace(cfg, batch_size=2), corpus, tmp_path)
     assert "resumed from" in caplog.text and "starting afresh" not in caplog.text
     assert summary["steps"] == 6 and summary["grad_accum"] == 2 and summary["batch_size"] == 2
 
@@ -421,12 +391,13 @@ def test_warmup_as_a_fraction_fits_the_run_and_a_warmup_as_long_as_the_run_is_re
     assert warmup_steps_for(0.08, 128) == 10 and warmup_steps_for(500, 128) == 500
     assert warmup_steps_for(0.08, 3) == 1
     with pytest.raises(ConfigError, match=r"train.warmup_steps gives 10 warmup steps but the run has 10"):
-        _run(_cfg("tiny", max_steps=10, warmup_steps=10), corpus, tmp_path)
+        run_train(train_config("tiny", max_steps=10, warmup_steps=10), corpus, tmp_path)
     assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("step-*"))
     with pytest.raises(ConfigError, match="train.warmup_steps"):
         from_dict(TrainConfig, {"warmup_steps": 1.5}, "train")
-    summary = _run(_cfg("tiny", max_steps=10, warmup_steps=0.2, log_every_steps=1), corpus, tmp_path / "f")
-    lrs = [r["lr"] for r in _history(tmp_path / "f") if "lr" in r]
+    cfg = train_config("tiny", max_steps=10, warmup_steps=0.2, log_every_steps=1)
+    summary = run_train(cfg, corpus, tmp_path / "f")
+    lrs = [r["lr"] for r in train_history(tmp_path / "f") if "lr" in r]
     assert lrs[1] == pytest.approx(5e-3) and lrs[-1] < lrs[1]  # 2 warmup steps, then decay
     assert summary["total_steps"] == 10
 
@@ -435,12 +406,12 @@ def test_a_skipped_step_is_not_an_update(tmp_path, corpus, monkeypatch):
     from ups.schedule import lr_at
 
     monkeypatch.setenv("UPS_TEST_NAN_AT", "0:2")  # the third data step's loss is NaN
-    cfg = _cfg("tiny", max_steps=5, warmup_steps=2, log_every_steps=1, valid_every_steps=100)
-    summary = _run(cfg, corpus, tmp_path)
+    cfg = train_config("tiny", max_steps=5, warmup_steps=2, log_every_steps=1, valid_every_steps=100)
+    summary = run_train(cfg, corpus, tmp_path)
     assert summary["steps"] == 5 and summary["skipped_steps"] == 1
     opt = load_file(str(latest_state(tmp_path / "state") / "optimizer.safetensors"))
     assert {float(v) for k, v in opt.items() if k.endswith(".step")} == {5.0}  # AdamW made 5 updates
-    lrs = [r["lr"] for r in _history(tmp_path) if "lr" in r]
+    lrs = [r["lr"] for r in train_history(tmp_path) if "lr" in r]
     assert lrs == pytest.approx([lr_at(s, peak=5e-3, warmup_steps=2, total_steps=5) for s in range(5)])
     assert sum(e["steps"] for e in summary["epochs"]) == 6  # six data steps: five updates, one skip
 
@@ -452,23 +423,23 @@ def test_a_changed_config_killed_before_its_first_save_leaves_the_old_states(tmp
     import logging
 
     caplog.set_level(logging.INFO)
-    cfg = _cfg("tiny", max_steps=8, save_every_steps=2, valid_every_steps=100)
+    cfg = train_config("tiny", max_steps=8, save_every_steps=2, valid_every_steps=100)
     with pytest.raises(train.StopRequested):
-        _run(cfg, corpus, tmp_path, stop_after_steps=5)  # states 2 and 4
+        run_train(cfg, corpus, tmp_path, stop_after_steps=5)  # states 2 and 4
     with pytest.raises(train.StopRequested):  # another config, killed before its first save
-        _run(replace(cfg, learning_rate=1e-3, save_every_steps=4), corpus, tmp_path, stop_after_steps=1)
+        run_train(replace(cfg, learning_rate=1e-3, save_every_steps=4), corpus, tmp_path, stop_after_steps=1)
     assert "set the earlier states" in caplog.text and (tmp_path / "state" / "aside").is_dir()
     caplog.clear()
-    resumed = _run(cfg, corpus, tmp_path)  # the first config again: its states come back
+    resumed = run_train(cfg, corpus, tmp_path)  # the first config again: its states come back
     assert "took back" in caplog.text and "resumed from" in caplog.text and "step 4," in caplog.text
     assert resumed["steps"] == 8
-    fresh = _run(cfg, corpus, tmp_path / "uninterrupted")
+    fresh = run_train(cfg, corpus, tmp_path / "uninterrupted")
     a = load_file(str(tmp_path / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "uninterrupted" / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a) and fresh["steps"] == 8
     # a new config that saves removes what was set aside, naming it
     caplog.clear()
-    _run(replace(cfg, learning_rate=1e-3, max_steps=2, warmup_steps=1), corpus, tmp_path)
+    run_train(replace(cfg, learning_rate=1e-3, max_steps=2, warmup_steps=1), corpus, tmp_path)
     assert "removed the earlier states set aside" in caplog.text and "step-000000008" in caplog.text
     assert not (tmp_path / "state" / "aside").exists()
 
@@ -483,7 +454,7 @@ def test_one_host_sync_per_optimizer_step_in_a_profiler_trace(tmp_path, corpus):
     from ups.skips import Skips
     from ups.train_log import StepSums
 
-    cfg = _cfg("tiny", batch_size=2, grad_accum=4, max_steps=4, valid_every_steps=100)
+    cfg = train_config("tiny", batch_size=2, grad_accum=4, max_steps=4, valid_every_steps=100)
     d = distributed.init("cpu")
     r = train.setup(cfg, d, torch.device("cpu"), corpus["audio"], corpus["labels"], tmp_path / "state")
     prog = train.fresh_start(r)
@@ -517,7 +488,7 @@ def test_validation_is_the_same_for_1_2_and_4_workers(tmp_path, corpus):
     losses = []
     d = distributed.init("cpu")
     for workers in (0, 2, 4):
-        cfg = _cfg("tiny", num_workers=workers, max_steps=2, warmup_steps=1)
+        cfg = train_config("tiny", num_workers=workers, max_steps=2, warmup_steps=1)
         r = train.setup(cfg, d, torch.device("cpu"), corpus["audio"], corpus["labels"], tmp_path / "s")
         losses.append(train.validate(r))
     for other in losses[1:]:
@@ -635,8 +606,8 @@ def test_a_signal_during_training_saves_at_the_next_log_step_exits_75_and_resume
 
     init = write_tiny_hubert(tmp_path / "init", seed=1, hidden_dropout=0.1, layerdrop=0.3)
     # save_every_steps 8: the periodic saves alone would leave step 0 or 8, never 6
-    cfg = _cfg(str(init), epochs=2, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=8)
-    _run(cfg, corpus, tmp_path / "whole")
+    cfg = train_config(str(init), epochs=2, num_workers=2, batch_size=2, grad_accum=2, save_every_steps=8)
+    run_train(cfg, corpus, tmp_path / "whole")
     real_step = train.train_step
 
     def step_then_signal(r, prog, *args, **kw):
@@ -647,17 +618,17 @@ def test_a_signal_during_training_saves_at_the_next_log_step_exits_75_and_resume
 
     monkeypatch.setattr(train, "train_step", step_then_signal)
     with pytest.raises(preempt.Preempted) as stopped:
-        _run(cfg, corpus, tmp_path / "preempted")
+        run_train(cfg, corpus, tmp_path / "preempted")
     assert stopped.value.code == preempt.EXIT_CODE == 75 and stopped.value.step == 6  # log_every_steps 2
     assert latest_state(tmp_path / "preempted" / "state").name == "step-000000006"
     assert not (tmp_path / "preempted" / "model").exists()
     monkeypatch.setattr(train, "train_step", real_step)
-    summary = _run(cfg, corpus, tmp_path / "preempted")  # the requeued job
+    summary = run_train(cfg, corpus, tmp_path / "preempted")  # the requeued job
     assert summary["steps"] > 8
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "preempted" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _untimed(_history(tmp_path / "whole")) == _untimed(_history(tmp_path / "preempted"))
+    assert _untimed(train_history(tmp_path / "whole")) == _untimed(train_history(tmp_path / "preempted"))
 
 
 def test_the_request_file_stops_a_run_too(tmp_path, corpus, monkeypatch):
@@ -667,7 +638,8 @@ def test_the_request_file_stops_a_run_too(tmp_path, corpus, monkeypatch):
     request.touch()  # what scripts/slurm/train.sbatch writes on SIGUSR1
     monkeypatch.setenv("UPS_PREEMPT_FILE", str(request))
     with pytest.raises(preempt.Preempted) as stopped:
-        _run(_cfg("tiny", max_steps=6, save_every_steps=100, valid_every_steps=100), corpus, tmp_path)
+        cfg = train_config("tiny", max_steps=6, save_every_steps=100, valid_every_steps=100)
+        run_train(cfg, corpus, tmp_path)
     assert stopped.value.step == 2 and latest_state(tmp_path / "state").name == "step-000000002"
     import signal
 
