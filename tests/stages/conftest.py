@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import yaml
+from hub_server import REPO_ID, SHA, TOKEN, HubServer, HubState
 
 from tests.conftest import make_tar
 from ups.config import (
@@ -191,3 +192,45 @@ def tiny_hubert(tmp_path_factory):
     path = tmp_path_factory.mktemp("hubert")
     HubertModel(cfg).save_pretrained(path)
     return path
+
+
+# --- the tar members through the local hub stand-in (index-members, member fetches) -----------
+
+NO_META = "no-fetch-meta.json"  # the revision is a pinned sha: no fetch-meta record is needed
+
+
+def hub_files(corpus) -> dict[str, bytes]:
+    return {p.relative_to(corpus / "sample").as_posix(): p.read_bytes()
+            for p in sorted((corpus / "sample").rglob("*.tar"))}
+
+
+def member_configs(corpus, out, fetch, cache=None, workers=2):
+    out.mkdir(parents=True, exist_ok=True)
+    params = write_params(out / "params.yaml", corpus / "sample")
+    ds = load_section(DatasetConfig, "dataset", params)
+    import dataclasses
+    ds = dataclasses.replace(ds, source="hub", repo_id=REPO_ID, revision=SHA, fetch=fetch,
+                             tar_cache_dir=str(cache or out / "cache"), retry_backoff_s=0.0, max_retries=3,
+                             download_workers=workers)
+    return (load_section(PrepareAudioConfig, "prepare_audio", params),
+            load_section(FeaturesConfig, "features", params).mfcc, ds)
+
+
+def prepare_from_hub(corpus, out, fetch, members_dir=None, cache=None, workers=2):
+    cfg, mfcc, ds = member_configs(corpus, out, fetch, cache, workers)
+    return prepare_audio.run(cfg, mfcc, ds, chunks=corpus / "chunks.parquet", audio_dir=out / "audio",
+                             features_dir=out / "features", report=out / "audio" / "report.json",
+                             fetch_meta=out / NO_META, members_dir=members_dir)
+
+
+@pytest.fixture
+def hub(corpus, monkeypatch):
+    state = HubState(REPO_ID, hub_files(corpus))
+    with HubServer(state) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield state
+
+
+def audio_trees(out) -> dict[str, bytes]:
+    return tree_bytes(out / "audio") | {"features/" + k: v for k, v in tree_bytes(out / "features").items()}

@@ -1,54 +1,18 @@
 """prepare-audio fetching only the needed tar members (dataset.fetch: members) against the local hub:
 the same bytes as whole-tar fetches, fewer bytes sent, a dropped connection mid-member resumed,
-index-members read once, a damaged tar fetched whole."""
+each member checked against the index, the hub's rules kept."""
 
 from __future__ import annotations
 
 import pytest
 from hub_server import REPO_ID, SHA, TOKEN, HubServer, HubState
 
-from tests.stages.conftest import tree_bytes, write_params
+from tests.stages.conftest import NO_META, audio_trees, hub_files, member_configs, prepare_from_hub
 from ups import member_index
-from ups.atomic import read_json
-from ups.config import DatasetConfig, FeaturesConfig, PrepareAudioConfig, load_section
 from ups.dataset import DatasetError, DownloadError
 from ups.stages import index_members, prepare_audio
 
-NO_META = "no-fetch-meta.json"  # the revision is a pinned sha: no fetch-meta record is needed
 WANTED = {"itemA/one", "itemB/two.v1", "itemC/bad", "itemD/three", "itemE/x", "itemF/f"}
-
-
-def _files(corpus) -> dict[str, bytes]:
-    return {p.relative_to(corpus / "sample").as_posix(): p.read_bytes()
-            for p in sorted((corpus / "sample").rglob("*.tar"))}
-
-
-def _configs(corpus, out, fetch, cache=None, workers=2):
-    out.mkdir(parents=True, exist_ok=True)
-    params = write_params(out / "params.yaml", corpus / "sample")
-    ds = load_section(DatasetConfig, "dataset", params)
-    import dataclasses
-    ds = dataclasses.replace(ds, source="hub", repo_id=REPO_ID, revision=SHA, fetch=fetch,
-                             tar_cache_dir=str(cache or out / "cache"), retry_backoff_s=0.0, max_retries=3,
-                             download_workers=workers)
-    return (load_section(PrepareAudioConfig, "prepare_audio", params),
-            load_section(FeaturesConfig, "features", params).mfcc, ds)
-
-
-def _prepare(corpus, out, fetch, members_dir=None, cache=None, workers=2):
-    cfg, mfcc, ds = _configs(corpus, out, fetch, cache, workers)
-    return prepare_audio.run(cfg, mfcc, ds, chunks=corpus / "chunks.parquet", audio_dir=out / "audio",
-                             features_dir=out / "features", report=out / "audio" / "report.json",
-                             fetch_meta=out / NO_META, members_dir=members_dir)
-
-
-@pytest.fixture
-def hub(corpus, monkeypatch):
-    state = HubState(REPO_ID, _files(corpus))
-    with HubServer(state) as url:
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 @pytest.fixture(scope="module")
@@ -57,31 +21,27 @@ def whole_tar_run(corpus, tmp_path_factory):
     import os
 
     out = tmp_path_factory.mktemp("whole")
-    state = HubState(REPO_ID, _files(corpus))
+    state = HubState(REPO_ID, hub_files(corpus))
     with HubServer(state) as url:
         old = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_TOKEN")}
         os.environ.update({"HF_ENDPOINT": url, "HF_TOKEN": TOKEN})
         try:
-            summary = _prepare(corpus, out, "tars")
+            summary = prepare_from_hub(corpus, out, "tars")
         finally:
             for k, v in old.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return out, summary, state.sent()
 
 
-def _trees(out) -> dict[str, bytes]:
-    return tree_bytes(out / "audio") | {"features/" + k: v for k, v in tree_bytes(out / "features").items()}
-
-
 def test_member_fetches_give_the_whole_tar_bytes(corpus, tmp_path, hub, whole_tar_run):
     ref, ref_summary, ref_sent = whole_tar_run
     members = tmp_path / "members"
-    idx = index_members.run(_configs(corpus, tmp_path, "members")[2], chunks=corpus / "chunks.parquet",
+    idx = index_members.run(member_configs(corpus, tmp_path, "members")[2], chunks=corpus / "chunks.parquet",
                             fetch_meta=tmp_path / NO_META, out_dir=members)
     walk_sent = hub.sent()
-    summary = _prepare(corpus, tmp_path, "members", members_dir=members)
+    summary = prepare_from_hub(corpus, tmp_path, "members", members_dir=members)
     # every file of the stage's outputs, markers and report included, is the same
-    assert _trees(tmp_path) == _trees(ref)
+    assert audio_trees(tmp_path) == audio_trees(ref)
     assert summary["download_bytes"] == ref_summary["download_bytes"]
     # only the wanted members were sent (not itemQ/unwanted.mp3), each once, nothing cached on disk
     sent_members = hub.sent() - walk_sent
@@ -100,79 +60,26 @@ def test_member_fetches_give_the_whole_tar_bytes(corpus, tmp_path, hub, whole_ta
 
 def test_without_a_stored_index_headers_are_walked_on_demand(corpus, tmp_path, hub, whole_tar_run):
     ref, _, _ = whole_tar_run
-    _prepare(corpus, tmp_path, "members", members_dir=tmp_path / "absent")
-    assert _trees(tmp_path) == _trees(ref)
+    prepare_from_hub(corpus, tmp_path, "members", members_dir=tmp_path / "absent")
+    assert audio_trees(tmp_path) == audio_trees(ref)
     assert not (tmp_path / "absent").exists()  # prepare-audio never writes another stage's output
 
 
 def test_a_connection_dropped_mid_member_resumes(corpus, tmp_path, hub, whole_tar_run):
     ref, _, _ = whole_tar_run
     members = tmp_path / "members"
-    index_members.run(_configs(corpus, tmp_path, "members")[2], chunks=corpus / "chunks.parquet",
+    index_members.run(member_configs(corpus, tmp_path, "members")[2], chunks=corpus / "chunks.parquet",
                       fetch_meta=tmp_path / NO_META, out_dir=members)
     first = next(e for e in member_index.read(members, 2).entries if e.key == "itemD/three")
     n_before = len(hub.requests)
     hub.fault("audio/000002.tar", ("drop", 5000), ("status", 503))
-    _prepare(corpus, tmp_path, "members", members_dir=members, workers=1)  # one member at a time
-    assert _trees(tmp_path) == _trees(ref)
+    prepare_from_hub(corpus, tmp_path, "members", members_dir=members, workers=1)  # one member at a time
+    assert audio_trees(tmp_path) == audio_trees(ref)
     ranges = [r.range for r in hub.requests[n_before:] if r.path.endswith("000002.tar")]
     end = first.offset + first.size - 1  # fetched with its header blocks
     assert ranges[0] == f"bytes={first.header_offset}-{end}"
     assert f"bytes={first.header_offset + 5000}-{end}" in ranges  # resumed from the bytes received
 
-
-def test_index_members_reads_each_tar_once_and_a_damaged_tar_is_fetched_whole(corpus, tmp_path, hub):
-    ds = _configs(corpus, tmp_path, "members")[2]
-    members = tmp_path / "members"
-    index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META,
-                      out_dir=members)
-    n = len(hub.requests)
-    again = index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META,
-                              out_dir=members)
-    assert again["walked_now"] == 0
-    assert not [r for r in hub.requests[n:] if r.method == "GET"]  # only the metadata batch
-    # tar 3 is truncated on the hub (a new commit): its stored index no longer describes it
-    cut = hub.files["audio/000003.tar"][:30_000]  # in the middle of its one member
-    hub.files["audio/000003.tar"] = cut
-    rep = index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META,
-                            out_dir=members)
-    assert rep["walked_now"] == 1 and rep["status"] == {"ok": 2, "truncated": 1}
-    assert read_json(members / "report.json")["skipped"]["counts"] == {"tar_truncated": 1}
-    # prepare-audio fetches that tar whole and counts the damage as a whole-tar run does
-    _prepare(corpus, tmp_path, "members", members_dir=members)
-    assert (tmp_path / "cache" / "audio" / "000003.tar").is_file()
-    assert not (tmp_path / "cache" / "audio" / "000001.tar").exists()
-    marker = read_json(tmp_path / "audio" / "_done" / "000003.done.json")
-    assert marker["skipped"]["counts"]["truncated_tar"] == 1
-    whole = tmp_path / "whole"  # same tar cache: the damage report names the tar's path
-    _prepare(corpus, whole, "tars", cache=tmp_path / "cache")
-    assert _trees(tmp_path) == _trees(whole)
-
-
-def test_a_larger_selection_continues_each_walk_and_ends_where_one_walk_would(corpus, tmp_path, hub):
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    ds = _configs(corpus, tmp_path, "members")[2]
-    table = pq.read_table(corpus / "chunks.parquet")
-    small = tmp_path / "small.parquet"
-    pq.write_table(table.filter(pc.equal(table["key"], "itemD/three")), small)
-    members = tmp_path / "members"
-    first = index_members.run(ds, chunks=small, fetch_meta=tmp_path / NO_META, out_dir=members)
-    part = member_index.read(members, 2)
-    assert first["walked_now"] == 1 and not part.complete and [e.key for e in part.entries] == ["itemD/three"]
-    n = len(hub.gets("audio/000002.tar"))
-    second = index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META,
-                               out_dir=members)
-    assert second["walked_now"] == 3
-    grown = member_index.read(members, 2)
-    assert len(hub.gets("audio/000002.tar")) - n == grown.requests - part.requests == 1
-    direct = tmp_path / "direct"
-    index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META, out_dir=direct)
-    assert tree_bytes(members) == tree_bytes(direct)  # the same index, however the selection grew
-
-
-# --- each member is checked against the index: a tar that changed under the same identity --------
 
 def _repacked(data: bytes) -> bytes:
     """The same members in another order: a tar of the same size with another layout."""
@@ -191,7 +98,7 @@ def _repacked(data: bytes) -> bytes:
 def test_a_repacked_tar_behind_unchanged_metadata_is_an_error_naming_tar_and_revision(corpus, tmp_path, hub):
     # A mirror of the hub (HF_ENDPOINT) that serves a re-packed tar under the same path, size and
     # sha256: the stored layout does not describe it; decoding what lies there loses chunks unseen.
-    ds = _configs(corpus, tmp_path, "members")[2]
+    ds = member_configs(corpus, tmp_path, "members")[2]
     members = tmp_path / "members"
     index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META, out_dir=members)
     rel = "audio/000001.tar"
@@ -200,11 +107,11 @@ def test_a_repacked_tar_behind_unchanged_metadata_is_an_error_naming_tar_and_rev
     assert len(hub.files[rel]) == len(hub.meta[rel]) and hub.files[rel] != hub.meta[rel]
     with pytest.raises(DatasetError, match=rf"tar 000001 \({rel} of {REPO_ID} at revision {SHA}\).*"
                                            r"member index says 'itemA/one.mp3'"):
-        _prepare(corpus, tmp_path, "members", members_dir=members)
+        prepare_from_hub(corpus, tmp_path, "members", members_dir=members)
 
 
 def test_a_flipped_header_byte_is_an_error_a_flipped_data_byte_reads_as_the_tar(corpus, tmp_path, hub):
-    ds = _configs(corpus, tmp_path, "members")[2]
+    ds = member_configs(corpus, tmp_path, "members")[2]
     members = tmp_path / "members"
     index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META, out_dir=members)
     rel = "audio/000002.tar"
@@ -215,15 +122,15 @@ def test_a_flipped_header_byte_is_an_error_a_flipped_data_byte_reads_as_the_tar(
     hub.files[rel] = bytes(flipped)
     where = rf"tar 000002 \(audio/000002.tar of {REPO_ID} at revision {SHA}\)"
     with pytest.raises(DatasetError, match=where + r": no tar header at byte \d+ \(ReadError: .*checksum"):
-        _prepare(corpus, tmp_path / "a", "members", members_dir=members)
+        prepare_from_hub(corpus, tmp_path / "a", "members", members_dir=members)
     # a flipped byte of member data: no hash covers a member, so the decoder meets it exactly as
     # it meets it in the whole tar (here: the MP3 still decodes)
     flipped = bytearray(original)
     flipped[e.offset + e.size // 2] ^= 0x01
     hub.files[rel] = hub.meta[rel] = bytes(flipped)
-    got = _prepare(corpus, tmp_path / "b", "members", members_dir=members)
-    ref = _prepare(corpus, tmp_path / "c", "tars")
-    assert _trees(tmp_path / "b") == _trees(tmp_path / "c")
+    got = prepare_from_hub(corpus, tmp_path / "b", "members", members_dir=members)
+    ref = prepare_from_hub(corpus, tmp_path / "c", "tars")
+    assert audio_trees(tmp_path / "b") == audio_trees(tmp_path / "c")
     assert got["n_chunks_written"] == ref["n_chunks_written"]
 
 
@@ -235,7 +142,7 @@ def test_a_mirror_tar_rewritten_with_its_old_mtime_is_walked_again(corpus, tmp_p
 
     mirror = tmp_path / "mirror"
     shutil.copytree(corpus / "sample", mirror)
-    cfg, mfcc, ds = _configs(corpus, tmp_path, "members")
+    cfg, mfcc, ds = member_configs(corpus, tmp_path, "members")
     import dataclasses
     ds = dataclasses.replace(ds, source="local", local_root=str(mirror))
     members = tmp_path / "members"
@@ -251,17 +158,17 @@ def test_a_mirror_tar_rewritten_with_its_old_mtime_is_walked_again(corpus, tmp_p
             cfg, mfcc, dataclasses.replace(ds, fetch=fetch), chunks=corpus / "chunks.parquet",
             audio_dir=o / "audio", features_dir=o / "features", report=o / "audio" / "report.json",
             fetch_meta=o / NO_META, members_dir=members if fetch == "members" else None)
-    assert _trees(tmp_path / "members") == _trees(tmp_path / "tars")
+    assert audio_trees(tmp_path / "members") == audio_trees(tmp_path / "tars")
     assert out["members"]["n_chunks_written"] == out["tars"]["n_chunks_written"] == 7
 
 
 def test_a_server_that_ignores_range_stops_member_fetches(corpus, tmp_path, hub):
-    ds = _configs(corpus, tmp_path, "members")[2]
+    ds = member_configs(corpus, tmp_path, "members")[2]
     members = tmp_path / "members"
     index_members.run(ds, chunks=corpus / "chunks.parquet", fetch_meta=tmp_path / NO_META, out_dir=members)
     hub.ignore_range = True
     with pytest.raises(DownloadError, match="ignores Range requests.*dataset.fetch: tars"):
-        _prepare(corpus, tmp_path, "members", members_dir=members)
+        prepare_from_hub(corpus, tmp_path, "members", members_dir=members)
 
 
 @pytest.mark.parametrize("fetch", ["members", "tars"])
@@ -275,10 +182,10 @@ def test_one_metadata_request_and_one_resolve_per_tar_in_a_run(corpus, tmp_path,
     members = None
     if fetch == "members":
         members = tmp_path / "members"
-        index_members.run(_configs(corpus, tmp_path, fetch)[2], chunks=corpus / "chunks.parquet",
+        index_members.run(member_configs(corpus, tmp_path, fetch)[2], chunks=corpus / "chunks.parquet",
                           fetch_meta=tmp_path / NO_META, out_dir=members)
     n = len(hub.requests)
-    _prepare(corpus, tmp_path, fetch, members_dir=members)
+    prepare_from_hub(corpus, tmp_path, fetch, members_dir=members)
     run = hub.requests[n:]
     assert sum("/paths-info/" in r.path for r in run) == 1  # the three tars in one batch
     for t in (1, 2, 3):
