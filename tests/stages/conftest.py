@@ -234,3 +234,20 @@ def hub(corpus, monkeypatch):
 
 def audio_trees(out) -> dict[str, bytes]:
     return tree_bytes(out / "audio") | {"features/" + k: v for k, v in tree_bytes(out / "features").items()}
+
+
+# --- select: a small indexed metadata fixture ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def index_dir(tmp_path_factory):
+    """The 400-file VAD/LID fixture (meta_fixture.py) through index-vad and index-lang."""
+    from tests.stages.meta_fixture import write_meta
+    from ups.config import IndexLangConfig, IndexVadConfig
+    from ups.stages import index_lang, index_vad
+
+    d = tmp_path_factory.mktemp("meta")
+    vad, lid = write_meta(d, n_files=400)
+    index_vad.run(IndexVadConfig(), vad_jsonl=vad, out_dir=d / "index" / "vad")
+    index_lang.run(IndexLangConfig(), lid_jsonl=lid, out_dir=d / "index" / "lang")
+    return d / "index"

@@ -8,22 +8,12 @@ import dataclasses
 import pyarrow.parquet as pq
 import pytest
 
-from tests.stages.meta_fixture import write_meta
 from ups.atomic import read_json
-from ups.config import IndexLangConfig, IndexVadConfig, SelectConfig
-from ups.stages import index_lang, index_vad, select
+from ups.config import SelectConfig
+from ups.stages import select
 
 BASE = SelectConfig(hours=1.0, max_tars=0, max_file_fraction=0.2, max_tar_fraction=1.0,
                     valid_fraction=0.2, hours_table="computed")
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("meta")
-    vad, lid = write_meta(d, n_files=400)
-    index_vad.run(IndexVadConfig(), vad_jsonl=vad, out_dir=d / "index" / "vad")
-    index_lang.run(IndexLangConfig(), lid_jsonl=lid, out_dir=d / "index" / "lang")
-    return d / "index"
 
 
 def _select(index_dir, tmp_path, name="s", **kw):
