@@ -148,14 +148,6 @@ def test_report_embeds_figures_and_metrics(run_dir):
     assert "selection (data/select): not run" in page  # no selection in this run
 
 
-def test_report_on_an_empty_run_says_not_run(tmp_path):
-    page = html_report.build(tmp_path)
-    for what in ("selection", "k-means", "training", "evaluation"):
-        assert f"{what}" in page
-    assert page.count(": not run") == 4
-    assert "<img" not in page
-
-
 def test_bad_layers_name_the_parameter():
     with pytest.raises(ConfigError, match="evaluate.layers"):
         from_dict(EvaluateConfig, {"layers": [-1]}, "evaluate")
