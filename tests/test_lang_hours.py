@@ -14,7 +14,7 @@ from ups.languages import WHISPER_CODES
 
 
 def test_shipped_table_is_the_datasets_statistics():
-    raw = json.loads(resources.files("ups").joinpath("data/lang_speech_hours.json").read_text("utf-8"))
+    raw = json.loads(resources.files("ups").joinpath("shipped/lang_speech_hours.json").read_text("utf-8"))
     assert "estimate" not in raw["_source"].lower() and "origin pipeline" in raw["_source"]
     t = lang_hours.load_shipped()
     assert len(t) == 89 and set(t) <= WHISPER_CODES

@@ -1,6 +1,6 @@
 """Hours of speech per language: the table shipped with the package, or recomputed from indices.
 
-The shipped `ups/data/lang_speech_hours.json` holds the dataset's own statistics (hours of speech
+The shipped `ups/shipped/lang_speech_hours.json` holds the dataset's own statistics (hours of speech
 per Whisper code, as published with the origin pipeline; see its `_source`). `compute_hours`
 recomputes such a table from the VAD and LID indices (speech seconds of each file summed per
 predicted language, `nospeech` and non-language labels left out): `select.hours_table: computed`
@@ -25,7 +25,7 @@ from ups.languages import is_language
 
 def load_shipped() -> dict[str, float]:
     """The packaged table: {language code: hours of speech}."""
-    text = resources.files("ups").joinpath("data/lang_speech_hours.json").read_text("utf-8")
+    text = resources.files("ups").joinpath("shipped/lang_speech_hours.json").read_text("utf-8")
     return {k: float(v) for k, v in json.loads(text)["hours"].items()}
 
 
