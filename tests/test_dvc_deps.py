@@ -16,6 +16,7 @@ stage's `deps:` and the import that pulls it in.
 from __future__ import annotations
 
 import ast
+import functools
 import shlex
 from collections import deque
 from pathlib import Path
@@ -132,7 +133,7 @@ def closure(root: Path, entry: str, command: str | None) -> dict[str, str]:
         via[name] = parent
         path = module_path(root, name)
         assert path is not None, name
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = _parse(path)
         if name == f"{PACKAGE}.cli":
             assert command, "ups/cli.py reached without a command"
             top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom | ast.If | ast.Try)]
@@ -143,6 +144,12 @@ def closure(root: Path, entry: str, command: str | None) -> dict[str, str]:
             for p in [*_packages(dep), dep]:
                 todo.append((p, name))
     return via
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    """A module's tree, parsed once for all the stages that reach it."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def _rel(root: Path, module: str) -> str:

@@ -42,7 +42,8 @@ def test_the_plan_prints_the_schedule_and_flags_a_warmup_too_long():
     rows = plan_rows(32400, warmup=500, **RUN)
     text = format_plan({
         "select_hours": 100, "selected_hours": 100.0, "n_chunks": 36000, "target_reached": True,
-        "decoded_hours": 120.0, "download": {}, "fetch": "members", "disk": {}, "time": {},
+        "decoded_hours": 120.0, "fetch": "tars", "source": "local", "disk": {}, "time": {},
+        "download": {"bytes": 183e9, "n_tars": 139, "tars": {"bytes": 183e9, "how": "exact (tar sizes)"}},
         "schedule": {"train_chunks": 32400, "processes": 8, "learning_rate": 5e-5, "lr_schedule": "linear",
                      "rows": rows},
     })
