@@ -61,7 +61,7 @@ SAVE_PATHS := dvc.yaml dvc.lock params.yaml dvclive reports/evaluate/metrics.jso
 # a Markdown table (complete at any terminal width; DVC's own table elides columns past 80).
 EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(kind|layer)|valid\.(loss|acc_masked)|probe\.(init|continued)\.best_accuracy)$$
 
-.PHONY: help setup test test-cluster stress demo plan train exps save iterate repro push pull lint bench \
+.PHONY: help setup test test-e2e test-kernels test-cluster stress demo plan train exps save iterate repro push pull lint bench \
         gpu-check report du docker-build docker-train clean
 
 help: ## List the targets
@@ -81,8 +81,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(STAMP) ## Create .venv from requirements.txt + requirements-dev.txt (exact pins) and install ups
 	@echo "ready: source $(VENV)/bin/activate"
 
-test: $(STAMP) ## Run the test suite (what CI runs)
-	$(PY) -m pytest -q -m "not stress and not cluster and not cuda"
+test: $(STAMP) ## Run the test suite (what CI runs first)
+	$(PY) -m pytest -q -m "not stress and not cluster and not cuda and not e2e"
+
+test-e2e: $(STAMP) ## Whole-pipeline runs of a minute or more each: demo from a wheel, rerun from scratch, iterate
+	$(PY) -m pytest -q -m "e2e and not stress and not cluster and not cuda"
+
+# Some x86 machines run OpenBLAS's AVX2 (Haswell) kernels, where float results can depend on the
+# thread count: the byte-identity tests again under them (tests/test_blas.py varies the threads).
+test-kernels: $(STAMP) ## The byte-identity tests again on OpenBLAS's AVX2 (Haswell) kernels
+	OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 $(PY) -m pytest -q -m "identity and not stress and not cuda"
 
 test-cluster: $(STAMP) ## Both sbatch scripts on a real local Slurm (installs slurm-wlm + munge: root)
 	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || { \

@@ -69,6 +69,8 @@ def _snapshot(root: Path, rels: list[str]) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.e2e
+@pytest.mark.identity
 @pytest.mark.slow
 def test_each_stage_rerun_from_scratch_writes_the_same_bytes(demo_run, tmp_path):
     run_dir, first = demo_run

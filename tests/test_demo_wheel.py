@@ -62,6 +62,7 @@ def test_ups_demo_from_an_installed_wheel_takes_the_project_from_the_current_dir
     assert res.returncode != 0 and "needs a checkout of the ups repository" in res.stderr, res.stderr[-2000:]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_whole_demo_runs_from_the_installed_wheel(installed, tmp_path):
     env = {"PATH": f"{installed / 'bin'}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path),

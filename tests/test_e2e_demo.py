@@ -89,6 +89,7 @@ def test_demo_outputs_are_stored_once(demo_run):
     assert "linked from the outputs" in rows["dvc cache"].note
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_make_iterate_relabels_from_the_continued_model_and_trains_again(demo_run, tmp_path):
     """The second iteration on the demo (MFCC labels, tiny model): `make iterate` clusters layer 2

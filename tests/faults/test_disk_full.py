@@ -124,6 +124,7 @@ def _run_kmeans_and_labels(root: Path) -> None:
                       out_dir=root / "data/labels")
 
 
+@pytest.mark.identity
 @pytest.mark.parametrize("budget", [0, 3000, 40_000])
 def test_injected_enospc_in_atomic_writes(reference, tmp_path, monkeypatch, figures, budget):
     root = copy_inputs(reference.root, tmp_path / "p", "fit-kmeans")

@@ -48,6 +48,7 @@ def _kill(ref: Reference, tmp_path, figures, stage: str, trigger: str, x: float)
 CI = [("prepare-audio", "marker", 0.2), ("fit-kmeans", "time", 0.8), ("assign-labels", "time", 0.9)]
 
 
+@pytest.mark.identity
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "trigger", "x"), CI)
 def test_kill_point_ci(reference, tmp_path, figures, stage, trigger, x):

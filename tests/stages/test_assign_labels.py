@@ -102,6 +102,7 @@ def test_tiny_init_labels_every_chunk_with_the_trainers_tiny_model(prepared, cor
                           train=TrainConfig(init="org/model"))
 
 
+@pytest.mark.identity
 @pytest.mark.parametrize("fail_after", ["1", "3"])
 def test_killed_assign_labels_resumes_to_identical_bytes(prepared, corpus, tmp_path, fail_after):
     from tests.stages.conftest import tree_bytes, ups
@@ -172,6 +173,7 @@ def test_layer_features_stream_a_few_chunks_at_a_time(prepared):
         list(iter_layer_features(tf, out / "audio", "train", rec, wanted={10**6}))
 
 
+@pytest.mark.identity
 @pytest.mark.parametrize("tasks", [(2, 0, 1), (0,)])
 def test_slurm_array_tasks_then_one_final_run_give_the_same_labels(prepared, corpus, tmp_path, monkeypatch,
                                                                   caplog, tasks):
@@ -204,6 +206,7 @@ def test_slurm_array_tasks_then_one_final_run_give_the_same_labels(prepared, cor
     assert tree_bytes(tmp_path / "labels") == tree_bytes(ref)
 
 
+@pytest.mark.identity
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_give_the_same_labels(prepared, corpus, tmp_path):
     import os

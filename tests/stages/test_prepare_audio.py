@@ -101,6 +101,7 @@ def test_two_workers_give_the_same_bytes(done, corpus, tmp_path):
     assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
 
 
+@pytest.mark.identity
 @pytest.mark.parametrize("fail_after", ["1", "4"])
 def test_killed_run_resumes_to_identical_bytes(done, corpus, tmp_path, fail_after):
     out, _ = done
@@ -116,6 +117,7 @@ def test_killed_run_resumes_to_identical_bytes(done, corpus, tmp_path, fail_afte
     assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
 
 
+@pytest.mark.identity
 def test_torchrun_two_gloo_ranks_give_the_same_shards(done, corpus, tmp_path):
     import os
     import subprocess
@@ -136,6 +138,7 @@ def test_torchrun_two_gloo_ranks_give_the_same_shards(done, corpus, tmp_path):
     assert tree_bytes(tmp_path / "features") == tree_bytes(out / "features")
 
 
+@pytest.mark.identity
 def test_slurm_array_tasks_then_one_final_run_give_the_same_bytes(done, corpus, tmp_path, monkeypatch,
                                                                  caplog):
     out, _ = done
@@ -265,6 +268,7 @@ def test_report_accounts_for_every_selected_hour(done):
     assert summary["hours_written"]["total"] == rep["hours_written"]["total"]
 
 
+@pytest.mark.identity
 def test_two_arrays_over_the_stage_at_once_write_each_tar_once_and_the_same_bytes(done, corpus, tmp_path):
     import os
     import subprocess
