@@ -183,15 +183,10 @@ def check_labels(out, tag, k):
 
 @pytest.fixture(scope="session")
 def tiny_hubert(tmp_path_factory):
-    import torch
-    from transformers import HubertConfig, HubertModel
+    """A tiny random HuBERT (2 layers, 32 wide) as a feature model."""
+    from ups.tiny_model import write_tiny_hubert
 
-    torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    path = tmp_path_factory.mktemp("hubert")
-    HubertModel(cfg).save_pretrained(path)
-    return path
+    return write_tiny_hubert(tmp_path_factory.mktemp("hubert"), seed=0)
 
 
 # --- the tar members through the local hub stand-in (index-members, member fetches) -----------

@@ -51,15 +51,10 @@ def project(corpus, tmp_path, tiny_hubert_dir):
 
 @pytest.fixture(scope="module")
 def tiny_hubert_dir(tmp_path_factory):
-    import torch
-    from transformers import HubertConfig, HubertModel
+    from ups.tiny_model import write_tiny_hubert
 
-    torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    path = tmp_path_factory.mktemp("hubert_dvc")
-    HubertModel(cfg).save_pretrained(path)
-    return path
+    return write_tiny_hubert(tmp_path_factory.mktemp("hubert_dvc"), seed=0, hidden_size=16,
+                             num_hidden_layers=1, intermediate_size=32, conv_dim=[8] * 7)
 
 
 def changed_stages(cwd: Path) -> set[str]:
