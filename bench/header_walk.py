@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from hub_server import REPO_ID, SHA, TOKEN, hub_cfg  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-THREADS_OLD = 16  # index-members before: WALKS_PER_WORKER 4 x dataset.download_workers 4
+THREADS = 16  # the baseline: a thread pool of 16 walks on the hub library client (4 per download worker)
 TARS_100H = 400
 
 
@@ -186,9 +186,9 @@ def _dataset(work: Path, walks: int) -> Any:
 def _threads(work: Path, tars: list[int]) -> dict[int, Any]:
     from ups import member_index
 
-    ds = _dataset(work, THREADS_OLD)
+    ds = _dataset(work, THREADS)
     ds.tar_identities(tars)
-    with ThreadPoolExecutor(max_workers=THREADS_OLD) as pool:
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
         futures = {t: pool.submit(member_index.for_tar, ds, t) for t in tars}
         return {t: f.result()[0] for t, f in futures.items()}
 
@@ -300,7 +300,7 @@ def main() -> None:
         server = Server(ms / 1e3, args.members)
         with server as url:
             runs[f"{ms:g}ms"] = {}
-            for way, n in (("threads", THREADS_OLD), ("async", args.walks)):
+            for way, n in (("threads", THREADS), ("async", args.walks)):
                 runs[f"{ms:g}ms"][way] = _measure(way, url, server, list(range(1, n + 1)), args.members,
                                                  args.walks)
                 print(ms, way, runs[f"{ms:g}ms"][way], flush=True)
