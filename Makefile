@@ -65,7 +65,7 @@ EXPS_KEEP := ^(Experiment|Created|select\.hours|kmeans\.n_clusters|features\.(ki
         gpu-check report du docker-build docker-train clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
 # The venv is rebuilt when missing or older than the requirements files / pyproject.toml.

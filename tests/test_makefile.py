@@ -97,3 +97,12 @@ def test_ci_runs_make_test_and_installs_nothing_for_it() -> None:
     for ln in commands[:i]:
         assert ln.split()[0] in ("set", "cd", "export"), ln
     assert all(ln.startswith("make ") for ln in commands[i:]), commands[i:]
+
+
+def test_help_lists_every_documented_target(tmp_path: Path) -> None:
+    import re
+
+    documented = re.findall(r"^([\w-]+):[^\n]*## ", (REPO / "Makefile").read_text(), flags=re.M)
+    listed = [line.split()[0] for line in _make("help", env=_env(tmp_path)).splitlines() if line.strip()]
+    assert {"test", "test-e2e", "test-kernels", "test-cluster"} <= set(documented)
+    assert sorted(listed) == sorted(set(documented))
