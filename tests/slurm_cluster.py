@@ -171,3 +171,33 @@ def wait_for_jobs(slurm: LocalSlurm, name: str, timeout_s: float = 600) -> None:
         return res.returncode == 0 and not res.stdout.strip()
 
     LocalSlurm._wait(done, f"the jobs named {name} to end", timeout_s)
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+         "BOOT_FAIL", "DEADLINE")
+
+
+def job_record(slurm: LocalSlurm, job_id: str) -> str:
+    """`scontrol show job -o`: one line of KEY=VALUE (empty once Slurm has forgotten the job)."""
+    res = subprocess.run([slurm.bin["scontrol"], "show", "job", "-o", job_id], env=slurm.env,
+                         capture_output=True, text=True, timeout=30)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def wait_for_job(slurm: LocalSlurm, job_id: str, timeout_s: float = 600) -> str:
+    """Until job `job_id` has ended for good (a requeued job runs again first); its last record.
+
+    By id, not by name: a job that ended before a first look, or one between its requeue and its
+    rerun, is never taken for a job that is done.
+    """
+    record = ""
+
+    def ended() -> bool:
+        nonlocal record
+        record = job_record(slurm, job_id) or record
+        state = next((f.split("=", 1)[1] for f in record.split() if f.startswith("JobState=")), "")
+        return state in ENDED
+
+    LocalSlurm._wait(ended, f"job {job_id} to end", timeout_s)
+    return record
+
