@@ -14,7 +14,6 @@ from ups.config import (
     KmeansConfig,
     load_section,
 )
-from ups.frames import n_cnn_frames
 from ups.shards import iter_shard
 from ups.stages import assign_labels, fit_kmeans
 
@@ -148,29 +147,6 @@ def test_assign_labels_does_not_trust_a_marker_of_another_model(prepared, corpus
                       chunks=corpus / "chunks.parquet", out_dir=tmp_path / "labels")
     with np.load(tmp_path / "labels" / "_parts" / "train" / "000001.npz") as z:
         assert z["labels"].any()
-
-
-def test_layer_features_stream_a_few_chunks_at_a_time(prepared):
-    """assign-labels never holds a tar's features: the extractor sees at most `read_chunks` PCMs."""
-    from ups.feature_store import iter_layer_features, list_tars
-
-    out, _ = prepared
-
-    class Recorder:
-        calls: list[int] = []
-
-        def batches(self, pcms):
-            self.calls.append(len(pcms))
-            for i, p in enumerate(pcms):
-                yield [i], np.full((1, n_cnn_frames(len(p)), 4), float(len(p)), np.float32)
-
-    (tf,) = [t for t in list_tars(out / "features", "train") if len(t.chunk_ids) >= 2][:1]
-    rec = Recorder()
-    got = list(iter_layer_features(tf, out / "audio", "train", rec, read_chunks=1))
-    assert rec.calls == [1] * len(tf.chunk_ids)
-    assert sorted(cid for ids, _ in got for cid in ids) == sorted(tf.chunk_ids.tolist())
-    with pytest.raises(ValueError, match="lack chunk"):
-        list(iter_layer_features(tf, out / "audio", "train", rec, wanted={10**6}))
 
 
 @pytest.mark.identity
