@@ -34,7 +34,9 @@ esac
 
 EXEC = """#!/bin/bash
 step="$*"
-signal() { if [[ "$step" == *"$UPS_TEST_SIGNAL_AT"* ]]; then kill -USR1 "$PPID"; sleep 0.5; fi; }
+signal() {
+  if [[ "$step" == *"$UPS_TEST_SIGNAL_AT"* ]]; then kill "-$UPS_TEST_SIGNAL" "$PPID"; sleep 0.5; fi
+}
 case "$step" in
   *"ups.slurm gpus"*) echo 0 ;;
   *"run-stage train"*)
@@ -50,7 +52,8 @@ esac
 """
 
 
-def _run(tmp_path: Path, signal_at: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def _run(tmp_path: Path, signal_at: str, signal: str = "USR1"
+         ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in {**STUBS, "exec.sh": EXEC}.items():
@@ -60,7 +63,7 @@ def _run(tmp_path: Path, signal_at: str) -> tuple[subprocess.CompletedProcess[st
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
            "SLURM_JOB_ID": JOB, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n1",
            "SLURM_SUBMIT_DIR": str(tmp_path), "UPS_EXEC": str(bin_dir / "exec.sh"),
-           "UPS_TEST_LOG": str(log), "UPS_TEST_SIGNAL_AT": signal_at}
+           "UPS_TEST_LOG": str(log), "UPS_TEST_SIGNAL_AT": signal_at, "UPS_TEST_SIGNAL": signal}
     res = subprocess.run(["bash", str(REPO / "scripts/slurm/train.sbatch")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     return res, log.read_text().splitlines() if log.exists() else []
@@ -83,3 +86,12 @@ def test_a_request_left_by_an_earlier_run_of_the_job_is_not_taken_for_a_new_one(
     assert res.returncode == 0, res.stderr
     assert log == ["python -m ups.slurm set-params", "dvc repro assign-labels", "train", "trained",
                    "dvc commit -f train"]
+
+
+def test_sigterm_saves_but_does_not_requeue_so_that_scancel_stops_the_job(tmp_path):
+    """SIGTERM is what `scancel` sends (and preemption, where Slurm requeues by itself): the state is
+    saved, and the job ends instead of putting itself back in the queue."""
+    res, log = _run(tmp_path, "run-stage train", signal="TERM")
+    assert res.returncode == 75, (res.returncode, res.stdout, res.stderr)
+    assert log == ["python -m ups.slurm set-params", "dvc repro assign-labels", "train", "saved, exit 75"]
+    assert "state saved; not requeued" in res.stdout, res.stdout

@@ -161,6 +161,7 @@ case "$*" in
   *"run-stage train"*)  # a trainer that runs until asked to stop, then saves and exits 75
     echo "train run=${SLURM_RESTART_COUNT:-0}" >> "$UPS_TEST_LOG"
     if [[ "${SLURM_RESTART_COUNT:-0}" == 0 ]]; then
+      trap '' TERM  # as the trainer: SIGTERM means save at the next logging step
       until [[ -e "$UPS_PREEMPT_FILE" ]]; do sleep 1; done
       echo "saved, exit 75" >> "$UPS_TEST_LOG"
       exit 75
@@ -200,3 +201,36 @@ def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slur
     assert "state saved: requeueing job" in out, why
     assert log.count("dvc commit -f train") == 1 and log[-1] == "dvc commit -f train", why
     assert not list((tmp_path / "logs/slurm").glob("preempt-*"))
+
+
+def test_scancel_stops_the_train_job_after_its_save_instead_of_requeueing_it(slurm, tmp_path):
+    import subprocess
+    import time
+
+    from tests.slurm_cluster import wait_for_job
+
+    wrapper = tmp_path / "exec.sh"
+    wrapper.write_text(TRAIN_WRAPPER)
+    wrapper.chmod(0o755)
+    log_file = tmp_path / "commands.log"
+    env = {**slurm.env, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
+           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(log_file)}
+    res = subprocess.run([slurm.bin["sbatch"], "--parsable", "--cpus-per-task=1",
+                          str(_script(tmp_path, drop_gpus_line=True))],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    t0 = time.monotonic()
+    while not (log_file.exists() and log_file.read_text().count("train run=0") == 2):
+        assert time.monotonic() - t0 < 120, log_file.read_text() if log_file.exists() else "no log"
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], env=slurm.env, check=True, timeout=30)
+    record = wait_for_job(slurm, job, timeout_s=300)
+    time.sleep(1)  # the batch script's last line
+    log = log_file.read_text().splitlines()
+    out = "\n".join(p.read_text() for p in (tmp_path / "logs/slurm").glob("*.out"))
+    why = f"{log}\n--- job\n{record}\n--- job output\n{out}"
+    assert "JobState=CANCELLED" in record and "Restarts=0" in record, why
+    assert log.count("saved, exit 75") == 2 and "train run=1" not in log, why  # saved, not rerun
+    assert "dvc commit -f train" not in log, why
+    assert "not requeued" in out and "requeueing" not in out, why
