@@ -42,7 +42,7 @@ case "$step" in
   *"run-stage train"*)
     echo "train" >> "$UPS_TEST_LOG"
     signal
-    for _ in $(seq 50); do
+    for _ in $(seq 20); do
       if [[ -e "$UPS_PREEMPT_FILE" ]]; then echo "saved, exit 75" >> "$UPS_TEST_LOG"; exit 75; fi
       sleep 0.1
     done
