@@ -203,11 +203,10 @@ def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slur
     assert not list((tmp_path / "logs/slurm").glob("preempt-*"))
 
 
-def test_scancel_stops_the_train_job_after_its_save_instead_of_requeueing_it(slurm, tmp_path):
+def _train_until_both_nodes_run(slurm, tmp_path: Path) -> tuple[str, Path]:
+    """Submit train.sbatch with the stand-in trainer; return once both nodes train (job id, log)."""
     import subprocess
     import time
-
-    from tests.slurm_cluster import wait_for_job
 
     wrapper = tmp_path / "exec.sh"
     wrapper.write_text(TRAIN_WRAPPER)
@@ -219,18 +218,45 @@ def test_scancel_stops_the_train_job_after_its_save_instead_of_requeueing_it(slu
                           str(_script(tmp_path, drop_gpus_line=True))],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    job = res.stdout.strip().split(";")[0]
     t0 = time.monotonic()
     while not (log_file.exists() and log_file.read_text().count("train run=0") == 2):
         assert time.monotonic() - t0 < 120, log_file.read_text() if log_file.exists() else "no log"
         time.sleep(0.5)
-    subprocess.run(["scancel", job], env=slurm.env, check=True, timeout=30)
+    return res.stdout.strip().split(";")[0], log_file
+
+
+def _ended(slurm, tmp_path: Path, job: str, log_file: Path) -> tuple[str, list[str], str, str]:
+    import time
+
+    from tests.slurm_cluster import wait_for_job
+
     record = wait_for_job(slurm, job, timeout_s=300)
     time.sleep(1)  # the batch script's last line
     log = log_file.read_text().splitlines()
     out = "\n".join(p.read_text() for p in (tmp_path / "logs/slurm").glob("*.out"))
-    why = f"{log}\n--- job\n{record}\n--- job output\n{out}"
+    return record, log, out, f"{log}\n--- job\n{record}\n--- job output\n{out}"
+
+
+def test_scancel_stops_the_train_job_after_its_save_instead_of_requeueing_it(slurm, tmp_path):
+    import subprocess
+
+    job, log_file = _train_until_both_nodes_run(slurm, tmp_path)
+    subprocess.run(["scancel", job], env=slurm.env, check=True, timeout=30)
+    record, log, out, why = _ended(slurm, tmp_path, job, log_file)
     assert "JobState=CANCELLED" in record and "Restarts=0" in record, why
     assert log.count("saved, exit 75") == 2 and "train run=1" not in log, why  # saved, not rerun
     assert "dvc commit -f train" not in log, why
     assert "not requeued" in out and "requeueing" not in out, why
+
+
+def test_scancel_batch_signal_usr1_saves_and_brings_the_train_job_back(slurm, tmp_path):
+    """docs/clusters.md's way to make a training job save now and come back."""
+    import subprocess
+
+    job, log_file = _train_until_both_nodes_run(slurm, tmp_path)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=slurm.env, check=True, timeout=30)
+    record, log, out, why = _ended(slurm, tmp_path, job, log_file)
+    assert "JobState=COMPLETED" in record and "Restarts=1" in record, why
+    trains = [line for line in log if line.startswith(("train", "saved"))]
+    assert trains == ["train run=0"] * 2 + ["saved, exit 75"] * 2 + ["train run=1"] * 2, why
+    assert log[-1] == "dvc commit -f train" and f"requeueing job {job}" in out, why
