@@ -172,26 +172,54 @@ esac
 """
 
 
-def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slurm, tmp_path):
+def _submit_train(slurm, tmp_path: Path, *options: str) -> tuple[str, Path]:
+    """Submit train.sbatch with the stand-in trainer (TRAIN_WRAPPER): (job id, command log)."""
     import subprocess
-
-    from tests.slurm_cluster import wait_for_job
 
     wrapper = tmp_path / "exec.sh"
     wrapper.write_text(TRAIN_WRAPPER)
     wrapper.chmod(0o755)
+    log_file = tmp_path / "commands.log"
     env = {**slurm.env, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
-           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(tmp_path / "commands.log")}
-    # a 2-minute limit, the warning 100 s before it: the script's own --signal, only sooner
-    res = subprocess.run([slurm.bin["sbatch"], "--parsable", "--cpus-per-task=1", "--time=2",
-                          "--signal=B:USR1@100", str(_script(tmp_path, drop_gpus_line=True))],
+           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(log_file)}
+    res = subprocess.run([slurm.bin["sbatch"], "--parsable", "--cpus-per-task=1", *options,
+                          str(_script(tmp_path, drop_gpus_line=True))],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    record = wait_for_job(slurm, res.stdout.strip().split(";")[0], timeout_s=600)
-    log_file = tmp_path / "commands.log"
+    return res.stdout.strip().split(";")[0], log_file
+
+
+def _train_until_both_nodes_run(slurm, tmp_path: Path) -> tuple[str, Path]:
+    """Submit as _submit_train; return once both nodes train."""
+    import time
+
+    job, log_file = _submit_train(slurm, tmp_path)
+    t0 = time.monotonic()
+    while not (log_file.exists() and log_file.read_text().count("train run=0") == 2):
+        assert time.monotonic() - t0 < 120, log_file.read_text() if log_file.exists() else "no log"
+        time.sleep(0.5)
+    return job, log_file
+
+
+def _ended(slurm, tmp_path: Path, job: str, log_file: Path,
+           timeout_s: float = 300) -> tuple[str, list[str], str, str]:
+    """Once the job has ended for good: its record, the command log, its output, and all of them
+    with the Slurm daemons' logs for a failure message."""
+    import time
+
+    from tests.slurm_cluster import wait_for_job
+
+    record = wait_for_job(slurm, job, timeout_s=timeout_s)
+    time.sleep(1)  # the batch script's last line
     log = log_file.read_text().splitlines() if log_file.exists() else []
     out = "\n".join(p.read_text() for p in (tmp_path / "logs/slurm").glob("*.out"))
-    why = f"{log}\n--- job\n{record}\n--- job output\n{out}\n{slurm.logs()}"
+    return record, log, out, f"{log}\n--- job\n{record}\n--- job output\n{out}\n{slurm.logs()}"
+
+
+def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slurm, tmp_path):
+    # a 2-minute limit, the warning 100 s before it: the script's own --signal, only sooner
+    job, log_file = _submit_train(slurm, tmp_path, "--time=2", "--signal=B:USR1@100")
+    record, log, out, why = _ended(slurm, tmp_path, job, log_file, timeout_s=600)
     trains = [line for line in log if line.startswith(("train", "saved"))]
     # one task on each of the two nodes: both stop on the warning, both run again after the requeue
     # (Slurm may send the warning as the job starts: the two nodes' lines then interleave)
@@ -201,40 +229,6 @@ def test_the_time_limit_warning_makes_the_train_job_stop_and_requeue_itself(slur
     assert "state saved: requeueing job" in out, why
     assert log.count("dvc commit -f train") == 1 and log[-1] == "dvc commit -f train", why
     assert not list((tmp_path / "logs/slurm").glob("preempt-*"))
-
-
-def _train_until_both_nodes_run(slurm, tmp_path: Path) -> tuple[str, Path]:
-    """Submit train.sbatch with the stand-in trainer; return once both nodes train (job id, log)."""
-    import subprocess
-    import time
-
-    wrapper = tmp_path / "exec.sh"
-    wrapper.write_text(TRAIN_WRAPPER)
-    wrapper.chmod(0o755)
-    log_file = tmp_path / "commands.log"
-    env = {**slurm.env, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
-           "UPS_EXEC": str(wrapper), "UPS_TEST_LOG": str(log_file)}
-    res = subprocess.run([slurm.bin["sbatch"], "--parsable", "--cpus-per-task=1",
-                          str(_script(tmp_path, drop_gpus_line=True))],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    t0 = time.monotonic()
-    while not (log_file.exists() and log_file.read_text().count("train run=0") == 2):
-        assert time.monotonic() - t0 < 120, log_file.read_text() if log_file.exists() else "no log"
-        time.sleep(0.5)
-    return res.stdout.strip().split(";")[0], log_file
-
-
-def _ended(slurm, tmp_path: Path, job: str, log_file: Path) -> tuple[str, list[str], str, str]:
-    import time
-
-    from tests.slurm_cluster import wait_for_job
-
-    record = wait_for_job(slurm, job, timeout_s=300)
-    time.sleep(1)  # the batch script's last line
-    log = log_file.read_text().splitlines()
-    out = "\n".join(p.read_text() for p in (tmp_path / "logs/slurm").glob("*.out"))
-    return record, log, out, f"{log}\n--- job\n{record}\n--- job output\n{out}"
 
 
 def test_scancel_stops_the_train_job_after_its_save_instead_of_requeueing_it(slurm, tmp_path):
